@@ -1,0 +1,139 @@
+"""Find and boot a real ComfyUI for the ComfyUI-backed test tiers (no mocks).
+
+Search order (DESIGN.md §5): ``COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this
+pack; ``~/comfy/ComfyUI``. ``boot()`` imports ComfyUI once per process in CPU mode with all
+model/output folders redirected to a temporary directory, and loads this pack (plus the
+test-only pack under ``tests/support/testing_pack``) through ComfyUI's own loader."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTING_PACK = os.path.join(PACK_ROOT, "tests", "support", "testing_pack")
+
+
+def find_comfyui() -> str | None:
+    candidates = []
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        candidates.append(env)
+    parent = os.path.dirname(PACK_ROOT)
+    if os.path.basename(parent) == "custom_nodes":
+        candidates.append(os.path.dirname(parent))
+    candidates.append(os.path.expanduser("~/comfy/ComfyUI"))
+    for c in candidates:
+        if os.path.isfile(os.path.join(c, "comfy", "model_patcher.py")) and os.path.isfile(os.path.join(c, "execution.py")):
+            return os.path.abspath(c)
+    return None
+
+
+SKIP_REASON = ("no ComfyUI checkout found: set COMFYUI_PATH to a ComfyUI >= 0.8.0 folder with its "
+               "requirements installed (searched COMFYUI_PATH, the ComfyUI holding this pack, ~/comfy/ComfyUI)")
+
+_STATE: dict = {}
+
+
+class LogCapture(logging.Handler):
+    """Collects log records (e.g. ComfyUI's 'lora key not loaded' warnings)."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records: list[str] = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+    def matching(self, text: str) -> list[str]:
+        return [r for r in self.records if text in r]
+
+
+def boot(load_pack: bool | None = None) -> dict:
+    """Import ComfyUI (CPU mode) and load the pack. Idempotent; returns a dict of handles.
+
+    ``load_pack=False`` (or env ``LORA_LOOP_TEST_SKIP_PACK=1`` when ``load_pack`` is None) loads only the
+    test-only pack, for working on tests while the main pack does not import yet. Default: load both."""
+    if load_pack is None:
+        load_pack = os.environ.get("LORA_LOOP_TEST_SKIP_PACK", "") not in ("1", "true", "yes")
+    if _STATE:
+        return _STATE
+    root = find_comfyui()
+    if root is None:
+        raise RuntimeError(SKIP_REASON)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import utils.extra_config  # noqa: F401  (must precede `import nodes`, comfyui.md §7.1)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import folder_paths
+
+    tmp = tempfile.mkdtemp(prefix="lora_loop_comfy_")
+    for sub in ("out", "temp", "in", "models/loras", "models/checkpoints", "user"):
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+    folder_paths.set_output_directory(os.path.join(tmp, "out"))
+    folder_paths.set_temp_directory(os.path.join(tmp, "temp"))
+    folder_paths.set_input_directory(os.path.join(tmp, "in"))
+    folder_paths.set_user_directory(os.path.join(tmp, "user")) if hasattr(folder_paths, "set_user_directory") else None
+    # Our LoRAs must land in a folder that core's LoraLoader lists; make it the first "loras" path.
+    folder_paths.folder_names_and_paths["loras"] = ([os.path.join(tmp, "models", "loras")],
+                                                    folder_paths.folder_names_and_paths["loras"][1])
+    import comfy.model_management  # noqa: F401
+    import nodes
+    import execution  # noqa: F401
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if load_pack:
+        ok = asyncio.run(nodes.load_custom_node(PACK_ROOT))
+        if not ok:
+            raise RuntimeError("ComfyUI failed to load the LoRA Loop pack (see the log above); set "
+                               "LORA_LOOP_TEST_SKIP_PACK=1 to run the tests that need only the test-only pack")
+    if os.path.isdir(TESTING_PACK):
+        if not asyncio.run(nodes.load_custom_node(TESTING_PACK)):
+            raise RuntimeError("ComfyUI failed to load the test-only pack tests/support/testing_pack")
+    capture = LogCapture()
+    logging.getLogger().addHandler(capture)
+    logging.getLogger().setLevel(logging.INFO)
+    _STATE.update(root=root, tmp=tmp, log=capture, pack_loaded=load_pack)
+    return _STATE
+
+
+class DummyServer:
+    """Stands in for PromptServer when running PromptExecutor without the web server."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata: dict = {}
+
+    def __init__(self):
+        self.msgs: list = []
+
+    def send_sync(self, event, data, sid=None):
+        self.msgs.append((event, data))
+
+    def send_progress_text(self, *a, **k):
+        pass
+
+
+def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
+    """Validate and execute an API-format prompt with ComfyUI's real executor.
+
+    Returns ``(executor, server)``. Raises AssertionError with ComfyUI's own error text on failure."""
+    boot()
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    assert valid[0], f"prompt invalid: {valid[1]} {valid[3]}"
+    if executor is None:
+        server = DummyServer()
+        executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0})
+    else:
+        server = executor.server
+    executor.execute(prompt, prompt_id, extra_data={}, execute_outputs=valid[2])
+    assert executor.success, f"execution failed: {executor.status_messages}"
+    return executor, server

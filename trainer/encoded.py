@@ -1,0 +1,140 @@
+"""Encoded dataset: raw VAE latents per (image, flip) and text conds per caption.
+
+Latents are cached in memory (process-wide) and on disk, keyed by image content (sha256), VAE
+identity, bucket, resize and crop, and flip - so a re-run with unchanged data does zero VAE encodes and
+a changed resolution or bucket never reuses a stale latent. Latents are stored *raw* (like kohya's
+npz caches); the model's ``process_latent_in`` is applied at train time."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .batching import Sample
+from .buckets import BucketAssignment, BucketPlan, load_training_pixels
+from .captions import is_deterministic
+from .dataset import LoraDataset
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+
+
+@dataclass
+class EncodedDataset:
+    dataset: LoraDataset
+    plan: BucketPlan
+    latents: dict[tuple[int, bool], torch.Tensor]      # (image_index, flipped) -> raw latent (C, h, w)
+    text_conds: dict[str, Any] = field(default_factory=dict)   # caption -> CONDITIONING
+    vae_id: str = ""
+    clip_id: str | None = None
+    stats: dict = field(default_factory=dict)           # {"encoded": n, "memory_hits": n, "disk_hits": n}
+
+    def size_conditioning(self, sample: Sample) -> dict:
+        """SDXL size conditioning for one sample, as kohya computes it (original size, crop_ltrb
+        top-left, bucket as target; crop_left mirrored when flipped)."""
+        a: BucketAssignment = self.plan.assignments[sample.image_index]
+        ow, oh = a.original
+        bw, bh = a.bucket
+        left, top, right, _ = a.crop_ltrb
+        if sample.flip:
+            left = bw - right
+        return {"width": ow, "height": oh, "crop_w": left, "crop_h": top,
+                "target_width": bw, "target_height": bh}
+
+    def deterministic_captions(self) -> bool:
+        return all(is_deterministic(s.caption) for s in self.dataset.subsets)
+
+
+def latent_cache_key(sha256: str, vae_id: str, a: BucketAssignment, flip: bool) -> str:
+    raw = f"v{CACHE_VERSION}|{sha256}|{vae_id}|{a.bucket}|{a.resized}|{a.crop}|{int(flip)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class LatentCache:
+    """Bounded in-memory LRU plus an optional on-disk safetensors store."""
+
+    def __init__(self, max_items: int = 4096):
+        self.mem: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.max_items = max_items
+
+    def get(self, key: str, disk_dir: str | None) -> tuple[torch.Tensor | None, str]:
+        if key in self.mem:
+            self.mem.move_to_end(key)
+            return self.mem[key], "memory"
+        if disk_dir:
+            path = os.path.join(disk_dir, key[:2], key + ".safetensors")
+            if os.path.isfile(path):
+                try:
+                    from safetensors.torch import load_file
+
+                    t = load_file(path)["latent"]
+                    self.put(key, t, None)
+                    return t, "disk"
+                except Exception as e:  # corrupt cache entry: re-encode
+                    log.warning("ignoring unreadable latent cache file %s (%s)", path, e)
+        return None, ""
+
+    def put(self, key: str, latent: torch.Tensor, disk_dir: str | None) -> None:
+        self.mem[key] = latent
+        self.mem.move_to_end(key)
+        while len(self.mem) > self.max_items:
+            self.mem.popitem(last=False)
+        if disk_dir:
+            from .savefile import atomic_save_safetensors
+
+            folder = os.path.join(disk_dir, key[:2])
+            os.makedirs(folder, exist_ok=True)
+            atomic_save_safetensors({"latent": latent.contiguous()}, os.path.join(folder, key + ".safetensors"),
+                                    {"format": "lora_loop_latent", "version": CACHE_VERSION})
+
+
+LATENT_CACHE = LatentCache()
+
+
+def encode_dataset(dataset: LoraDataset, plan: BucketPlan, *, vae_id: str,
+                   encode_pixels: Callable[[torch.Tensor], torch.Tensor],
+                   cache_dir: str | None, batch_size: int = 4,
+                   progress: Callable[[int, int], None] | None = None,
+                   cache: LatentCache = LATENT_CACHE) -> EncodedDataset:
+    """Encode every (image, flip) the training can draw. ``encode_pixels`` maps (B,H,W,3) [0,1]
+    pixels to raw latents (B,C,h,w)."""
+    wanted: list[tuple[int, bool]] = []
+    for i, rec in enumerate(dataset.images):
+        wanted.append((i, False))
+        if dataset.subsets[rec.subset_index].flip_aug:
+            wanted.append((i, True))
+    latents: dict[tuple[int, bool], torch.Tensor] = {}
+    stats = {"encoded": 0, "memory_hits": 0, "disk_hits": 0}
+    todo: dict[tuple[int, int], list[tuple[tuple[int, bool], str]]] = {}
+    for item in wanted:
+        i, flip = item
+        a = plan.assignments[i]
+        key = latent_cache_key(dataset.images[i].sha256, vae_id, a, flip)
+        t, where = cache.get(key, cache_dir)
+        if t is not None:
+            latents[item] = t
+            stats["memory_hits" if where == "memory" else "disk_hits"] += 1
+        else:
+            todo.setdefault(a.bucket, []).append((item, key))
+    total, done = sum(len(v) for v in todo.values()), 0
+    for bucket, items in todo.items():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            pixels = torch.stack([load_training_pixels(dataset.images[i], plan.assignments[i], flip)
+                                  for (i, flip), _ in chunk])
+            lat = encode_pixels(pixels)
+            for ((item, key), one) in zip(chunk, lat):
+                one = one.detach().float().cpu().clone()
+                latents[item] = one
+                cache.put(key, one, cache_dir)
+                stats["encoded"] += 1
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    return EncodedDataset(dataset=dataset, plan=plan, latents=latents, vae_id=vae_id, stats=stats)

@@ -1,0 +1,205 @@
+"""The training loop: one visible optimisation step, plain torch.
+
+The model is anything with ``process_latent_in``, ``batch_conds``, ``denoise``, ``autocast`` and
+``device`` (``comfy_adapter.ComfyTrainModel`` in ComfyUI, tiny stand-ins in tests). Randomness is
+drawn from generators seeded by (seed, step, micro-step), so a run is reproducible bit for bit on
+CPU and a resumed run continues exactly where it stopped."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .batching import Sample, epoch_batches
+from .captions import process_caption
+from .config import TrainConfig
+from .encoded import EncodedDataset
+from .objectives import make_noise, per_sample_loss
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf; the network keeps the weights of the last good step."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}: training stopped, the LoRA keeps the weights of "
+                         f"step {step - 1}. Lower the learning rate, enable max_grad_norm, or use fp32/bf16 "
+                         "instead of fp16.")
+        self.step = step
+        self.loss = loss
+
+
+@dataclass
+class StepInfo:
+    step: int            # optimizer steps done so far (1-based after the first step)
+    total: int
+    loss: float          # mean loss of this step's micro-batches
+    lr: float
+    epoch: int
+    elapsed: float
+
+
+@dataclass
+class Position:
+    """Where the data stream stands: the next batch is batches(epoch)[batch_index]."""
+    epoch: int = 0
+    batch_index: int = 0
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    losses: list[float]
+    lrs: list[float]
+    stopped_early: bool
+    position: Position
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    elapsed: float
+    extra: dict = field(default_factory=dict)
+
+
+def _seeded(seed: int, *parts: int) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    h = seed & 0xFFFFFFFF
+    for p in parts:
+        h = (h * 1_000_003 + p + 0x9E3779B9) & 0xFFFFFFFFFFFF
+    g.manual_seed(h)
+    return g
+
+
+def batch_stream(data: EncodedDataset, seed: int, pos: Position) -> Iterator[tuple[Position, list[Sample]]]:
+    """Endless stream of batches in kohya order; yields the position *of* each batch."""
+    epoch, idx = pos.epoch, pos.batch_index
+    while True:
+        batches = epoch_batches(data.dataset, data.plan, epoch, seed)
+        if not batches:
+            raise ValueError("the dataset has no batches (no images?)")
+        while idx < len(batches):
+            yield Position(epoch, idx), batches[idx]
+            idx += 1
+        epoch, idx = epoch + 1, 0
+
+
+class Trainer:
+    """Owns one training run. ``run()`` executes steps until ``cfg.max_train_steps``."""
+
+    def __init__(self, *, model, network, data: EncodedDataset, cfg: TrainConfig, objective,
+                 text_encoder: Callable[[list[str]], list] | None = None,
+                 size_conditioning: bool = False):
+        self.model = model
+        self.network = network
+        self.data = data
+        self.cfg = cfg
+        self.objective = objective
+        self.text_encoder = text_encoder
+        self.size_conditioning = size_conditioning
+        self.train_te = network.has_text_encoder()
+        groups = network.param_groups(unet_lr=cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
+        self.params = [p for g in groups for p in g["params"]]
+        opt_args = dict(cfg.optimizer_args)
+        opt_args.setdefault("weight_decay", cfg.weight_decay)
+        self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate,
+                                                              **opt_args)
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, cfg.max_train_steps,
+                                         cfg.lr_warmup_steps)
+        self.step = 0
+        self.position = Position()
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def load_progress(self, step: int, position: Position, optimizer_state: dict | None,
+                      scheduler_state: dict | None, losses: list[float], lrs: list[float]) -> None:
+        self.step = step
+        self.position = position
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        if scheduler_state is not None:
+            self.scheduler.load_state_dict(scheduler_state)
+        self.losses = list(losses)
+        self.lrs = list(lrs)
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _batch_inputs(self, pos: Position, samples: list[Sample]):
+        d = self.data
+        raw = torch.stack([d.latents[(s.image_index, s.flip)] for s in samples])
+        x0 = self.model.process_latent_in(raw.to(self.model.device, torch.float32))
+        captions, sizes = [], []
+        for i, s in enumerate(samples):
+            rec = d.dataset.images[s.image_index]
+            subset = d.dataset.subsets[rec.subset_index]
+            rng = random.Random(f"{self.cfg.seed}:{pos.epoch}:{pos.batch_index}:{i}")
+            captions.append(process_caption(rec.caption, subset.caption, rng, pos.epoch))
+            sizes.append(d.size_conditioning(s) if self.size_conditioning else None)
+        if self.train_te:
+            conds = self.text_encoder(captions)
+        else:
+            conds = []
+            missing = [c for c in captions if c not in d.text_conds]
+            if missing:
+                if self.text_encoder is None:
+                    raise ValueError(f"no text conditioning for caption {missing[0]!r}: connect a CLIP to Encode "
+                                     "Dataset or Train LoRA")
+                with torch.no_grad():
+                    fresh = dict(zip(missing, self.text_encoder(missing)))
+            for c in captions:
+                conds.append(d.text_conds[c] if c in d.text_conds else fresh[c])
+        return x0, self.model.batch_conds(conds, tuple(x0.shape), sizes)
+
+    # -- the step -------------------------------------------------------------------------------------
+    def run(self, on_step: Callable[[StepInfo], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        cfg = self.cfg
+        accum = cfg.gradient_accumulation_steps
+        stream = batch_stream(self.data, cfg.seed, self.position)
+        t0 = time.perf_counter()
+        stopped = False
+        self.network.train()
+        while self.step < cfg.max_train_steps:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            step_loss = 0.0
+            for micro in range(accum):
+                pos, samples = next(stream)
+                gen = _seeded(cfg.seed, self.step, micro)
+                x0, conds = self._batch_inputs(pos, samples)
+                noise = make_noise(x0, gen, cfg.noise_offset)
+                sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
+                sigma = sigma.to(x0.device)
+                x_t = self.objective.noisy(x0, noise, sigma)
+                with self.model.autocast():
+                    denoised = self.model.denoise(x_t, sigma, conds)
+                pred = self.objective.prediction(denoised.float(), x_t, sigma)
+                target = self.objective.target(x0, noise, sigma)
+                weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
+                loss = (per_sample_loss(pred, target, cfg.loss_type) * weights).mean()
+                (loss / accum).backward()
+                step_loss += loss.item() / accum
+            if not math.isfinite(step_loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged(self.step + 1, step_loss)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.position = Position(pos.epoch, pos.batch_index + 1)
+            self.losses.append(step_loss)
+            self.lrs.append(lr)
+            if on_step is not None:
+                on_step(StepInfo(self.step, cfg.max_train_steps, step_loss, lr, pos.epoch,
+                                 time.perf_counter() - t0))
+        self.network.eval()
+        return TrainResult(self.step, self.losses, self.lrs, stopped, self.position, self.optimizer,
+                           self.scheduler, time.perf_counter() - t0)
