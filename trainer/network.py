@@ -1,0 +1,453 @@
+"""A kohya-format LoRA network: an ordered set of ``LoRAModule``s keyed by kohya name.
+
+The network is installed on the base modules as a *forward override* of each target module's
+instance attribute ``forward`` (``org(x) + lora.delta(x)``); the base modules' parameters and
+state_dict keys never change and the LoRA parameters are never registered into the base tree.
+``network.state_dict()`` keys are kohya keys (``<name>.lora_down.weight``, ``.lora_up.weight``,
+``.alpha``), the same as ``kohya_state_dict()``.
+"""
+from __future__ import annotations
+
+import copy as _copy
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .lora import LoRAModule, OrgSpec
+
+log = logging.getLogger(__name__)
+
+KINDS = ("linear", "conv", "conv3x3")
+SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+_PREFIX_RE = re.compile(r"^(lora_unet|lora_te\d*)_")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to adapt.
+
+    name: kohya module name (``lora_unet_...`` / ``lora_te1_...``), no dots.
+    root: key of the root module the trainer installs on (e.g. ``"unet"``, ``"te"``).
+    path: dotted module path under that root (``root.get_submodule(path)``).
+    kind: ``"linear"`` (nn.Linear), ``"conv"`` (1x1 conv, linear rank) or ``"conv3x3"`` (conv rank).
+    """
+
+    name: str
+    root: str
+    path: str
+    kind: str
+    is_text_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Target {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if "." in self.name:
+            raise ValueError(f"Target name {self.name!r} must not contain dots (kohya names use '_')")
+
+    @property
+    def prefix(self) -> str:
+        """``lora_unet``, ``lora_te``, ``lora_te1``, ``lora_te2`` or ``lora_te3``."""
+        m = _PREFIX_RE.match(self.name)
+        return m.group(1) if m else self.name.split("_")[0]
+
+
+def split_kohya_key(key: str) -> tuple[str, str]:
+    """``'lora_unet_x.lora_up.weight'`` -> ``('lora_unet_x', '.lora_up.weight')``; unknown suffix -> ``(key, '')``."""
+    for suf in SUFFIXES:
+        if key.endswith(suf):
+            return key[: -len(suf)], suf
+    return key, ""
+
+
+class LoadReport(dict):
+    """Result of ``load_kohya_state_dict``: ``missing``, ``unexpected`` key lists."""
+
+    @property
+    def missing(self) -> list[str]:
+        return self["missing"]
+
+    @property
+    def unexpected(self) -> list[str]:
+        return self["unexpected"]
+
+
+def _resolve(roots: Mapping[str, nn.Module], target: Target) -> nn.Module:
+    if target.root not in roots:
+        raise KeyError(f"LoRA target {target.name} needs root {target.root!r}, but only "
+                       f"{sorted(roots)} were given")
+    try:
+        return roots[target.root].get_submodule(target.path)
+    except AttributeError as e:
+        raise KeyError(f"LoRA target {target.name}: no module {target.path!r} under root {target.root!r} "
+                       f"(is this network made for another model?)") from e
+
+
+def _check_kind(target: Target, spec: OrgSpec) -> None:
+    want = "linear" if target.kind == "linear" else "conv"
+    if spec.kind != want:
+        raise TypeError(f"LoRA target {target.name} ({target.path}) is declared {target.kind!r} but the "
+                        f"module is a {spec.kind}")
+
+
+class LoRANetwork(nn.Module):
+    """Ordered collection of ``LoRAModule``s with their ``Target``s.
+
+    Metadata for the saver: ``rank``, ``alpha``, ``conv_rank``, ``conv_alpha``, ``family``,
+    ``network_args`` (str -> str, like sd-scripts ``--network_args``).
+    """
+
+    def __init__(self, targets: Sequence[Target], loras: Mapping[str, LoRAModule], *, rank: Optional[int] = None,
+                 alpha: Optional[float] = None, conv_rank: Optional[int] = None, conv_alpha: Optional[float] = None,
+                 family: str = "", network_args: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__()
+        self._targets: dict[str, Target] = {}
+        for t in targets:
+            if t.name not in loras:
+                continue
+            if t.name in self._targets:
+                raise ValueError(f"duplicate LoRA target name {t.name}")
+            self._targets[t.name] = t
+            self.add_module(t.name, loras[t.name])
+        extra = sorted(set(loras) - set(self._targets))
+        if extra:
+            raise ValueError(f"LoRA modules without a target: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        self.rank = rank
+        self.alpha = alpha
+        self.conv_rank = conv_rank
+        self.conv_alpha = conv_alpha
+        self.family = family
+        self.network_args: dict[str, str] = {str(k): str(v) for k, v in (network_args or {}).items()}
+        self._installed: list[tuple[nn.Module, Any, Any]] = []  # (module, previous instance forward or _MISSING, ours)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, targets: Sequence[Target], roots: Mapping[str, nn.Module], rank: int, alpha: Optional[float] = 1.0,
+               *, conv_rank: Optional[int] = None, conv_alpha: Optional[float] = None, family: str = "",
+               network_args: Optional[Mapping[str, Any]] = None, multiplier: float = 1.0,
+               dropout: Optional[float] = None, rank_dropout: Optional[float] = None,
+               module_dropout: Optional[float] = None, seed: Optional[int] = None,
+               generator: Optional[torch.Generator] = None) -> "LoRANetwork":
+        """Fresh network for ``targets`` (shapes read from the modules under ``roots``; meta is fine).
+
+        ``conv3x3`` targets use ``conv_rank``/``conv_alpha`` (kohya C3Lier; ``conv_alpha`` defaults to 1.0
+        when only ``conv_rank`` is given); everything else uses ``rank``/``alpha``. Weights are drawn in
+        target order from ``generator`` (or a CPU generator seeded with ``seed``) for reproducibility.
+        """
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        if conv_rank is not None and conv_alpha is None:
+            conv_alpha = 1.0
+        needs_conv = [t.name for t in targets if t.kind == "conv3x3"]
+        if needs_conv and not conv_rank:
+            raise ValueError(f"{len(needs_conv)} conv3x3 targets (e.g. {needs_conv[0]}) need conv_rank "
+                             "(kohya conv_dim); build LierLa targets (conv=False) or set conv_rank")
+        loras: dict[str, LoRAModule] = {}
+        with torch.inference_mode(False):
+            for t in targets:
+                spec = OrgSpec.of(_resolve(roots, t))
+                _check_kind(t, spec)
+                r, a = (conv_rank, conv_alpha) if t.kind == "conv3x3" else (rank, alpha)
+                loras[t.name] = LoRAModule(t.name, spec, r, a, multiplier=multiplier, dropout=dropout,
+                                           rank_dropout=rank_dropout, module_dropout=module_dropout,
+                                           generator=generator)
+        args = dict(network_args or {})
+        if conv_rank:
+            args.setdefault("conv_dim", conv_rank)
+            args.setdefault("conv_alpha", conv_alpha)
+        net = cls(targets, loras, rank=rank, alpha=alpha, conv_rank=conv_rank if conv_rank else None,
+                  conv_alpha=conv_alpha if conv_rank else None, family=family, network_args=args)
+        return net
+
+    @classmethod
+    def from_kohya_state_dict(cls, sd: Mapping[str, torch.Tensor], targets: Sequence[Target],
+                              roots: Mapping[str, nn.Module], *, family: str = "",
+                              network_args: Optional[Mapping[str, Any]] = None, multiplier: float = 1.0,
+                              strict: bool = True, source: str = "state dict") -> "LoRANetwork":
+        """Create modules from a kohya file: rank from ``lora_down.shape[0]``, alpha from ``*.alpha``
+        (missing alpha -> rank, "old LoRA"). Only targets present in the file get a module.
+        Keys that match no target raise (``strict``) or are logged and ignored."""
+        by_name: dict[str, dict[str, torch.Tensor]] = {}
+        unexpected: list[str] = []
+        tmap = {t.name: t for t in targets}
+        for key, value in sd.items():
+            name, suf = split_kohya_key(key)
+            if not suf or name not in tmap:
+                unexpected.append(key)
+                continue
+            by_name.setdefault(name, {})[suf] = value
+        no_down = sorted(n for n, d in by_name.items() if ".lora_down.weight" not in d or ".lora_up.weight" not in d)
+        if no_down:
+            raise ValueError(f"{source}: modules without both lora_down.weight and lora_up.weight: "
+                             f"{no_down[:10]}")
+        if unexpected:
+            msg = (f"{source}: {len(unexpected)} keys match no target of this model "
+                   f"(family {family or '?'}): {sorted(unexpected)[:10]}")
+            if strict:
+                raise ValueError(msg + " - is the file made for another model type?")
+            log.warning(msg)
+        if not by_name:
+            raise ValueError(f"{source}: no LoRA module of this model found in the file")
+        loras: dict[str, LoRAModule] = {}
+        ranks, alphas, conv_ranks, conv_alphas = Counter(), Counter(), Counter(), Counter()
+        with torch.inference_mode(False):
+            for t in targets:
+                if t.name not in by_name:
+                    continue
+                d = by_name[t.name]
+                spec = OrgSpec.of(_resolve(roots, t))
+                _check_kind(t, spec)
+                r = int(d[".lora_down.weight"].shape[0])
+                alpha = d.get(".alpha")
+                a = float(alpha.float().item()) if alpha is not None else float(r)
+                m = LoRAModule(t.name, spec, r, a, multiplier=multiplier)
+                _load_module(m, d, source)
+                loras[t.name] = m
+                (conv_ranks if t.kind == "conv3x3" else ranks)[r] += 1
+                (conv_alphas if t.kind == "conv3x3" else alphas)[a] += 1
+        top = lambda c: c.most_common(1)[0][0] if c else None  # noqa: E731
+        args = dict(network_args or {})
+        if conv_ranks:
+            args.setdefault("conv_dim", top(conv_ranks))
+            args.setdefault("conv_alpha", top(conv_alphas))
+        return cls(targets, loras, rank=top(ranks), alpha=top(alphas), conv_rank=top(conv_ranks),
+                   conv_alpha=top(conv_alphas), family=family, network_args=args)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def targets(self) -> list[Target]:
+        return list(self._targets.values())
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._targets)
+
+    def lora(self, name: str) -> LoRAModule:
+        return self._modules[name]  # type: ignore[return-value]
+
+    def loras(self) -> list[LoRAModule]:
+        return [self._modules[n] for n in self._targets]  # type: ignore[misc]
+
+    def items(self) -> list[tuple[Target, LoRAModule]]:
+        return [(t, self._modules[n]) for n, t in self._targets.items()]  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    @property
+    def unet_names(self) -> list[str]:
+        return [n for n, t in self._targets.items() if not t.is_text_encoder]
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        return [n for n, t in self._targets.items() if t.is_text_encoder]
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for m in self.loras():
+            m.multiplier = float(multiplier)
+
+    def metadata(self) -> dict[str, Any]:
+        """Values the saver writes (``ss_network_dim`` etc.)."""
+        return {"rank": self.rank, "alpha": self.alpha, "conv_rank": self.conv_rank,
+                "conv_alpha": self.conv_alpha, "family": self.family, "network_args": dict(self.network_args)}
+
+    # ------------------------------------------------------------------ install / remove
+    @property
+    def is_installed(self) -> bool:
+        return bool(self._installed)
+
+    def install(self, roots: Mapping[str, nn.Module]) -> None:
+        """Override ``forward`` of every target module under ``roots`` with ``org(x) + delta(x)``."""
+        if self._installed:
+            raise RuntimeError("LoRA network is already installed; call remove() first")
+        done: list[tuple[nn.Module, Any, Any]] = []
+        try:
+            for t, lora in self.items():
+                mod = _resolve(roots, t)
+                spec = OrgSpec.of(mod)
+                if spec != lora.spec:
+                    raise ValueError(f"LoRA {t.name} was built for {lora.spec} but {t.root}.{t.path} is {spec}")
+                prev = mod.__dict__.get("forward", _MISSING)
+                ours = _make_forward(mod.forward, lora)
+                mod.forward = ours
+                done.append((mod, prev, ours))
+        except Exception:
+            _restore(done)
+            raise
+        self._installed = done
+
+    def remove(self) -> None:
+        """Restore exactly the forwards seen at install time (reverse order). Safe to call twice."""
+        if not self._installed:
+            return
+        foreign = [m for m, _, ours in self._installed if m.__dict__.get("forward") is not ours]
+        if foreign:
+            raise RuntimeError(f"{len(foreign)} LoRA-patched modules had their forward overridden again after "
+                               "install (e.g. a checkpoint wrapper on a target module); remove that override first")
+        _restore(self._installed)
+        self._installed = []
+
+    # ------------------------------------------------------------------ state dicts
+    def kohya_state_dict(self, dtype: Optional[torch.dtype] = None,
+                         device: Optional[Union[str, torch.device]] = None) -> dict[str, torch.Tensor]:
+        """``<name>.lora_down.weight``, ``<name>.lora_up.weight``, ``<name>.alpha`` (0-dim float32 unless
+        ``dtype`` is given: like kohya ``save_precision`` it then casts every tensor)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, m in zip(self._targets, self.loras()):
+            down = m.lora_down.weight.detach()
+            up = m.lora_up.weight.detach()
+            alpha = m.alpha.detach().to(torch.float32).reshape(())
+            if dtype is not None:
+                down, up, alpha = down.to(dtype), up.to(dtype), alpha.to(dtype)
+            if device is not None:
+                down, up, alpha = down.to(device), up.to(device), alpha.to(device)
+            out[f"{name}.lora_down.weight"] = down.contiguous()
+            out[f"{name}.lora_up.weight"] = up.contiguous()
+            out[f"{name}.alpha"] = alpha.clone()
+        return out
+
+    def load_kohya_state_dict(self, sd: Mapping[str, torch.Tensor], strict: bool = True,
+                              source: str = "state dict") -> LoadReport:
+        """Copy weights (and alpha) from a kohya state dict. Shape mismatches always raise; missing and
+        unexpected keys raise when ``strict`` (listing them), else they are returned and logged."""
+        expected = {f"{n}{s}" for n in self._targets for s in SUFFIXES}
+        given = set(sd)
+        missing = sorted(k for k in expected - given if not k.endswith(".alpha"))
+        unexpected = sorted(given - expected)
+        mismatched = []
+        for n, m in zip(self._targets, self.loras()):
+            for suf, p in ((".lora_down.weight", m.lora_down.weight), (".lora_up.weight", m.lora_up.weight)):
+                k = n + suf
+                if k in sd and tuple(sd[k].shape) != tuple(p.shape):
+                    mismatched.append(f"{k}: file {tuple(sd[k].shape)} vs network {tuple(p.shape)}")
+        problems = []
+        if mismatched:
+            problems.append(f"shape mismatch ({len(mismatched)}): {mismatched[:10]}")
+        if strict and missing:
+            problems.append(f"missing ({len(missing)}): {missing[:10]}")
+        if strict and unexpected:
+            problems.append(f"unexpected ({len(unexpected)}): {unexpected[:10]}")
+        if problems:
+            raise ValueError(f"cannot load LoRA weights from {source}: " + "; ".join(problems))
+        with torch.inference_mode(False):
+            for n, m in zip(self._targets, self.loras()):
+                d = {s: sd[n + s] for s in SUFFIXES if n + s in sd}
+                if d:
+                    _load_module(m, d, source)
+        if missing or unexpected:
+            log.warning("LoRA load from %s: %d missing, %d unexpected keys", source, len(missing), len(unexpected))
+        return LoadReport(missing=missing, unexpected=unexpected)
+
+    # ------------------------------------------------------------------ optimizer groups
+    def prefixes(self) -> list[str]:
+        """Name prefixes present, U-Net first then text encoders in name order."""
+        seen = []
+        for t in self._targets.values():
+            if t.prefix not in seen:
+                seen.append(t.prefix)
+        return sorted(seen, key=lambda p: (p != "lora_unet", p))
+
+    def param_groups(self, learning_rate: float, unet_lr: Optional[float] = None,
+                     text_encoder_lr: Union[None, float, Sequence[Optional[float]]] = None, *,
+                     te_prefixes: Optional[Sequence[str]] = None, loraplus_lr_ratio: Optional[float] = None,
+                     loraplus_unet_lr_ratio: Optional[float] = None,
+                     loraplus_text_encoder_lr_ratio: Optional[float] = None) -> list[dict[str, Any]]:
+        """Optimizer param groups, kohya ``prepare_optimizer_params_with_multiple_te_lrs`` style.
+
+        One group for the U-Net (``unet_lr`` or ``learning_rate``) and one per text-encoder prefix.
+        ``text_encoder_lr`` may be one value or a list indexed by the position of the prefix in
+        ``te_prefixes`` (the family's text-encoder order, default: the prefixes present); a short list
+        falls back to its first value. LoRA+ puts ``lora_up`` weights in a ``"<group> plus"`` group with
+        ``lr * ratio``. Groups whose lr is 0 are dropped (their modules stay, as in kohya).
+        """
+        te_order = list(te_prefixes) if te_prefixes else [p for p in self.prefixes() if p != "lora_unet"]
+        if isinstance(text_encoder_lr, (list, tuple)):
+            te_list = [v for v in text_encoder_lr]
+        elif text_encoder_lr is None:
+            te_list = []
+        else:
+            te_list = [text_encoder_lr]
+        groups: list[dict[str, Any]] = []
+        for prefix in self.prefixes():
+            is_te = prefix != "lora_unet"
+            if is_te:
+                idx = te_order.index(prefix) if prefix in te_order else 0
+                lr = te_list[idx] if idx < len(te_list) else (te_list[0] if te_list else None)
+                lr = learning_rate if lr is None else lr
+                ratio = loraplus_text_encoder_lr_ratio or loraplus_lr_ratio
+            else:
+                lr = learning_rate if unet_lr is None else unet_lr
+                ratio = loraplus_unet_lr_ratio or loraplus_lr_ratio
+            names = [n for n, t in self._targets.items() if t.prefix == prefix]
+            plain, plus = [], []
+            for n in names:
+                m = self._modules[n]
+                plain.append(m.lora_down.weight)
+                (plus if ratio else plain).append(m.lora_up.weight)
+            group_name = "unet" if not is_te else prefix[len("lora_"):]
+            for gname, params, glr in ((group_name, plain, lr), (f"{group_name} plus", plus, lr * (ratio or 1.0))):
+                if not params:
+                    continue
+                if not glr:
+                    log.info("LoRA group %s has lr %s: not trained (NO LR skipping)", gname, glr)
+                    continue
+                groups.append({"params": params, "lr": float(glr), "name": gname})
+        return groups
+
+    # ------------------------------------------------------------------ copies
+    def copy(self) -> "LoRANetwork":
+        """Deep copy (weights cloned, normal tensors even under inference mode), not installed anywhere."""
+        with torch.inference_mode(False):
+            loras = {}
+            for n, m in zip(self._targets, self.loras()):
+                c = _copy.deepcopy(m)
+                for p in c.parameters():
+                    p.grad = None
+                loras[n] = c
+        return LoRANetwork(self.targets, loras, rank=self.rank, alpha=self.alpha, conv_rank=self.conv_rank,
+                           conv_alpha=self.conv_alpha, family=self.family, network_args=self.network_args)
+
+    def __deepcopy__(self, memo):  # never drag the installed base modules along
+        return self.copy()
+
+
+# ---------------------------------------------------------------------- helpers
+class _Missing:
+    def __repr__(self) -> str:
+        return "<no instance forward>"
+
+
+_MISSING = _Missing()
+
+
+def _make_forward(org_forward, lora: LoRAModule):
+    def forward(x, *args, **kwargs):
+        return org_forward(x, *args, **kwargs) + lora.delta(x)
+
+    forward.lora_loop_name = lora.lora_name  # type: ignore[attr-defined]
+    return forward
+
+
+def _restore(done: Iterable[tuple[nn.Module, Any, Any]]) -> None:
+    for mod, prev, _ours in reversed(list(done)):
+        if prev is _MISSING:
+            mod.__dict__.pop("forward", None)
+        else:
+            mod.forward = prev
+
+
+def _load_module(m: LoRAModule, d: Mapping[str, torch.Tensor], source: str) -> None:
+    with torch.no_grad():
+        for suf, p in ((".lora_down.weight", m.lora_down.weight), (".lora_up.weight", m.lora_up.weight)):
+            if suf in d:
+                v = d[suf]
+                if tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(f"{source}: {m.lora_name}{suf} has shape {tuple(v.shape)}, "
+                                     f"the model needs {tuple(p.shape)}")
+                p.copy_(v.to(device=p.device, dtype=p.dtype))
+        if ".alpha" in d:
+            m.set_alpha(d[".alpha"])
