@@ -310,6 +310,13 @@ def load_scheduler_state(scheduler: LambdaLR, state: Mapping[str, Any]) -> None:
     was loaded before the scheduler was built. This makes the order irrelevant.
     """
     state = dict(state)
+    mine = getattr(scheduler, "lora_loop_config", None)
+    saved = state.get("lora_loop_config")
+    if mine is not None and saved is not None and dict(saved) != dict(mine):
+        raise ValueError(
+            f"the saved LR schedule {dict(saved)} does not match the current one {dict(mine)}; "
+            "resume with the same schedule, steps and warmup, or start a new run"
+        )
     state.setdefault("lr_lambdas", [None] * len(scheduler.optimizer.param_groups))
     scheduler.load_state_dict(state)
     groups = scheduler.optimizer.param_groups

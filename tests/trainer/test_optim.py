@@ -186,3 +186,12 @@ def test_scheduler_resume_gives_identical_lrs(optimizer_first):
     load_scheduler_state(sched2, sched_state)
     rest = _run(opt2, sched2, 7)
     assert first + rest == straight
+
+
+def test_scheduler_resume_rejects_other_schedule():
+    opt, _ = build_optimizer("AdamW", params(), 1e-3)
+    sched = build_scheduler(opt, "linear", 12, warmup=3)
+    state = sched.state_dict()
+    other = build_scheduler(build_optimizer("AdamW", params(), 1e-3)[0], "cosine", 12, warmup=3)
+    with pytest.raises(ValueError, match="does not match"):
+        load_scheduler_state(other, state)
