@@ -1,0 +1,177 @@
+"""Caption files and kohya's per-load caption processing (shuffle, keep tokens, dropout).
+
+Reading (:func:`read_caption`) follows sd-scripts: ``<image stem><caption_extension>``, UTF-8, first
+line only, stripped. Differences, chosen so one bad file never stops a run silently or loudly:
+
+* a UTF-8 byte-order mark is tolerated;
+* a file that is empty (or only whitespace) gives ``None`` plus a warning naming it, so the image
+  falls back to ``class_tokens`` like a missing file (kohya asserts instead);
+* bytes that are not UTF-8 raise :class:`CaptionError` naming the file (kohya raises too); the
+  dataset scanner turns that into a skipped image with the reason, it does not guess an encoding.
+
+Processing (:func:`process_caption`) reproduces ``BaseDataset.process_caption`` (kohya.md §3.4)
+with an explicit ``random.Random`` instead of the global RNG. Wildcards and token warm-up are not
+implemented.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field, fields
+
+logger = logging.getLogger(__name__)
+
+
+class CaptionError(Exception):
+    """A caption file that cannot be read. ``path`` names the file, ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str, hint: str = "re-save the caption file as UTF-8") -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason} ({hint})")
+
+
+def normalize_extension(extension: str) -> str:
+    """``"txt"`` -> ``".txt"``; ``".caption"`` unchanged (kohya adds the dot the same way)."""
+    extension = (extension or "").strip()
+    if not extension:
+        raise ValueError("caption_extension is empty; use e.g. '.txt' or '.caption'")
+    return extension if extension.startswith(".") else "." + extension
+
+
+def caption_path(image_path: str, extension: str) -> str:
+    return os.path.splitext(str(image_path))[0] + normalize_extension(extension)
+
+
+def read_caption(image_path: str, extension: str = ".txt") -> str | None:
+    """The caption of ``image_path``: first line of ``<stem><extension>``, stripped.
+
+    Missing file -> ``None``. Empty file -> ``None`` and a warning. Not UTF-8 -> CaptionError."""
+    path = caption_path(image_path, extension)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CaptionError(path, f"cannot read caption file: {e}", "check its permissions") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CaptionError(path, f"caption file is not valid UTF-8 (byte {e.start})") from e
+    if not text.strip():
+        logger.warning("caption file is empty, using class tokens or an empty caption instead: %s", path)
+        return None
+    first = text.splitlines()[0].strip()
+    if not first:
+        logger.warning("caption file %s starts with an empty line; like kohya only the first line is used", path)
+    return first
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """Caption processing options; names, defaults and meaning as sd-scripts."""
+
+    shuffle_caption: bool = field(default=False, metadata=_help(
+        "Shuffle the comma-separated tags of each caption every time it is used (after keep_tokens)."))
+    keep_tokens: int = field(default=0, metadata=_help(
+        "Keep the first N tags in place when shuffling or dropping tags."))
+    keep_tokens_separator: str = field(default="", metadata=_help(
+        "If set and present in a caption, the part before it stays fixed (instead of keep_tokens); "
+        "a second occurrence marks a fixed suffix: 'fixed ||| shuffled ||| fixed suffix'."))
+    caption_separator: str = field(default=",", metadata=_help("Separator between tags."))
+    secondary_separator: str | None = field(default=None, metadata=_help(
+        "Separator that groups tags that move together; replaced by caption_separator after shuffling."))
+    caption_prefix: str | None = field(default=None, metadata=_help(
+        "Text put before every caption (joined with a space)."))
+    caption_suffix: str | None = field(default=None, metadata=_help(
+        "Text put after every caption (joined with a space)."))
+    caption_dropout_rate: float = field(default=0.0, metadata=_help(
+        "Probability of training an image with an empty caption."))
+    caption_dropout_every_n_epochs: int = field(default=0, metadata=_help(
+        "Use empty captions for every image in every N-th epoch (0: never)."))
+    caption_tag_dropout_rate: float = field(default=0.0, metadata=_help(
+        "Probability of dropping each (non-kept) tag."))
+
+    def __post_init__(self) -> None:
+        for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {v}")
+        if self.keep_tokens < 0:
+            raise ValueError(f"keep_tokens must be >= 0, got {self.keep_tokens}")
+        if self.caption_dropout_every_n_epochs < 0:
+            raise ValueError(f"caption_dropout_every_n_epochs must be >= 0, got {self.caption_dropout_every_n_epochs}")
+        if not self.caption_separator:
+            raise ValueError("caption_separator must not be empty")
+
+
+CAPTION_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(CaptionOptions))
+
+
+def is_deterministic(opts: CaptionOptions) -> bool:
+    """True when a caption always processes to the same text (so text conds may be cached)."""
+    return not (
+        opts.shuffle_caption
+        or opts.caption_dropout_rate > 0
+        or opts.caption_dropout_every_n_epochs > 0
+        or opts.caption_tag_dropout_rate > 0
+    )
+
+
+def _split_tokens(part: str, sep: str) -> list[str]:
+    return [t.strip() for t in part.split(sep) if t.strip()]
+
+
+def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int = 0) -> str:
+    """Apply prefix/suffix, dropout, keep_tokens split, shuffle, tag dropout, secondary separator.
+
+    ``epoch`` counts from 1 like kohya's ``current_epoch`` (``caption_dropout_every_n_epochs=n``
+    drops when ``epoch % n == 0``; epoch 0 would always drop, so pass 1-based epochs).
+    The only randomness comes from ``rng``; calls are made in kohya's order."""
+    if opts.caption_prefix:
+        caption = opts.caption_prefix + " " + caption
+    if opts.caption_suffix:
+        caption = caption + " " + opts.caption_suffix
+
+    dropped = opts.caption_dropout_rate > 0 and rng.random() < opts.caption_dropout_rate
+    dropped = dropped or (
+        opts.caption_dropout_every_n_epochs > 0 and epoch % opts.caption_dropout_every_n_epochs == 0
+    )
+    if dropped:
+        return ""
+
+    caption = caption.split("\n")[0]
+    sep = opts.caption_separator
+    if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0:
+        fixed: list[str] = []
+        flex: list[str] = []
+        fixed_suffix: list[str] = []
+        kts = opts.keep_tokens_separator
+        if kts and kts in caption:
+            fixed_part, flex_part = caption.split(kts, 1)
+            if kts in flex_part:
+                flex_part, suffix_part = flex_part.split(kts, 1)
+                fixed_suffix = _split_tokens(suffix_part, sep)
+            fixed = _split_tokens(fixed_part, sep)
+            flex = _split_tokens(flex_part, sep)
+        else:
+            tokens = [t.strip() for t in caption.strip().split(sep)]
+            flex = tokens[:]
+            if opts.keep_tokens > 0:
+                fixed = flex[: opts.keep_tokens]
+                flex = tokens[opts.keep_tokens:]
+        if opts.shuffle_caption:
+            rng.shuffle(flex)
+        if opts.caption_tag_dropout_rate > 0:
+            flex = [t for t in flex if rng.random() >= opts.caption_tag_dropout_rate]
+        caption = ", ".join(fixed + flex + fixed_suffix)
+
+    if opts.secondary_separator:
+        caption = caption.replace(opts.secondary_separator, sep)
+    return caption
