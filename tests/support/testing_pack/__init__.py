@@ -1,0 +1,136 @@
+"""Test-only ComfyUI node pack for LoRA Loop (V3 API). Never shipped; loaded by tests/support/comfy_env.boot().
+
+Nodes (all ``LoraLoopTest_*``):
+
+* ``TinyModel(family, seed) -> MODEL, CLIP, VAE``: tiny real-architecture models from ``tiny_models.build``,
+  cached per ``(family, seed)`` so re-queues get the SAME objects (like a checkpoint loader served from cache).
+* ``ModelPredict(model, positive, seed, width, height, sigma) -> LATENT``: ``model.model.apply_model`` (the
+  denoised x0 prediction) on fixed seeded noise, with conds prepared by ComfyUI's own sampler helpers.
+* ``SaveTensor(latent, name)`` / ``SaveConditioning(conditioning, name)``: output nodes that store their input in
+  ``RESULTS[name]`` (they always re-run). Tests read it with ``from lora_loop_testing_pack import RESULTS``
+  after ``comfy_env.boot()``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+_SUPPORT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _SUPPORT not in sys.path:
+    sys.path.append(_SUPPORT)
+
+import tiny_models  # noqa: E402  (tests/support, put on sys.path just above)
+
+# ComfyUI registers this package under its folder path; give tests a stable import name.
+sys.modules.setdefault("lora_loop_testing_pack", sys.modules[__name__])
+
+RESULTS: dict = {}
+_MODEL_CACHE: dict = {}
+
+CATEGORY = "LoRA Loop/testing"
+
+
+def predict(model, positive, seed: int, width: int, height: int, sigma: float) -> torch.Tensor:
+    """Denoised prediction of ``model`` (a ModelPatcher, patches applied) for ``positive`` at ``sigma`` on noise
+    seeded with ``seed``. Returns a CPU float32 tensor (1, C, height//8, width//8) (C from the latent format)."""
+    import comfy.model_management as mm
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    mm.load_models_gpu([model])
+    channels = model.get_model_object("latent_format").latent_channels
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn((1, channels, height // 8, width // 8), generator=gen, dtype=torch.float32)
+    device = model.load_device
+    x = noise.to(device) * float(sigma)
+    conds = comfy.sampler_helpers.convert_cond(positive)
+    conds = comfy.samplers.encode_model_conds(model.model.extra_conds, conds, x, device, "positive")
+    batch = [{k: v.process_cond(batch_size=1, area=None) for k, v in c["model_conds"].items()} for c in conds[:1]]
+    kwargs = comfy.samplers.cond_cat(batch)
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    t_opts = dict(model.model_options.get("transformer_options", {}))
+    sig = torch.full((1,), float(sigma), device=device)
+    out = model.model.apply_model(x, sig, transformer_options=t_opts, **kwargs)
+    return out.detach().float().cpu()
+
+
+class TinyModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_TinyModel", display_name="Tiny Model (LoRA Loop tests)", category=CATEGORY,
+            inputs=[io.Combo.Input("family", options=list(tiny_models.FAMILIES), default="sd15"),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+    @classmethod
+    def execute(cls, family, seed) -> io.NodeOutput:
+        key = (family, int(seed))
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = tiny_models.build(family, int(seed))
+        return io.NodeOutput(*_MODEL_CACHE[key])
+
+
+class ModelPredict(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_ModelPredict", display_name="Model Predict (LoRA Loop tests)", category=CATEGORY,
+            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Int.Input("width", default=64, min=16, max=1024, step=16),
+                    io.Int.Input("height", default=64, min=16, max=1024, step=16),
+                    io.Float.Input("sigma", default=1.0, min=0.0, max=1000.0, step=0.001)],
+            outputs=[io.Latent.Output()])
+
+    @classmethod
+    def execute(cls, model, positive, seed, width, height, sigma) -> io.NodeOutput:
+        return io.NodeOutput({"samples": predict(model, positive, seed, width, height, sigma)})
+
+
+class SaveTensor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_SaveTensor", display_name="Save Tensor (LoRA Loop tests)", category=CATEGORY,
+            inputs=[io.Latent.Input("latent"), io.String.Input("name", default="out")],
+            outputs=[], is_output_node=True)
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, latent, name) -> io.NodeOutput:
+        RESULTS[name] = latent["samples"].detach().clone()
+        return io.NodeOutput()
+
+
+class SaveConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_SaveConditioning", display_name="Save Conditioning (LoRA Loop tests)",
+            category=CATEGORY, inputs=[io.Conditioning.Input("conditioning"), io.String.Input("name", default="cond")],
+            outputs=[], is_output_node=True)
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, conditioning, name) -> io.NodeOutput:
+        RESULTS[name] = [[t.detach().clone(), dict(d)] for t, d in conditioning]
+        return io.NodeOutput()
+
+
+class LoraLoopTestingExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [TinyModel, ModelPredict, SaveTensor, SaveConditioning]
+
+
+async def comfy_entrypoint() -> LoraLoopTestingExtension:
+    return LoraLoopTestingExtension()
