@@ -226,9 +226,13 @@ def _scan_subset(
             w, h = verify_image(path, max_pixels)
             digest = file_sha256(path)
             cap = read_caption(path, sub.caption_extension)
-        except (ImageError, CaptionError) as e:
+        except ImageError as e:
             logger.warning("skipping %s", e)
-            skipped.append((path, e.reason if hasattr(e, "reason") else str(e)))
+            skipped.append((path, e.reason))
+            continue
+        except CaptionError as e:
+            logger.warning("skipping image %s: %s", path, e)
+            skipped.append((path, str(e)))
             continue
         except OSError as e:
             logger.warning("skipping %s: %s", path, e)
