@@ -6,6 +6,7 @@ Decoding rules (kohya-compatible where kohya has one):
   sideways is trained upright and :func:`read_image_size` reports the rotated size. Only the EXIF
   block that precedes the pixel data is read (always the case for JPEG/WebP; a PNG whose ``eXIf``
   chunk comes after the image data is treated as unrotated by both functions, so they never disagree).
+  (sd-scripts ignores EXIF orientation; rotated phone photos are trained sideways there.)
 * Transparency (RGBA, LA, PA, P/L/RGB with a transparent colour) is composited onto **white**.
   kohya drops the alpha channel instead, which shows whatever colour the transparent pixels happen
   to hold (often black); white is what image viewers show and what most captioners saw.
