@@ -125,6 +125,16 @@ def load_clip_for_training(clip) -> None:
 
 # ----------------------------------------------------------------------------- LoRA injection
 
+def network_subset(network, root: str):
+    """A view of ``network`` holding only the targets under ``root`` (same LoRA modules and weights)."""
+    from .network import LoRANetwork
+
+    targets = [t for t in network.targets if t.root == root]
+    return LoRANetwork(targets, {t.name: network.lora(t.name) for t in targets}, rank=network.rank,
+                       alpha=network.alpha, conv_rank=network.conv_rank, conv_alpha=network.conv_alpha,
+                       family=network.family, network_args=network.network_args)
+
+
 def _injection(network, root_key: str, get_root: Callable[[Any], torch.nn.Module]):
     from comfy.patcher_extension import PatcherInjection
 
@@ -142,7 +152,7 @@ def install_network(model_patcher, network):
     """Return a clone of ``model_patcher`` whose diffusion model runs the network's U-Net LoRA as a
     bypass (y = base(x) + up(down(x)) * scale). The input patcher and its other clones never see it."""
     mp = model_patcher.clone()
-    unet_part = network.subset(UNET_ROOT)
+    unet_part = network_subset(network, UNET_ROOT)
     if len(unet_part):
         mp.set_injections(INJECTION_KEY, [_injection(unet_part, UNET_ROOT, lambda p: p.model.diffusion_model)])
     else:
@@ -154,7 +164,7 @@ def install_text_encoder_network(clip, network):
     """Return a CLIP clone running the network's text-encoder LoRA (bypass) - or the clip unchanged."""
     if clip is None:
         return None
-    te_part = network.subset(TE_ROOT)
+    te_part = network_subset(network, TE_ROOT)
     c = clip.clone()
     if len(te_part):
         c.patcher.set_injections(INJECTION_KEY, [_injection(te_part, TE_ROOT, lambda p: p.model)])

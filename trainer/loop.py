@@ -101,8 +101,8 @@ class Trainer:
         self.objective = objective
         self.text_encoder = text_encoder
         self.size_conditioning = size_conditioning
-        self.train_te = network.has_text_encoder()
-        groups = network.param_groups(unet_lr=cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
+        self.train_te = bool(network.text_encoder_names)
+        groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
         self.params = [p for g in groups for p in g["params"]]
         opt_args = dict(cfg.optimizer_args)
         opt_args.setdefault("weight_decay", cfg.weight_decay)

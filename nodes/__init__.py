@@ -1,0 +1,13 @@
+"""LoRA Loop nodes: thin V3 nodes that parse inputs and call trainer/."""
+from ._api import ComfyExtension
+from .dataset import BucketImages, EncodeDataset, LoadDataset
+from .network import InjectLoRA
+from .save import SaveLoRA
+from .train import TrainLoRA
+
+NODES = [LoadDataset, BucketImages, EncodeDataset, InjectLoRA, TrainLoRA, SaveLoRA]
+
+
+class LoraLoopExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)

@@ -1,0 +1,253 @@
+"""Dataset nodes: Load Dataset -> Bucket Images -> Encode Dataset."""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..trainer.captions import CaptionOptions
+from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
+from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
+
+log = logging.getLogger(__name__)
+
+
+def _sub(name: str) -> str:
+    import dataclasses
+
+    for f in dataclasses.fields(SubsetConfig):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    for f in dataclasses.fields(CaptionOptions):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def _grp(name: str) -> str:
+    import dataclasses
+
+    for f in dataclasses.fields(GroupConfig):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def resolve_dataset_path(path: str) -> str:
+    """Absolute paths are used as they are; relative ones are taken inside ComfyUI's input folder."""
+    import folder_paths
+
+    path = (path or "").strip().strip('"')
+    if not path:
+        raise ValueError("Load Dataset: 'path' is empty. Give a folder inside ComfyUI's input folder (e.g. "
+                         "'my_dataset'), an absolute folder path, or a kohya dataset .toml file.")
+    if os.path.isabs(os.path.expanduser(path)):
+        full = os.path.expanduser(path)
+    else:
+        base = folder_paths.get_input_directory()
+        full = os.path.abspath(os.path.join(base, path))
+    if not os.path.exists(full):
+        raise ValueError(f"Load Dataset: {full} does not exist. Relative paths are resolved inside ComfyUI's input "
+                         f"folder ({folder_paths.get_input_directory()}); use an absolute path otherwise.")
+    return full
+
+
+def _listing_fingerprint(path: str) -> str:
+    """Names, sizes and mtimes under the dataset (two levels deep, plus a TOML's image_dirs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    roots = [path]
+    if os.path.isfile(path):
+        h.update(open(path, "rb").read())
+        try:
+            import tomllib
+
+            with open(path, "rb") as f:
+                cfg = tomllib.load(f)
+            for ds in cfg.get("datasets", []):
+                for sub in ds.get("subsets", []):
+                    d = sub.get("image_dir")
+                    if d:
+                        roots.append(os.path.join(os.path.dirname(path), d) if not os.path.isabs(d) else d)
+        except Exception:
+            pass
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = dirpath[len(root):].count(os.sep)
+            if depth >= 1:
+                dirnames[:] = []
+            for name in sorted(filenames):
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                h.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+class LoadDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoop_LoadDataset",
+            display_name="Load Dataset",
+            category=f"{CATEGORY}/dataset",
+            description="Read a folder of images with caption files (kohya N_name repeat folders work) or a kohya "
+                        "dataset TOML.",
+            is_experimental=True,
+            inputs=[
+                io.String.Input("path", default="my_dataset",
+                                tooltip="A folder inside ComfyUI's input folder, an absolute folder, or a kohya dataset "
+                                        ".toml. The folder may hold images directly and/or kohya '<repeats>_<class "
+                                        "tokens>' subfolders (e.g. '10_sks dog')."),
+                io.String.Input("caption_extension", default=".txt",
+                                tooltip=_sub("caption_extension") + " For a TOML it is the fallback when no level sets it."),
+                io.Int.Input("num_repeats", default=1, min=1, max=10000,
+                             tooltip=_sub("num_repeats") + " Folders named '<N>_<tokens>' use N instead."),
+                io.String.Input("class_tokens", default="",
+                                tooltip=_sub("class_tokens") + " Folders named '<N>_<tokens>' use their tokens."),
+                io.Boolean.Input("shuffle_caption", default=False, tooltip=_sub("shuffle_caption")),
+                io.Int.Input("keep_tokens", default=0, min=0, max=255, tooltip=_sub("keep_tokens")),
+                io.Float.Input("caption_dropout_rate", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip=_sub("caption_dropout_rate")),
+                io.Boolean.Input("flip_aug", default=False, tooltip=_sub("flip_aug")),
+            ],
+            outputs=[LoraDatasetIO.Output(display_name="dataset",
+                                          tooltip="The images and captions (LORA_DATASET); unreadable files are "
+                                                  "listed in the console and skipped.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, path, **kwargs):
+        try:
+            return _listing_fingerprint(resolve_dataset_path(path))
+        except Exception:
+            return ""
+
+    @classmethod
+    def execute(cls, path, caption_extension, num_repeats, class_tokens, shuffle_caption, keep_tokens,
+                caption_dropout_rate, flip_aug) -> io.NodeOutput:
+        from ..trainer.dataset import load_folder, load_toml
+
+        full = resolve_dataset_path(path)
+        caption = CaptionOptions(shuffle_caption=shuffle_caption, keep_tokens=keep_tokens,
+                                 caption_dropout_rate=caption_dropout_rate)
+        if os.path.isfile(full):
+            if not full.lower().endswith(".toml"):
+                raise ValueError(f"Load Dataset: {full} is a file but not a .toml dataset config")
+            defaults = {"caption_extension": caption_extension, "num_repeats": num_repeats,
+                        "class_tokens": class_tokens or None, "shuffle_caption": shuffle_caption,
+                        "keep_tokens": keep_tokens, "caption_dropout_rate": caption_dropout_rate,
+                        "flip_aug": flip_aug}
+            ds = load_toml(full, defaults=defaults)
+        else:
+            ds = load_folder(full, caption_extension=caption_extension, num_repeats=num_repeats,
+                             class_tokens=class_tokens or None, caption=caption, flip_aug=flip_aug)
+        for p, why in ds.skipped:
+            log.warning("Load Dataset: skipped %s: %s", p, why)
+        log.info("Load Dataset: %d images in %d folder(s) from %s (%d skipped)", len(ds.images), len(ds.subsets),
+                 full, len(ds.skipped))
+        return io.NodeOutput(ds)
+
+
+class BucketImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoop_BucketImages",
+            display_name="Bucket Images",
+            category=f"{CATEGORY}/dataset",
+            description="Assign every image to a kohya aspect-ratio bucket (same bucket list and assignment as "
+                        "sd-scripts). Values set in a dataset TOML win over these inputs (kohya precedence).",
+            is_experimental=True,
+            inputs=[
+                LoraDatasetIO.Input("dataset", tooltip="The dataset from Load Dataset."),
+                io.Int.Input("resolution", default=512, min=64, max=8192, step=64,
+                             tooltip=_grp("resolution") + " 512 for SD1.x, 768 for SD2-v, 1024 for SDXL/SD3/FLUX."),
+                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip=_grp("batch_size")),
+                io.Boolean.Input("enable_bucket", default=True, tooltip=_grp("enable_bucket")),
+                io.Int.Input("min_bucket_reso", default=256, min=64, max=8192, step=64, tooltip=_grp("min_bucket_reso")),
+                io.Int.Input("max_bucket_reso", default=1024, min=64, max=8192, step=64, tooltip=_grp("max_bucket_reso")),
+                io.Int.Input("bucket_reso_steps", default=64, min=8, max=256, step=8, tooltip=_grp("bucket_reso_steps")),
+                io.Boolean.Input("bucket_no_upscale", default=False, tooltip=_grp("bucket_no_upscale")),
+            ],
+            outputs=[LoraDatasetIO.Output(display_name="dataset",
+                                          tooltip="The dataset with its bucket plan (LORA_DATASET).")],
+        )
+
+    @classmethod
+    def execute(cls, dataset, resolution, batch_size, enable_bucket, min_bucket_reso, max_bucket_reso,
+                bucket_reso_steps, bucket_no_upscale) -> io.NodeOutput:
+        from ..trainer.assemble import apply_group_settings
+        from ..trainer.buckets import plan_buckets
+
+        if not isinstance(dataset, LoraDataset):
+            raise TypeError("Bucket Images needs the dataset from Load Dataset")
+        ds = apply_group_settings(dataset, dict(
+            resolution=(resolution, resolution), batch_size=batch_size, enable_bucket=enable_bucket,
+            min_bucket_reso=min_bucket_reso, max_bucket_reso=max_bucket_reso, bucket_reso_steps=bucket_reso_steps,
+            bucket_no_upscale=bucket_no_upscale))
+        plan = plan_buckets(ds)
+        ds.plan = plan
+        info = plan.bucket_info()
+        for i, b in info["buckets"].items():
+            log.info("bucket %s: %sx%s, %d images", i, b["resolution"][0], b["resolution"][1], b["count"])
+        return io.NodeOutput(ds)
+
+
+class EncodeDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoop_EncodeDataset",
+            display_name="Encode Dataset",
+            category=f"{CATEGORY}/dataset",
+            description="Encode every bucketed image with the VAE (cached in memory and on disk) and every caption "
+                        "with the CLIP (cached when captions do not change between epochs).",
+            is_experimental=True,
+            inputs=[
+                LoraDatasetIO.Input("dataset", tooltip="The dataset from Bucket Images (or Load Dataset: then default "
+                                                       "bucket settings are used)."),
+                io.Vae.Input("vae", tooltip="The VAE of the checkpoint you train on."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="CLIP of the checkpoint. When given, captions are encoded once here; leave it "
+                                      "unconnected if the text encoder is trained (Train LoRA encodes then)."),
+                io.Boolean.Input("cache_latents_to_disk", default=True,
+                                 tooltip="Also keep latents on disk (ComfyUI temp/output 'lora_loop_cache' folder) so a "
+                                         "restarted ComfyUI does not re-encode unchanged images."),
+                io.Int.Input("vae_batch_size", default=4, min=1, max=64, tooltip="Images per VAE encode call."),
+            ],
+            outputs=[LoraDatasetIO.Output(display_name="dataset",
+                                          tooltip="The encoded dataset for Train LoRA.")],
+        )
+
+    @classmethod
+    def execute(cls, dataset, vae, clip=None, cache_latents_to_disk=True, vae_batch_size=4) -> io.NodeOutput:
+        import comfy.utils
+        import folder_paths
+
+        from ..trainer import comfy_adapter as ca
+        from ..trainer.buckets import plan_buckets
+        from ..trainer.encoded import encode_dataset
+
+        if not isinstance(dataset, LoraDataset):
+            raise TypeError("Encode Dataset needs the dataset from Load Dataset / Bucket Images")
+        plan = getattr(dataset, "plan", None) or plan_buckets(dataset)
+        cache_dir = os.path.join(folder_paths.get_output_directory(), "lora_loop_cache", "latents") \
+            if cache_latents_to_disk else None
+        pbar = comfy.utils.ProgressBar(max(1, len(dataset.images)))
+        enc = encode_dataset(dataset, plan, vae_id=ca.vae_fingerprint(vae),
+                             encode_pixels=lambda px: ca.encode_latents(vae, px), cache_dir=cache_dir,
+                             batch_size=vae_batch_size, progress=lambda d, t: pbar.update_absolute(d, t))
+        log.info("Encode Dataset: %d latents (%d encoded, %d from memory, %d from disk)", len(enc.latents),
+                 enc.stats["encoded"], enc.stats["memory_hits"], enc.stats["disk_hits"])
+        if clip is not None and enc.deterministic_captions():
+            import random
+
+            from ..trainer.captions import process_caption
+
+            captions = sorted({process_caption(rec.caption, dataset.subsets[rec.subset_index].caption,
+                                               random.Random(0), 0) for rec in dataset.images})
+            enc.text_conds = {c: ca.encode_caption(clip, c) for c in captions}
+            enc.clip_id = ca.clip_fingerprint(clip)
+        return io.NodeOutput(enc)

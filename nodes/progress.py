@@ -1,0 +1,94 @@
+"""Progress people can see: ComfyUI progress bar, throttled live-chart events, tqdm, Cancel."""
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+EVENT = "lora_loop.progress"
+UI_KEY = "lora_loop_chart"
+
+
+class NodeProgress:
+    """Reports training steps to the UI (progress bar + 'lora_loop.progress' events), the console
+    (tqdm) and answers 'should we stop?' (ComfyUI's Cancel)."""
+
+    def __init__(self, node_id: str | None, total: int, throttle_s: float = 0.25):
+        import comfy.utils
+        from tqdm.auto import tqdm
+
+        self.node_id = str(node_id) if node_id is not None else None
+        self.total = total
+        self.throttle_s = throttle_s
+        self.pbar = comfy.utils.ProgressBar(total, node_id=self.node_id)
+        self.tqdm = tqdm(total=total, desc="LoRA Loop", unit="step", dynamic_ncols=True)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+        self._pending: list[list] = []
+        self._last_send = 0.0
+        self._t0 = time.perf_counter()
+        self.status = "training"
+        self.prompt_id = None
+        try:
+            from comfy_execution.utils import get_executing_context
+
+            ctx = get_executing_context()
+            if ctx is not None:
+                self.prompt_id = ctx.prompt_id
+        except Exception:
+            pass
+
+    # ---- called by the trainer ---------------------------------------------------------------------
+    def start_at(self, step: int, losses: list[float], lrs: list[float]) -> None:
+        """Resumed runs: show the earlier part of the curve too."""
+        self.steps = list(range(1, len(losses) + 1))
+        self.losses = list(losses)
+        self.lrs = list(lrs)
+        self._pending = [[s, l, r] for s, l, r in zip(self.steps, self.losses, self.lrs)]
+        self.tqdm.update(step)
+        self.pbar.update_absolute(step, self.total)
+
+    def on_step(self, info) -> None:
+        self.steps.append(info.step)
+        self.losses.append(info.loss)
+        self.lrs.append(info.lr)
+        self._pending.append([info.step, info.loss, info.lr])
+        self.tqdm.update(1)
+        rate = info.step / max(info.elapsed, 1e-9) if info.elapsed else 0.0
+        self.tqdm.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
+        self.pbar.update_absolute(info.step, self.total)  # also raises on Cancel in the server
+        now = time.perf_counter()
+        if now - self._last_send >= self.throttle_s or info.step >= self.total:
+            self._send(eta=(self.total - info.step) / rate if rate > 0 else None)
+
+    def should_stop(self) -> bool:
+        import comfy.model_management
+
+        return comfy.model_management.processing_interrupted()
+
+    def finish(self, status: str) -> None:
+        self.status = status
+        self._send(eta=0.0)
+        self.tqdm.close()
+
+    # ---- UI --------------------------------------------------------------------------------------
+    def _send(self, eta) -> None:
+        self._last_send = time.perf_counter()
+        points, self._pending = self._pending, []
+        try:
+            from server import PromptServer
+        except Exception:
+            return
+        server = getattr(PromptServer, "instance", None)
+        if server is None or self.node_id is None:
+            return
+        payload = {"node": self.node_id, "display_node": self.node_id, "prompt_id": self.prompt_id,
+                   "step": self.steps[-1] if self.steps else 0, "total": self.total, "points": points,
+                   "elapsed": time.perf_counter() - self._t0, "eta": eta, "status": self.status}
+        server.send_sync(EVENT, payload, getattr(server, "client_id", None))
+
+    def final_ui(self) -> dict:
+        return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
+                          "elapsed": time.perf_counter() - self._t0, "status": self.status}]}

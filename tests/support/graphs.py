@@ -1,0 +1,72 @@
+"""Helpers to turn the shipped API-format workflows into tiny, fast test graphs and make datasets."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKFLOWS = os.path.join(PACK_ROOT, "tests", "workflows")
+
+
+def load_api(name: str) -> dict:
+    with open(os.path.join(WORKFLOWS, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[str]:
+    return [k for k, v in prompt.items() if v["class_type"] == class_type]
+
+
+def one(prompt: dict, class_type: str) -> str:
+    ids = nodes_of(prompt, class_type)
+    assert len(ids) == 1, f"expected one {class_type}, found {ids}"
+    return ids[0]
+
+
+def make_dataset(folder: str, n: int = 4, size: tuple[int, int] = (64, 64), seed: int = 0,
+                 captions: list[str] | None = None) -> str:
+    """Write ``n`` small images with distinct colour patterns and .txt captions into ``folder``."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = size
+        base = rng.integers(0, 255, size=3)
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.zeros((h, w, 3), dtype=np.float32)
+        img[...] = base
+        img[(xx // 8 + yy // 8 + i) % 2 == 0] = 255 - base
+        img += rng.normal(0, 8, size=img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"img_{i:02d}.png"))
+        cap = captions[i] if captions else f"sks pattern {i}, checkerboard"
+        with open(os.path.join(folder, f"img_{i:02d}.txt"), "w", encoding="utf-8") as f:
+            f.write(cap)
+    return folder
+
+
+def tiny_train_graph(api: dict, *, family: str, dataset: str, steps: int = 6, lr: float = 1e-3,
+                     resolution: int = 64, save_name: str = "tiny_lora", model_seed: int = 0,
+                     train_seed: int = 0) -> dict:
+    """The shipped example graph with the checkpoint loader replaced by the tiny test model, small
+    sizes and steps, fp32 save, and a PreviewImage instead of SaveImage."""
+    p = copy.deepcopy(api)
+    loader = one(p, "CheckpointLoaderSimple")
+    p[loader] = {"class_type": "LoraLoopTest_TinyModel", "inputs": {"family": family, "seed": model_seed}}
+    p[one(p, "LoraLoop_LoadDataset")]["inputs"]["path"] = dataset
+    b = p[one(p, "LoraLoop_BucketImages")]["inputs"]
+    b.update(resolution=resolution, min_bucket_reso=64, max_bucket_reso=max(128, resolution), bucket_reso_steps=64)
+    t = p[one(p, "LoraLoop_TrainLoRA")]["inputs"]
+    t.update(steps=steps, learning_rate=lr, seed=train_seed)
+    s = p[one(p, "LoraLoop_SaveLoRA")]["inputs"]
+    s.update(filename=save_name, save_dtype="fp32", if_exists="increment")
+    for k in nodes_of(p, "EmptyLatentImage"):
+        p[k]["inputs"].update(width=64, height=64)
+    for k in nodes_of(p, "KSampler"):
+        p[k]["inputs"].update(steps=2)
+    for k in nodes_of(p, "SaveImage"):
+        p[k] = {"class_type": "PreviewImage", "inputs": {"images": p[k]["inputs"]["images"]}}
+    return p
