@@ -302,23 +302,35 @@ def build_scheduler(
     return sched
 
 
-def load_scheduler_state(scheduler: LambdaLR, state: Mapping[str, Any]) -> None:
+def load_scheduler_state(scheduler: LambdaLR, state: Mapping[str, Any], strict: bool = True) -> None:
     """Restore a scheduler and re-apply its LRs to the optimizer's param groups.
 
     ``LambdaLR.load_state_dict`` alone leaves the groups at whatever LR they had (the scheduler's
     construction sets step-0 LRs), so the next step would use the wrong LR if the optimizer state
     was loaded before the scheduler was built. This makes the order irrelevant.
+
+    With ``strict`` (default) a state saved from a different schedule config (schedule, total
+    steps, warmup, cycles, power) raises ``ValueError``. With ``strict=False`` the step counter is
+    restored and the *current* schedule applies from there (e.g. "continue with more steps"; the
+    base LRs also come from the saved state).
     """
     state = dict(state)
     mine = getattr(scheduler, "lora_loop_config", None)
     saved = state.get("lora_loop_config")
     if mine is not None and saved is not None and dict(saved) != dict(mine):
-        raise ValueError(
-            f"the saved LR schedule {dict(saved)} does not match the current one {dict(mine)}; "
-            "resume with the same schedule, steps and warmup, or start a new run"
-        )
+        if strict:
+            raise ValueError(
+                f"the saved LR schedule {dict(saved)} does not match the current one {dict(mine)}; "
+                "resume with the same schedule, steps and warmup, or start a new run"
+            )
+        log.info("LR schedule changed on resume: %s -> %s", dict(saved), dict(mine))
     state.setdefault("lr_lambdas", [None] * len(scheduler.optimizer.param_groups))
     scheduler.load_state_dict(state)
+    if mine is not None:
+        scheduler.lora_loop_config = mine  # type: ignore[attr-defined]  # the closure's real config
+    # recompute from the (possibly new) lambda so group LRs match what step() would produce
+    scheduler._last_lr = [base * lam(scheduler.last_epoch)  # type: ignore[attr-defined]
+                          for base, lam in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     groups = scheduler.optimizer.param_groups
     if len(groups) != len(scheduler.base_lrs):
         raise ValueError(

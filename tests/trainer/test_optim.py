@@ -195,3 +195,18 @@ def test_scheduler_resume_rejects_other_schedule():
     other = build_scheduler(build_optimizer("AdamW", params(), 1e-3)[0], "cosine", 12, warmup=3)
     with pytest.raises(ValueError, match="does not match"):
         load_scheduler_state(other, state)
+
+
+def test_scheduler_resume_non_strict_uses_new_schedule():
+    opt, _ = build_optimizer("SGD", params(), 1.0)
+    sched = build_scheduler(opt, "linear", 10)
+    _run(opt, sched, 4)
+    state = sched.state_dict()
+    opt2, _ = build_optimizer("SGD", params(), 1.0)
+    longer = build_scheduler(opt2, "linear", 20)  # user raised the step count
+    load_scheduler_state(longer, state, strict=False)
+    assert longer.last_epoch == 4
+    assert opt2.param_groups[0]["lr"] == pytest.approx(lr_lambda("linear", 4, 20))
+    assert longer.lora_loop_config["total_steps"] == 20
+    lrs = _run(opt2, longer, 3)
+    assert [x[0] for x in lrs] == pytest.approx([lr_lambda("linear", k, 20) for k in (4, 5, 6)])
