@@ -152,3 +152,23 @@ def test_sdxl_adm_and_flux_guidance_reach_the_model(comfy):  # noqa: F811
             changed = [[cond[0][0], {**cond[0][1], "guidance": 1.0, "width": 512, "height": 256}]]
             other = predict(mp, changed, 0, 64, 64, 1.0)
         assert not torch.allclose(base, other), f"{family}: extra conds did not change the prediction"
+
+
+def test_noise_images_encode_and_decode(comfy):  # noqa: F811
+    results, _ = _pack()
+    graph = {
+        "1": {"class_type": "LoraLoopTest_TinyModel", "inputs": {"family": "flux", "seed": 0}},
+        "2": {"class_type": "LoraLoopTest_NoiseImages", "inputs": {"width": 64, "height": 48, "batch_size": 2,
+                                                                   "seed": 4}},
+        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["3", 0], "name": "enc"}},
+    }
+    comfy_env.run_prompt(graph, prompt_id="noise-images")
+    from lora_loop_testing_pack import noise_images
+
+    enc = results["enc"]
+    assert enc.shape == (2, 16, 6, 8) and torch.isfinite(enc).all()
+    a, b = noise_images(64, 48, 2, 4), noise_images(64, 48, 2, 5)
+    assert a.shape == (2, 48, 64, 3) and 0.0 <= a.min() and a.max() <= 1.0
+    assert torch.equal(a, noise_images(64, 48, 2, 4)) and not torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])

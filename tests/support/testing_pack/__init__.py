@@ -6,6 +6,7 @@ Nodes (all ``LoraLoopTest_*``):
   cached per ``(family, seed)`` so re-queues get the SAME objects (like a checkpoint loader served from cache).
 * ``ModelPredict(model, positive, seed, width, height, sigma) -> LATENT``: ``model.model.apply_model`` (the
   denoised x0 prediction) on fixed seeded noise, with conds prepared by ComfyUI's own sampler helpers.
+* ``NoiseImages(width, height, batch_size, seed) -> IMAGE``: deterministic smooth random images (training data).
 * ``SaveTensor(latent, name)`` / ``SaveConditioning(conditioning, name)``: output nodes that store their input in
   ``RESULTS[name]`` (they always re-run). Tests read it with ``from lora_loop_testing_pack import RESULTS``
   after ``comfy_env.boot()``.
@@ -91,6 +92,30 @@ class ModelPredict(io.ComfyNode):
         return io.NodeOutput({"samples": predict(model, positive, seed, width, height, sigma)})
 
 
+def noise_images(width: int, height: int, batch_size: int, seed: int) -> torch.Tensor:
+    """(B, H, W, 3) images in [0, 1]: seeded low-resolution noise upscaled bilinearly (smooth, VAE-friendly)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    low = torch.rand((batch_size, 3, max(1, height // 8), max(1, width // 8)), generator=gen)
+    img = torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+    return img.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
+
+
+class NoiseImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_NoiseImages", display_name="Noise Images (LoRA Loop tests)", category=CATEGORY,
+            inputs=[io.Int.Input("width", default=64, min=8, max=2048, step=8),
+                    io.Int.Input("height", default=64, min=8, max=2048, step=8),
+                    io.Int.Input("batch_size", default=2, min=1, max=64),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+            outputs=[io.Image.Output()])
+
+    @classmethod
+    def execute(cls, width, height, batch_size, seed) -> io.NodeOutput:
+        return io.NodeOutput(noise_images(width, height, batch_size, seed))
+
+
 class SaveTensor(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -129,7 +154,7 @@ class SaveConditioning(io.ComfyNode):
 
 class LoraLoopTestingExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyModel, ModelPredict, SaveTensor, SaveConditioning]
+        return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning]
 
 
 async def comfy_entrypoint() -> LoraLoopTestingExtension:
