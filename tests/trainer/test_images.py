@@ -69,7 +69,8 @@ def test_cmyk_and_16bit(tmp_path):
     p16 = tmp_path / "g16.png"
     arr = np.array([[0, 32896, 65535]], dtype=np.uint16)
     Image.fromarray(arr).save(p16)
-    assert Image.open(p16).mode.startswith("I")
+    with Image.open(p16) as im16:
+        assert im16.mode.startswith("I")
     out = np.asarray(open_rgb(str(p16)))
     assert out.shape == (1, 3, 3)
     assert list(out[0, :, 0]) == [0, 128, 255]  # scaled, not clipped to 255
