@@ -172,6 +172,29 @@ def test_chart_is_not_serialized(comfy_page, comfy_server):
     assert after["attrs"]["points"] == 0
 
 
+def test_chart_in_vue_nodes_mode(comfy_page, comfy_server):
+    """The same DOM widget works when the frontend renders nodes with Vue (Comfy.VueNodes.Enabled)."""
+    require_node(comfy_server)
+    page = comfy_page
+    install_helpers(page)
+    setting = "Comfy.VueNodes.Enabled"
+    if page.evaluate("(id) => window.app.extensionManager.setting.get(id) === undefined", setting):
+        pytest.skip(f"this frontend has no {setting} setting")
+    page.evaluate("(id) => window.app.extensionManager.setting.set(id, true)", setting)
+    try:
+        node_id = page.evaluate("() => { window.__n = window.__ll.add([100, 100]); return String(window.__n.id); }")
+        page.evaluate("(d) => window.__ll.send(d)", event(node_id, 3, points(1, 3)))
+        wait_attr(page, "window.__n", "points", 3)
+        # Mounted in the document and laid out at a real size by the Vue node renderer.
+        page.wait_for_function("() => { const c = window.__ll.chartOf(window.__n); "
+                               "return c.el.isConnected && c.canvas.width > 10 && c.canvas.height > 10; }",
+                               timeout=TIMEOUT_MS)
+    finally:
+        # Settings are stored server-side for the whole session: switch back for the other tests.
+        page.evaluate("(id) => window.app.extensionManager.setting.set(id, false)", setting)
+    assert page.problems.ours() == [], "\n".join(page.problems.ours())
+
+
 # ---- (3) node inside a subgraph: colon execution id ---------------------------------------------
 
 def test_chart_in_subgraph_uses_execution_id(comfy_page, comfy_server):
