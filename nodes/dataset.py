@@ -247,7 +247,7 @@ class EncodeDataset(io.ComfyNode):
             from ..trainer.captions import process_caption
 
             captions = sorted({process_caption(rec.caption, dataset.subsets[rec.subset_index].caption,
-                                               random.Random(0), 0) for rec in dataset.images})
+                                               random.Random(0), 1) for rec in dataset.images})
             enc.text_conds = {c: ca.encode_caption(clip, c) for c in captions}
             enc.clip_id = ca.clip_fingerprint(clip)
         return io.NodeOutput(enc)

@@ -220,6 +220,94 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
                 del block.forward
 
 
+# ----------------------------------------------------------------------------- differentiable kernels
+
+def _rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    out = freqs_cis[..., 0] * x_[..., 0] + freqs_cis[..., 1] * x_[..., 1]
+    return out.reshape(*x.shape).type_as(x)
+
+
+def _rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor):
+    return _rope1(xq, freqs_cis), _rope1(xk, freqs_cis)
+
+
+@contextlib.contextmanager
+def differentiable_kernels():
+    """Swap inference-only fused kernels for autograd-friendly equivalents while training.
+
+    ComfyUI 0.8 routes FLUX rotary embeddings through comfy_kitchen's fused ``apply_rope``, which has no
+    backward. Same maths, plain torch ops; restored on exit."""
+    swaps = []
+    try:
+        import comfy.ldm.flux.math as fm
+
+        swaps += [(fm, "apply_rope", _rope), (fm, "apply_rope1", _rope1)]
+    except Exception:  # older/newer ComfyUI without that module
+        pass
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in swaps if hasattr(mod, name)]
+    for mod, name, fn in swaps:
+        setattr(mod, name, fn)
+    try:
+        yield
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+
+
+# ----------------------------------------------------------------------------- in-place residual streams
+
+# Blocks that update their residual-stream inputs in place (``img += ...``) after a norm saved them for
+# backward. FLUX: comfy/ldm/flux/layers.py DoubleStreamBlock / SingleStreamBlock.
+INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock")
+_RESIDUAL_KWARGS = ("img", "txt", "x")
+
+
+def _storage_key(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def protect_inplace_residuals(root: torch.nn.Module):
+    """Make blocks that modify their residual inputs in place trainable.
+
+    Inside such a block, any tensor autograd saves that shares storage with a residual input is saved as a
+    copy, so the later in-place ``+=`` cannot invalidate it. Only those few activations are copied."""
+    patched = []
+    for module in root.modules():
+        if type(module).__name__ not in INPLACE_RESIDUAL_BLOCKS:
+            continue
+        had_own = "forward" in module.__dict__
+        org = module.forward
+
+        def fwd(*args, __org=org, **kwargs):
+            if not torch.is_grad_enabled():
+                return __org(*args, **kwargs)
+            tensors = [a for a in args if torch.is_tensor(a)]
+            tensors += [kwargs[k] for k in _RESIDUAL_KWARGS if torch.is_tensor(kwargs.get(k))]
+            keys = {_storage_key(t) for t in tensors} - {None}
+
+            def pack(t):
+                return t.clone() if _storage_key(t) in keys else t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                return __org(*args, **kwargs)
+
+        module.forward = fwd
+        patched.append((module, org, had_own))
+    try:
+        yield
+    finally:
+        for module, org, had_own in reversed(patched):
+            if had_own:
+                module.forward = org
+            else:
+                del module.forward
+
+
 # ----------------------------------------------------------------------------- the training model
 
 class ComfyTrainModel:

@@ -84,8 +84,10 @@ class TrainConfig:
     max_timestep: int = field(default=1000, metadata={
         "help": "Upper bound (exclusive) of training timesteps for SD1/SD2/SDXL (kohya max_timestep)."})
     timestep_sampling: str = field(default="model", metadata={
-        "help": "Flow models (SD3/FLUX): how sigmas are drawn: model (SD3: uniform through the model's own shift; "
-                "FLUX: flux_shift), uniform, sigmoid (logit-normal), shift, flux_shift (kohya timestep_sampling)."})
+        "help": "Flow models (SD3/FLUX): how sigmas are drawn (kohya timestep_sampling). model = FLUX dev: "
+                "flux_shift (resolution-dependent); SD3 and FLUX schnell: shift with the model's own shift (SD3 3.0, "
+                "schnell 1.0 = sigmoid). Others: uniform, sigmoid (logit-normal), shift (discrete_flow_shift), "
+                "flux_shift."})
     sigmoid_scale: float = field(default=1.0, metadata={
         "help": "Scale of the logit-normal draw for sigmoid/shift/flux_shift sampling (kohya sigmoid_scale)."})
     discrete_flow_shift: float = field(default=3.0, metadata={
@@ -111,7 +113,7 @@ class TrainConfig:
             raise ValueError("steps must be at least 1")
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be at least 1")
-        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
-            if not (self.min_timestep == self.max_timestep and 0 <= self.min_timestep <= 1000):
-                raise ValueError(f"need 0 <= min_timestep ({self.min_timestep}) < max_timestep "
-                                 f"({self.max_timestep}) <= 1000")
+        ok = 0 <= self.min_timestep < self.max_timestep <= 1000 or 0 <= self.min_timestep == self.max_timestep <= 999
+        if not ok:
+            raise ValueError(f"need 0 <= min_timestep ({self.min_timestep}) < max_timestep ({self.max_timestep}) <= 1000 "
+                             "(or min == max <= 999 to train one timestep)")

@@ -104,6 +104,10 @@ class LoraDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
 
+    def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
+        return (f"LoraDataset({len(self.images)} images, {len(self.subsets)} subsets, {len(self.groups)} groups, "
+                f"{len(self.skipped)} skipped, source={self.source!r})")
+
     # ---- counts -----------------------------------------------------------------------------
     def subset_image_counts(self) -> list[int]:
         counts = [0] * len(self.subsets)

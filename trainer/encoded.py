@@ -35,17 +35,17 @@ class EncodedDataset:
     clip_id: str | None = None
     stats: dict = field(default_factory=dict)           # {"encoded": n, "memory_hits": n, "disk_hits": n}
 
+    def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
+        return (f"EncodedDataset({len(self.dataset.images)} images, {len(self.latents)} latents, "
+                f"{len(self.text_conds)} cached captions, source={self.dataset.source!r})")
+
     def size_conditioning(self, sample: Sample) -> dict:
         """SDXL size conditioning for one sample, as kohya computes it (original size, crop_ltrb
         top-left, bucket as target; crop_left mirrored when flipped)."""
         a: BucketAssignment = self.plan.assignments[sample.image_index]
-        ow, oh = a.original
-        bw, bh = a.bucket
-        left, top, right, _ = a.crop_ltrb
-        if sample.flip:
-            left = bw - right
-        return {"width": ow, "height": oh, "crop_w": left, "crop_h": top,
-                "target_width": bw, "target_height": bh}
+        top, left = a.crop_top_left(sample.flip)
+        return {"width": a.original[0], "height": a.original[1], "crop_w": left, "crop_h": top,
+                "target_width": a.bucket[0], "target_height": a.bucket[1]}
 
     def deterministic_captions(self) -> bool:
         return all(is_deterministic(s.caption) for s in self.dataset.subsets)

@@ -20,7 +20,7 @@ from .captions import process_caption
 from .config import TrainConfig
 from .encoded import EncodedDataset
 from .objectives import make_noise, per_sample_loss
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, load_scheduler_state
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class Trainer:
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         if scheduler_state is not None:
-            self.scheduler.load_state_dict(scheduler_state)
+            # strict=False: a run continued with more steps keeps its step count under the new horizon
+            load_scheduler_state(self.scheduler, scheduler_state, strict=False)
         self.losses = list(losses)
         self.lrs = list(lrs)
 
@@ -137,7 +138,7 @@ class Trainer:
             rec = d.dataset.images[s.image_index]
             subset = d.dataset.subsets[rec.subset_index]
             rng = random.Random(f"{self.cfg.seed}:{pos.epoch}:{pos.batch_index}:{i}")
-            captions.append(process_caption(rec.caption, subset.caption, rng, pos.epoch))
+            captions.append(process_caption(rec.caption, subset.caption, rng, pos.epoch + 1))  # kohya epochs are 1-based
             sizes.append(d.size_conditioning(s) if self.size_conditioning else None)
         if self.train_te:
             conds = self.text_encoder(captions)

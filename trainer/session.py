@@ -58,6 +58,9 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family.name)
     guidance = cfg.guidance_scale if family.name == "flux" else None
+    if cfg.gradient_checkpointing and family.name == "flux":
+        log.warning("gradient checkpointing is not applied to FLUX blocks (they update their residual stream in "
+                    "place, which checkpoint recomputation cannot replay); training runs without it")
     started = time.time()
     with torch.inference_mode(False), torch.enable_grad():
         ca.load_for_training(mp)
@@ -71,7 +74,9 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
                           size_conditioning=family.name == "sdxl")
         status = "error"
         try:
-            with ca.gradient_checkpointing(ca.diffusion_root(mp), cfg.gradient_checkpointing):
+            root = ca.diffusion_root(mp)
+            with ca.differentiable_kernels(), ca.protect_inplace_residuals(root), \
+                    ca.gradient_checkpointing(root, cfg.gradient_checkpointing and family.name != "flux"):
                 result = trainer.run(on_step=progress.on_step if progress else None,
                                      should_stop=progress.should_stop if progress else None)
             status = "cancelled" if result.stopped_early else "done"

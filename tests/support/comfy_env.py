@@ -137,3 +137,7 @@ def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
     executor.execute(prompt, prompt_id, extra_data={}, execute_outputs=valid[2])
     assert executor.success, f"execution failed: {executor.status_messages}"
     return executor, server
+
+
+if __name__ == "__main__":  # used by .ci/run: print the ComfyUI folder the tests will use (or nothing)
+    print(find_comfyui() or "")
