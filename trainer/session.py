@@ -98,7 +98,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
         "started_at": started, "finished_at": time.time(), "steps": result.steps_done,
         "epoch": result.position.epoch, "config": cfg, "optimizer_repr": trainer.optimizer_repr,
         "family": family.name, "prediction": spec.prediction, "objective": type(objective).__name__,
-        "dataset": data,
+        "dataset": data, "unet_config": ca.unet_config(model), "config_class_names": ca.model_config_names(model),
     }
     return SessionResult(model=mp, clip=clip_t if clip_t is not None else clip, network=net,
                          losses=result.losses, lrs=result.lrs, loop=result)
