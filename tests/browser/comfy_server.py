@@ -9,6 +9,7 @@ same approach as ComfyUI's ``tests/execution/test_execution.py``)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -149,8 +150,12 @@ class ComfyServer:
     def run_prompt_ws(self, prompt: dict, timeout: float = 600.0) -> "PromptRun":
         """Queue ``prompt`` under a fresh client id and follow it over the websocket until
         ``execution_success`` / ``execution_error`` / ``execution_interrupted``. Returns every JSON
-        message received (including ``lora_loop.progress``) and the history entry."""
-        return asyncio.run(self._run_prompt_ws(prompt, timeout))
+        message received (including ``lora_loop.progress``) and the history entry.
+
+        Runs its own event loop in a worker thread, so it also works while playwright's sync API
+        (which keeps a loop running in the main thread) is active."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self._run_prompt_ws(prompt, timeout)).result()
 
     async def _run_prompt_ws(self, prompt: dict, timeout: float) -> "PromptRun":
         import aiohttp

@@ -56,8 +56,10 @@ def comfy_server(chromium_executable):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_executable):
+    """Module-scoped on purpose: playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, which breaks asyncio.run() in later (non-browser) test modules."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
