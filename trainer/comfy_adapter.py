@@ -257,9 +257,10 @@ def differentiable_kernels():
 
 # ----------------------------------------------------------------------------- in-place residual streams
 
-# Blocks that update their residual-stream inputs in place (``img += ...``) after a norm saved them for
-# backward. FLUX: comfy/ldm/flux/layers.py DoubleStreamBlock / SingleStreamBlock.
-INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock")
+# Blocks that update their residual-stream inputs in place (``x += ...``) after a norm saved them for
+# backward: FLUX DoubleStreamBlock / SingleStreamBlock (comfy/ldm/flux/layers.py), CLIP encoder layers
+# (comfy/clip_model.py CLIPLayer), T5 sub-layers (comfy/text_encoders/t5.py).
+INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock", "CLIPLayer", "T5LayerFF", "T5LayerSelfAttention")
 _RESIDUAL_KWARGS = ("img", "txt", "x")
 
 

@@ -75,7 +75,9 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
         status = "error"
         try:
             root = ca.diffusion_root(mp)
+            te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
             with ca.differentiable_kernels(), ca.protect_inplace_residuals(root), \
+                    ca.protect_inplace_residuals(te_root), \
                     ca.gradient_checkpointing(root, cfg.gradient_checkpointing and family.name != "flux"):
                 result = trainer.run(on_step=progress.on_step if progress else None,
                                      should_stop=progress.should_stop if progress else None)

@@ -98,7 +98,8 @@ def test_example_graph_trains_saves_and_reloads_exactly(comfy, family):
     assert _rel(trained, base0) > 1e-6, "the trained LoRA has no effect"
 
     # re-queue of the unchanged training prompt: everything is served from ComfyUI's cache
-    ex.execute(p, f"{family}-again", extra_data={}, execute_outputs=[graphs.one(p, "LoraLoop_SaveLoRA")])
+    comfy_env.call(ex.execute, p, f"{family}-again", extra_data={},
+                   execute_outputs=[graphs.one(p, "LoraLoop_SaveLoRA")])
     cached = [d for e, d in ex.status_messages if e == "execution_cached"]
     assert cached and train in cached[-1]["nodes"]
 

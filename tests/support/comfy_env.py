@@ -37,6 +37,23 @@ SKIP_REASON = ("no ComfyUI checkout found: set COMFYUI_PATH to a ComfyUI >= 0.8.
 _STATE: dict = {}
 
 
+def call(fn, *args, **kwargs):
+    """Run ``fn`` here, or in a worker thread when this thread already runs an event loop (e.g. after the
+    Playwright sync API was used in the same pytest session): ComfyUI calls asyncio.run internally."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def run_async(coro_fn, *args):
+    return call(lambda: asyncio.run(coro_fn(*args)))
+
+
 class LogCapture(logging.Handler):
     """Collects log records (e.g. ComfyUI's 'lora key not loaded' warnings)."""
 
@@ -85,14 +102,14 @@ def boot(load_pack: bool | None = None) -> dict:
     import nodes
     import execution  # noqa: F401
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    run_async(nodes.init_extra_nodes, False, False)
     if load_pack:
-        ok = asyncio.run(nodes.load_custom_node(PACK_ROOT))
+        ok = run_async(nodes.load_custom_node, PACK_ROOT)
         if not ok:
             raise RuntimeError("ComfyUI failed to load the LoRA Loop pack (see the log above); set "
                                "LORA_LOOP_TEST_SKIP_PACK=1 to run the tests that need only the test-only pack")
     if os.path.isdir(TESTING_PACK):
-        if not asyncio.run(nodes.load_custom_node(TESTING_PACK)):
+        if not run_async(nodes.load_custom_node, TESTING_PACK):
             raise RuntimeError("ComfyUI failed to load the test-only pack tests/support/testing_pack")
     capture = LogCapture()
     logging.getLogger().addHandler(capture)
@@ -126,7 +143,7 @@ def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
     boot()
     import execution
 
-    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    valid = run_async(execution.validate_prompt, prompt_id, prompt, None)
     assert valid[0], f"prompt invalid: {valid[1]} {valid[3]}"
     if executor is None:
         server = DummyServer()
@@ -134,7 +151,7 @@ def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
                                             cache_args={"lru": 0, "ram": 0})
     else:
         server = executor.server
-    executor.execute(prompt, prompt_id, extra_data={}, execute_outputs=valid[2])
+    call(executor.execute, prompt, prompt_id, extra_data={}, execute_outputs=valid[2])
     assert executor.success, f"execution failed: {executor.status_messages}"
     return executor, server
 

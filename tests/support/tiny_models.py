@@ -187,7 +187,9 @@ def build(family: str, seed: int = 0, dtype: torch.dtype | None = None):
         model.eval()
         mp = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
-        clip = comfy.sd.CLIP(mc.clip_target(det), model_options=_te_overrides(family))
+        # fp32 text encoders (ComfyUI's CPU default would be fp16) so the exactness checks (<= 1e-5) measure
+        # our LoRA, not fp16 rounding of merged vs bypass weights
+        clip = comfy.sd.CLIP(mc.clip_target(det), model_options={**_te_overrides(family), "dtype": torch.float32})
         init_module(clip.cond_stage_model, seed + 1)
 
         channels = 16 if family in ("sd3", "flux", "flux_schnell") else 4
