@@ -39,7 +39,7 @@ class InjectLoRA(io.ComfyNode):
                 io.Int.Input("conv_dim", default=0, min=0, max=1024, tooltip=_n("conv_dim")),
                 io.Float.Input("conv_alpha", default=1.0, min=0.0, max=1024.0, step=0.5, tooltip=_n("conv_alpha")),
                 io.Boolean.Input("train_text_encoder", default=False, tooltip=_n("train_text_encoder")),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, tooltip=_n("seed")),
+                io.Int.Input("init_seed", default=0, min=0, max=2**63 - 1, tooltip=_n("seed")),
                 io.Clip.Input("clip", optional=True, tooltip="The CLIP of the same checkpoint. Needed to train the "
                                                              "text encoder (and to load a file with lora_te keys)."),
                 io.Combo.Input("init_lora", options=_lora_files(), default=NONE, optional=True,
@@ -59,14 +59,14 @@ class InjectLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, network_dim, network_alpha, conv_dim, conv_alpha, train_text_encoder, seed, clip=None,
+    def execute(cls, model, network_dim, network_alpha, conv_dim, conv_alpha, train_text_encoder, init_seed, clip=None,
                 init_lora=NONE, train_unet=True, train_t5=False, train_blocks="all") -> io.NodeOutput:
         from ..trainer import comfy_adapter as ca
         from ..trainer.assemble import build_network
 
         cfg = NetworkConfig(network_dim=network_dim, network_alpha=network_alpha, conv_dim=conv_dim,
                             conv_alpha=conv_alpha, train_unet=train_unet, train_text_encoder=train_text_encoder,
-                            train_t5=train_t5, train_blocks=train_blocks, seed=seed)
+                            train_t5=train_t5, train_blocks=train_blocks, seed=init_seed)
         family = ca.detect_family(model)
         init_state, source = None, ""
         if init_lora and init_lora != NONE:

@@ -11,6 +11,13 @@ import os
 import sys
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# The frontend adds a "control after generate" widget after INT inputs that ask for it, and after any INT
+# input named seed / noise_seed; its value is stored in widgets_values right after the seed.
+SEED_NAMES = ("seed", "noise_seed")
+
+
+def _has_control(name: str, spec) -> bool:
+    return spec[0] == "INT" and ((len(spec) > 1 and spec[1].get("control_after_generate")) or name in SEED_NAMES)
 
 
 def _node_def(class_type: str):
@@ -64,7 +71,7 @@ def api_to_ui(api: dict, layout: dict[str, tuple[float, float]] | None = None) -
                 continue
             if _is_widget(spec):
                 widgets.append(_default(spec) if val is None else val)
-                if spec[0] == "INT" and len(spec) > 1 and spec[1].get("control_after_generate"):
+                if _has_control(name, spec):
                     widgets.append("fixed")
             elif not (len(spec) > 1 and spec[1].get("optional")):
                 ui_inputs.append({"name": name, "type": spec[0], "link": None})
@@ -99,7 +106,7 @@ def ui_to_api(ui: dict) -> dict:
         for name, spec in inputs:
             if _is_widget(spec):
                 v = values.pop(0)
-                if spec[0] == "INT" and len(spec) > 1 and spec[1].get("control_after_generate"):
+                if _has_control(name, spec):
                     values.pop(0)
                 if name in linked:
                     continue
