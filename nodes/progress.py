@@ -22,7 +22,9 @@ class NodeProgress:
         self.total = total
         self.throttle_s = throttle_s
         self.pbar = comfy.utils.ProgressBar(total, node_id=self.node_id)
-        self.tqdm = tqdm(total=total, desc="LoRA Loop", unit="step", dynamic_ncols=True)
+        self._tqdm_cls = tqdm
+        self.tqdm = self._new_tqdm(0)
+        self.start_step = 0
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
@@ -40,14 +42,21 @@ class NodeProgress:
         except Exception:
             pass
 
+    def _new_tqdm(self, initial: int):
+        # console line: "LoRA Loop step:  40%|####      | 40/100 [00:12<00:18, 3.21it/s, loss=0.1234, lr=1.00e-04]"
+        return self._tqdm_cls(total=self.total, initial=initial, desc="LoRA Loop step", unit="it",
+                              dynamic_ncols=True, mininterval=0.5)
+
     # ---- called by the trainer ---------------------------------------------------------------------
     def start_at(self, step: int, losses: list[float], lrs: list[float]) -> None:
-        """Resumed runs: show the earlier part of the curve too."""
+        """Resumed runs: show the earlier part of the curve too (it/s counts only the new steps)."""
+        self.start_step = step
         self.steps = list(range(1, len(losses) + 1))
         self.losses = list(losses)
         self.lrs = list(lrs)
         self._pending = [[s, l, r] for s, l, r in zip(self.steps, self.losses, self.lrs)]
-        self.tqdm.update(step)
+        self.tqdm.close()
+        self.tqdm = self._new_tqdm(step)
         self.pbar.update_absolute(step, self.total)
 
     def on_step(self, info) -> None:
@@ -56,12 +65,20 @@ class NodeProgress:
         self.lrs.append(info.lr)
         self._pending.append([info.step, info.loss, info.lr])
         self.tqdm.update(1)
-        rate = info.step / max(info.elapsed, 1e-9) if info.elapsed else 0.0
-        self.tqdm.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
+        done = getattr(info, "steps_this_run", 0) or (info.step - self.start_step)
+        rate = done / info.elapsed if info.elapsed and info.elapsed > 0 else 0.0
+        self.tqdm.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", refresh=False)
         self.pbar.update_absolute(info.step, self.total)  # also raises on Cancel in the server
         now = time.perf_counter()
         if now - self._last_send >= self.throttle_s or info.step >= self.total:
             self._send(eta=(self.total - info.step) / rate if rate > 0 else None)
+
+    def preview(self, step: int, images) -> None:
+        """Show preview images live on the node (ComfyUI's progress-bar preview)."""
+        from ..trainer.previews import to_pil
+
+        for img in images:
+            self.pbar.update_absolute(step, self.total, ("JPEG", to_pil(img), None))
 
     def should_stop(self) -> bool:
         import comfy.model_management
@@ -91,4 +108,5 @@ class NodeProgress:
 
     def final_ui(self) -> dict:
         return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
-                          "elapsed": time.perf_counter() - self._t0, "status": self.status}]}
+                          "elapsed": time.perf_counter() - self._t0, "status": self.status,
+                                 "start": self.start_step}]}

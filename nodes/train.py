@@ -1,18 +1,97 @@
-"""Train LoRA node: parse inputs -> trainer.session.train -> outputs."""
+"""Train LoRA node: parse inputs -> trainer.session.train -> outputs.
+
+Re-queue continuation: a module-level registry keeps, per node (unique_id), the TrainState of its last
+run together with a fingerprint of every input except ``steps`` (identity of the upstream objects,
+which ComfyUI's cache keeps identical while upstream is unchanged, plus all widget values). When the
+node runs again with the same fingerprint and ``steps`` >= the stored step, training continues from
+that state; otherwise it starts over. Only the latest state per node is kept."""
 from __future__ import annotations
 
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from ..trainer.checkpoints import CheckpointConfig
 from ..trainer.config import TrainConfig, help_of
 from ..trainer.optim import SCHEDULES, available_optimizers
+from ..trainer.previews import PreviewConfig
 
-from ._api import CATEGORY, LoraDataset, LoraNetwork, io
+from ._api import CATEGORY, LoraDataset, LoraNetwork, TrainState, io
 from .progress import NodeProgress
+
+log = logging.getLogger(__name__)
 
 
 def _t(name: str) -> str:
     return help_of(TrainConfig, name)
 
 
+def _c(name: str) -> str:
+    return help_of(CheckpointConfig, name)
+
+
+def _p(name: str) -> str:
+    return help_of(PreviewConfig, name)
+
+
+def _samplers() -> tuple[list[str], list[str]]:
+    try:
+        from ..trainer.comfy_adapter import sampler_names
+
+        return sampler_names()
+    except Exception:  # schema built outside ComfyUI
+        return ["euler"], ["normal"]
+
+
+# ------------------------------------------------------------------------------ re-queue registry
+
+OBJECT_INPUTS = ("model", "network", "dataset", "clip", "vae", "train_state")
+
+
+class _Ident:
+    """Identity of an upstream object without keeping it alive (weakref when possible)."""
+
+    def __init__(self, obj: Any):
+        try:
+            self._ref = weakref.ref(obj)
+            self._strong = None
+        except TypeError:
+            self._ref, self._strong = None, obj
+
+    def get(self) -> Any:
+        return self._ref() if self._ref is not None else self._strong
+
+
+@dataclass
+class _Entry:
+    objects: dict[str, Any]      # name -> _Ident (or None for an unconnected input)
+    values: dict[str, Any]       # every widget value except steps
+    state: Any                   # trainer.state.TrainState
+
+    def matches(self, objects: dict[str, Any], values: dict[str, Any]) -> bool:
+        if values != self.values or set(objects) != set(self.objects):
+            return False
+        for k, obj in objects.items():
+            ident = self.objects[k]
+            if (ident is None) != (obj is None) or (ident is not None and ident.get() is not obj):
+                return False
+        return True
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def clear_registry() -> None:
+    """Forget every stored re-queue state (frees their memory)."""
+    _REGISTRY.clear()
+
+
 D = TrainConfig()
+CD = CheckpointConfig()
+PD = PreviewConfig()
+SAMPLERS, SCHEDULERS = _samplers()
 FLOW_SAMPLINGS = ["model", "uniform", "sigmoid", "shift", "flux_shift"]
 
 
@@ -69,6 +148,44 @@ class TrainLoRA(io.ComfyNode):
                 io.Combo.Input("mixed_precision", options=["auto", "no", "bf16", "fp16"], default="auto",
                                optional=True, tooltip=_t("mixed_precision")),
                 io.Combo.Input("loss_type", options=["l2", "l1"], default="l2", optional=True, tooltip=_t("loss_type")),
+                io.String.Input("output_name", default=CD.output_name, optional=True, tooltip=_c("output_name") +
+                                " Cancel saves the last completed step here too."),
+                io.Int.Input("save_every_n_steps", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip=_c("save_every_n_steps")),
+                io.Int.Input("save_every_n_epochs", default=0, min=0, max=100_000, optional=True,
+                             tooltip=_c("save_every_n_epochs")),
+                io.Int.Input("save_last_n", default=0, min=0, max=100_000, optional=True, tooltip=_c("save_last_n")),
+                TrainState.Input("train_state", optional=True,
+                                 tooltip="A TRAIN_STATE from another Train LoRA: continue that run (LoRA weights, "
+                                         "optimizer, LR schedule position, step, data position) up to 'steps'. "
+                                         "The same optimizer and LoRA network are required; other changed "
+                                         "settings apply from the resumed step on."),
+                io.String.Input("resume_from", default="", optional=True,
+                                tooltip="Path of a '-state.json' file (or its checkpoint .safetensors) from a "
+                                        "<name>_checkpoints folder, absolute or relative to the loras folder: "
+                                        "continue that run up to 'steps'. Empty = off. Ignored when train_state "
+                                        "is connected. Only safetensors + JSON are read (no pickle)."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE for decoding the preview images (needed only when "
+                                                           "preview_prompts is set)."),
+                io.String.Input("preview_prompts", default="", multiline=True, optional=True,
+                                tooltip=_p("prompts") + " Needs the VAE and CLIP inputs. Previews never change "
+                                                        "the trained LoRA."),
+                io.String.Input("preview_negative", default="", multiline=True, optional=True,
+                                tooltip=_p("negative")),
+                io.Combo.Input("preview_sampler", options=SAMPLERS, default="euler" if "euler" in SAMPLERS
+                               else SAMPLERS[0], optional=True, tooltip=_p("sampler")),
+                io.Combo.Input("preview_scheduler", options=SCHEDULERS, default="normal" if "normal" in SCHEDULERS
+                               else SCHEDULERS[0], optional=True, tooltip=_p("scheduler")),
+                io.Int.Input("preview_steps", default=PD.steps, min=1, max=1000, optional=True, tooltip=_p("steps")),
+                io.Float.Input("preview_cfg", default=PD.cfg, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip=_p("cfg")),
+                io.Int.Input("preview_width", default=PD.width, min=16, max=4096, step=8, optional=True,
+                             tooltip=_p("width")),
+                io.Int.Input("preview_height", default=PD.height, min=16, max=4096, step=8, optional=True,
+                             tooltip=_p("height")),
+                io.Int.Input("preview_seed", default=0, min=0, max=2**63 - 1, optional=True, tooltip=_p("seed")),
+                io.Int.Input("preview_every_n_steps", default=0, min=0, max=1_000_000, optional=True,
+                             tooltip=_p("every_n_steps")),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied "
@@ -78,6 +195,13 @@ class TrainLoRA(io.ComfyNode):
                 LoraNetwork.Output(display_name="network", tooltip="The trained LORA_NETWORK: connect to Save LoRA."),
                 io.LossMap.Output(display_name="loss", tooltip="Loss per step ({'loss': [...]}, core's LOSS_MAP; "
                                                                "connects to Plot Loss Graph)."),
+                io.Image.Output(display_name="previews",
+                                tooltip="All preview images of this run, in order of step then prompt (also shown "
+                                        "live on the node). Without previews: one 64x64 black image."),
+                TrainState.Output(display_name="train_state",
+                                  tooltip="Full resumable state after the last step (LoRA, optimizer, LR schedule, "
+                                          "step, data position, seed, config): connect to another Train LoRA's "
+                                          "train_state to continue training."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -88,8 +212,17 @@ class TrainLoRA(io.ComfyNode):
                 max_grad_norm=D.max_grad_norm, noise_offset=0.0, min_snr_gamma=0.0, min_timestep=0,
                 max_timestep=1000, timestep_sampling="model", sigmoid_scale=1.0, discrete_flow_shift=3.0,
                 guidance_scale=1.0, gradient_checkpointing=False, mixed_precision="auto",
-                loss_type="l2") -> io.NodeOutput:
+                loss_type="l2", output_name=CD.output_name, save_every_n_steps=0, save_every_n_epochs=0,
+                save_last_n=0, train_state=None, resume_from="", vae=None, preview_prompts="",
+                preview_negative="", preview_sampler=PD.sampler, preview_scheduler=PD.scheduler,
+                preview_steps=PD.steps, preview_cfg=PD.cfg, preview_width=PD.width, preview_height=PD.height,
+                preview_seed=0, preview_every_n_steps=0) -> io.NodeOutput:
+        params = {k: v for k, v in locals().items() if k != "cls"}  # every input, for the re-queue fingerprint
+        import torch
+
+        from ..trainer.checkpoints import CheckpointWriter, load_checkpoint_state
         from ..trainer.session import train
+        from .save import loras_folder
 
         cfg = TrainConfig(max_train_steps=steps, learning_rate=learning_rate, text_encoder_lr=text_encoder_lr,
                           optimizer_type=optimizer, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
@@ -99,7 +232,45 @@ class TrainLoRA(io.ComfyNode):
                           sigmoid_scale=sigmoid_scale, discrete_flow_shift=discrete_flow_shift,
                           guidance_scale=guidance_scale, seed=seed, gradient_checkpointing=gradient_checkpointing,
                           mixed_precision=mixed_precision, loss_type=loss_type)
+        ckpt = CheckpointConfig(output_name=(output_name or "").strip() or CD.output_name,
+                                save_every_n_steps=save_every_n_steps, save_every_n_epochs=save_every_n_epochs,
+                                save_last_n=save_last_n)
+        preview = PreviewConfig(prompts=preview_prompts or "", negative=preview_negative or "",
+                                sampler=preview_sampler, scheduler=preview_scheduler, steps=preview_steps,
+                                cfg=preview_cfg, width=preview_width, height=preview_height, seed=preview_seed,
+                                every_n_steps=preview_every_n_steps)
+        folder = loras_folder()
+        # explicit resume: a TRAIN_STATE input, else a state file
+        resume, source = None, ""
+        if train_state is not None:
+            resume, source = train_state, "the train_state input"
+        elif resume_from and resume_from.strip():
+            resume = load_checkpoint_state(resume_from, folder)
+            source = resume_from.strip()
+        # re-queue continuation: same node, same inputs except a grown 'steps'
+        uid = str(cls.hidden.unique_id) if cls.hidden.unique_id is not None else None
+        objects = {k: params[k] for k in OBJECT_INPUTS}
+        values = {k: v for k, v in params.items() if k not in OBJECT_INPUTS and k != "steps"}
+        entry = _REGISTRY.get(uid) if uid is not None else None
+        if entry is not None:
+            if entry.matches(objects, values) and entry.state.step <= steps:
+                resume, source = entry.state, f"this node's previous run (step {entry.state.step})"
+                log.info("Train LoRA: only 'steps' changed (%d -> %d): continuing from step %d",
+                         int(entry.state.extra.get("max_train_steps", entry.state.step)), steps, entry.state.step)
+            else:
+                log.info("Train LoRA: inputs changed (or steps shrank): training from the start")
+                _REGISTRY.pop(uid, None)
+
+        def keep(state) -> None:
+            if uid is not None:
+                _REGISTRY[uid] = _Entry({k: (None if v is None else _Ident(v)) for k, v in objects.items()},
+                                        values, state)
+
         progress = NodeProgress(cls.hidden.unique_id, steps)
-        result = train(model=model, clip=clip, network=network, data=dataset, cfg=cfg, progress=progress)
-        return io.NodeOutput(result.model, result.clip, result.network, {"loss": list(result.losses)},
-                             ui=progress.final_ui())
+        writer = CheckpointWriter(folder, ckpt)
+        result = train(model=model, clip=clip, network=network, data=dataset, cfg=cfg, progress=progress,
+                       checkpoints=writer, resume=resume, resume_source=source or "the training state",
+                       preview=preview, vae=vae, on_state=keep)
+        images = result.images if result.images is not None else torch.zeros((1, 64, 64, 3))
+        return io.NodeOutput(result.model, result.clip, result.network, {"loss": list(result.losses)}, images,
+                             result.state, ui=progress.final_ui())

@@ -421,3 +421,31 @@ def latent_downscale(vae) -> int:
         return int(vae.spacial_compression_encode())
     except Exception:  # older VAEs
         return 8
+
+
+# ----------------------------------------------------------------------------- previews (sampling)
+
+def sampler_names() -> tuple[list[str], list[str]]:
+    """(samplers, schedulers) as KSampler lists them."""
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sample_preview(model_patcher, positive, negative, vae, *, sampler: str, scheduler: str, steps: int,
+                   cfg: float, width: int, height: int, seed: int) -> torch.Tensor:
+    """Sample one image with ComfyUI's own sampler on ``model_patcher`` itself (no reload, no copy) and
+    decode it with ``vae``. ``positive``/``negative`` are CONDITIONING lists. Returns IMAGE (B, H, W, 3).
+    The caller handles grad mode and RNG isolation (``trainer.previews``)."""
+    import comfy.sample
+
+    ds = latent_downscale(vae)
+    latent = torch.zeros([1, 4, max(1, height // ds), max(1, width // ds)])
+    latent = comfy.sample.fix_empty_latent_channels(model_patcher, latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(model_patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                                  seed=seed, disable_pbar=True)
+    images = vae.decode(samples)
+    if images.ndim == 5:  # video VAEs: (B, T, H, W, C)
+        images = images.reshape((-1,) + tuple(images.shape[-3:]))
+    return images[..., :3].float().cpu()

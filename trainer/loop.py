@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 class TrainingDiverged(RuntimeError):
     """Loss became NaN/inf; the network keeps the weights of the last good step."""
 
-    def __init__(self, step: int, loss: float):
+    def __init__(self, step: int, loss: float, detail: str = ""):
         super().__init__(f"loss became {loss} at step {step}: training stopped, the LoRA keeps the weights of "
                          f"step {step - 1}. Lower the learning rate, enable max_grad_norm, or use fp32/bf16 "
-                         "instead of fp16.")
+                         "instead of fp16." + detail)
         self.step = step
         self.loss = loss
 
@@ -44,6 +44,8 @@ class StepInfo:
     lr: float
     epoch: int
     elapsed: float
+    epoch_end: bool = False   # this step consumed the last batch of its epoch
+    steps_this_run: int = 0   # steps done by this run() call (resumed runs start later than step 0)
 
 
 @dataclass
@@ -75,15 +77,18 @@ def _seeded(seed: int, *parts: int) -> torch.Generator:
     return g
 
 
-def batch_stream(data: EncodedDataset, seed: int, pos: Position) -> Iterator[tuple[Position, list[Sample]]]:
-    """Endless stream of batches in kohya order; yields the position *of* each batch."""
+def batch_stream(data: EncodedDataset, seed: int, pos: Position,
+                 with_count: bool = False) -> Iterator[tuple]:
+    """Endless stream of batches in kohya order; yields the position *of* each batch (and, with
+    ``with_count``, the number of batches in that epoch)."""
     epoch, idx = pos.epoch, pos.batch_index
     while True:
         batches = epoch_batches(data.dataset, data.plan, epoch, seed)
         if not batches:
             raise ValueError("the dataset has no batches (no images?)")
         while idx < len(batches):
-            yield Position(epoch, idx), batches[idx]
+            yield (Position(epoch, idx), batches[idx], len(batches)) if with_count else (Position(epoch, idx),
+                                                                                          batches[idx])
             idx += 1
         epoch, idx = epoch + 1, 0
 
@@ -114,16 +119,26 @@ class Trainer:
         self.position = Position()
         self.losses: list[float] = []
         self.lrs: list[float] = []
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
 
     # -- resume ---------------------------------------------------------------------------------------
     def load_progress(self, step: int, position: Position, optimizer_state: dict | None,
                       scheduler_state: dict | None, losses: list[float], lrs: list[float]) -> None:
         self.step = step
         self.position = position
+        fresh_lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         if scheduler_state is not None:
             # strict=False: a run continued with more steps keeps its step count under the new horizon
+            scheduler_state = dict(scheduler_state)
+            saved_base = list(scheduler_state.get("base_lrs", fresh_lrs))
+            if saved_base != fresh_lrs and len(saved_base) == len(fresh_lrs):
+                # the learning rate was changed for the continuation: the new one applies from here
+                log.info("resume: learning rates %s -> %s", saved_base, fresh_lrs)
+                scheduler_state["base_lrs"] = fresh_lrs
+                for g, lr in zip(self.optimizer.param_groups, fresh_lrs):
+                    g["initial_lr"] = lr
             load_scheduler_state(self.scheduler, scheduler_state, strict=False)
         self.losses = list(losses)
         self.lrs = list(lrs)
@@ -160,47 +175,62 @@ class Trainer:
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
         cfg = self.cfg
         accum = cfg.gradient_accumulation_steps
-        stream = batch_stream(self.data, cfg.seed, self.position)
+        stream = batch_stream(self.data, cfg.seed, self.position, with_count=True)
         t0 = time.perf_counter()
         stopped = False
+        start_step = self.step
         self.network.train()
         while self.step < cfg.max_train_steps:
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            step_loss = 0.0
-            for micro in range(accum):
-                pos, samples = next(stream)
-                gen = _seeded(cfg.seed, self.step, micro)
-                x0, conds = self._batch_inputs(pos, samples)
-                noise = make_noise(x0, gen, cfg.noise_offset)
-                sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
-                sigma = sigma.to(x0.device)
-                x_t = self.objective.noisy(x0, noise, sigma)
-                with self.model.autocast():
-                    denoised = self.model.denoise(x_t, sigma, conds)
-                pred = self.objective.prediction(denoised.float(), x_t, sigma)
-                target = self.objective.target(x0, noise, sigma)
-                weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
-                loss = (per_sample_loss(pred, target, cfg.loss_type) * weights).mean()
-                (loss / accum).backward()
-                step_loss += loss.item() / accum
-            if not math.isfinite(step_loss):
+            try:
+                step_loss, pos, n_batches = self._step(stream, accum)
+            except BaseException:
+                # Cancel (ComfyUI raises from inside an op) or an error mid-step: drop the partial
+                # gradients; weights, optimizer and position stay those of the last completed step.
                 self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingDiverged(self.step + 1, step_loss)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                raise
             self.step += 1
             self.position = Position(pos.epoch, pos.batch_index + 1)
             self.losses.append(step_loss)
-            self.lrs.append(lr)
+            self.lrs.append(self._last_lr)
             if on_step is not None:
-                on_step(StepInfo(self.step, cfg.max_train_steps, step_loss, lr, pos.epoch,
-                                 time.perf_counter() - t0))
+                on_step(StepInfo(self.step, cfg.max_train_steps, step_loss, self._last_lr, pos.epoch,
+                                 time.perf_counter() - t0, epoch_end=pos.batch_index + 1 >= n_batches,
+                                 steps_this_run=self.step - start_step))
         self.network.eval()
         return TrainResult(self.step, self.losses, self.lrs, stopped, self.position, self.optimizer,
                            self.scheduler, time.perf_counter() - t0)
+
+    def _step(self, stream, accum: int) -> tuple[float, Position, int]:
+        """One optimizer step (``accum`` micro-batches). Returns (loss, position of the last batch, batches
+        in its epoch). Raises TrainingDiverged before touching the weights when the loss is not finite."""
+        cfg = self.cfg
+        step_loss = 0.0
+        for micro in range(accum):
+            pos, samples, n_batches = next(stream)
+            gen = _seeded(cfg.seed, self.step, micro)
+            x0, conds = self._batch_inputs(pos, samples)
+            noise = make_noise(x0, gen, cfg.noise_offset)
+            sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
+            sigma = sigma.to(x0.device)
+            x_t = self.objective.noisy(x0, noise, sigma)
+            with self.model.autocast():
+                denoised = self.model.denoise(x_t, sigma, conds)
+            pred = self.objective.prediction(denoised.float(), x_t, sigma)
+            target = self.objective.target(x0, noise, sigma)
+            weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
+            loss = (per_sample_loss(pred, target, cfg.loss_type) * weights).mean()
+            (loss / accum).backward()
+            step_loss += loss.item() / accum
+        if not math.isfinite(step_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(self.step + 1, step_loss)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self._last_lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, pos, n_batches

@@ -7,15 +7,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import comfy_adapter as ca
 from .assemble import build_objective
+from .checkpoints import CheckpointWriter, Saved, apply_state, capture_state
 from .config import TrainConfig
 from .encoded import EncodedDataset
-from .loop import Trainer, TrainResult
+from .loop import StepInfo, Trainer, TrainingDiverged, TrainResult
+from .previews import PreviewConfig, PreviewRunner
+from .state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,10 @@ class SessionResult:
     lrs: list[float]
     loop: TrainResult | None = None
     info: dict = field(default_factory=dict)
+    state: TrainState | None = None          # full resumable state after the last step
+    start_step: int = 0                      # step the run resumed from (0 = fresh)
+    images: torch.Tensor | None = None       # preview images (B, H, W, 3), None without previews
+    checkpoints: list[Saved] = field(default_factory=list)
 
 
 def _text_encoder(clip):
@@ -41,7 +48,56 @@ def _text_encoder(clip):
     return encode
 
 
-def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress=None) -> SessionResult:
+def _is_interrupt(exc: BaseException) -> bool:
+    return type(exc).__name__ == "InterruptProcessingException"
+
+
+def _training_info(started: float, trainer: Trainer, cfg: TrainConfig, family, spec, objective, data, model) -> dict:
+    return {
+        "started_at": started, "finished_at": time.time(), "steps": trainer.step,
+        "epoch": trainer.position.epoch, "config": cfg, "optimizer_repr": trainer.optimizer_repr,
+        "family": family.name, "prediction": spec.prediction, "objective": type(objective).__name__,
+        "dataset": data, "unet_config": ca.unet_config(model), "config_class_names": ca.model_config_names(model),
+    }
+
+
+def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool):
+    if preview is None or not preview.enabled:
+        return None
+    if vae is None:
+        raise ValueError("previews need a VAE: connect the checkpoint's VAE to Train LoRA's 'vae' input (or clear "
+                         "preview_prompts)")
+    if clip is None:
+        raise ValueError("previews need a CLIP: connect the CLIP from Inject LoRA to Train LoRA (or clear "
+                         "preview_prompts)")
+    cache: dict[str, Any] = {}
+
+    def conds(text: str):
+        if train_te:  # the text encoder changes while training: encode with the current LoRA
+            return ca.encode_caption(clip, text)
+        if text not in cache:
+            cache[text] = ca.encode_caption(clip, text)
+        return cache[text]
+
+    if not train_te:  # encode once, before the model is loaded for training
+        with torch.inference_mode(False), torch.no_grad():
+            for t in preview.prompt_list() + [preview.negative]:
+                conds(t)
+
+    def sample(prompt: str, negative: str, c: PreviewConfig, seed: int) -> torch.Tensor:
+        return ca.sample_preview(mp, conds(prompt), conds(negative), vae, sampler=c.sampler, scheduler=c.scheduler,
+                                 steps=c.steps, cfg=c.cfg, width=c.width, height=c.height, seed=seed)
+
+    return PreviewRunner(preview, sample, after=lambda: ca.load_for_training(mp))
+
+
+def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress=None,
+          checkpoints: CheckpointWriter | None = None, resume: TrainState | None = None,
+          resume_source: str = "the training state", preview: PreviewConfig | None = None, vae=None,
+          on_state: Callable[[TrainState], None] | None = None) -> SessionResult:
+    """Train ``network`` (a copy) on ``data``. ``resume``: continue from a TrainState. ``checkpoints``:
+    periodic saves, and the save on Cancel / divergence. ``preview`` + ``vae``: sample images during
+    training. ``on_state`` receives the final state (also after Cancel) for re-queue continuation."""
     if not isinstance(data, EncodedDataset):
         raise TypeError("Train LoRA needs the dataset from Encode Dataset (latents), got "
                         f"{type(data).__name__}; connect Load Dataset -> Bucket Images -> Encode Dataset")
@@ -61,6 +117,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
     if cfg.gradient_checkpointing and family.name == "flux":
         log.warning("gradient checkpointing is not applied to FLUX blocks (they update their residual stream in "
                     "place, which checkpoint recomputation cannot replay); training runs without it")
+    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te)
     started = time.time()
     with torch.inference_mode(False), torch.enable_grad():
         ca.load_for_training(mp)
@@ -72,18 +129,64 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
         trainer = Trainer(model=tmodel, network=net, data=data, cfg=cfg, objective=objective,
                           text_encoder=_text_encoder(clip_t if clip_t is not None else clip),
                           size_conditioning=family.name == "sdxl")
+        if resume is not None:
+            apply_state(trainer, net, resume, resume_source)
+            log.info("LoRA Loop: continuing from step %d (%s) to %d", trainer.step, resume_source,
+                     cfg.max_train_steps)
+        start_step = trainer.step
+        if progress and start_step:
+            progress.start_at(start_step, trainer.losses, trainer.lrs)
+
+        def set_info() -> None:
+            net.training_info = _training_info(started, trainer, cfg, family, spec, objective, data, model)
+
+        def save(reason: str) -> Saved | None:
+            if checkpoints is None or trainer.step <= start_step:
+                return checkpoints.last if checkpoints is not None else None
+            set_info()
+            return checkpoints.save(trainer, net, reason)
+
+        def on_step(info: StepInfo) -> None:
+            if progress:
+                progress.on_step(info)
+            if checkpoints is not None and checkpoints.due(info.step, info.epoch_end, info.epoch):
+                save("checkpoint")
+            if runner is not None and runner.due(info.step, info.total):
+                imgs = runner.run(info.step, net)
+                if progress:
+                    progress.preview(info.step, imgs)
+
         status = "error"
+        result = None
         try:
             root = ca.diffusion_root(mp)
             te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
             with ca.differentiable_kernels(), ca.protect_inplace_residuals(root), \
                     ca.protect_inplace_residuals(te_root), \
                     ca.gradient_checkpointing(root, cfg.gradient_checkpointing and family.name != "flux"):
-                result = trainer.run(on_step=progress.on_step if progress else None,
-                                     should_stop=progress.should_stop if progress else None)
+                result = trainer.run(on_step=on_step, should_stop=progress.should_stop if progress else None)
+                if runner is not None and not result.stopped_early and runner.due(trainer.step, trainer.step):
+                    imgs = runner.run(trainer.step, net)  # resumed with nothing left to train: still show the end
+                    if progress:
+                        progress.preview(trainer.step, imgs)
             status = "cancelled" if result.stopped_early else "done"
+            if result.stopped_early:
+                save("saved on Cancel")
+        except TrainingDiverged as e:
+            saved = save("saved the last good step before the loss diverged")
+            where = (f" The last good checkpoint is {saved.lora_path} (state: {saved.state_prefix}.json; set "
+                     "resume_from to it after lowering the learning rate)." if saved is not None
+                     else " No checkpoint was written (it diverged at the first step).")
+            raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
-            status = "cancelled" if type(e).__name__ == "InterruptProcessingException" else "error"
+            if _is_interrupt(e):
+                status = "cancelled"
+                try:
+                    save("saved on Cancel")
+                    if on_state is not None and trainer.step > start_step:
+                        on_state(capture_state(trainer, net, {"cancelled": True}))
+                except Exception:
+                    log.exception("LoRA Loop: could not save the state at Cancel")
             raise
         finally:
             for p in net.parameters():
@@ -92,15 +195,15 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
             net.eval()
             if progress:
                 progress.finish(status)
+        state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early)})
+    if on_state is not None and (trainer.step > start_step or resume is not None):
+        on_state(state)
     if result.stopped_early:
         import comfy.model_management
 
         comfy.model_management.throw_exception_if_processing_interrupted()
-    net.training_info = {
-        "started_at": started, "finished_at": time.time(), "steps": result.steps_done,
-        "epoch": result.position.epoch, "config": cfg, "optimizer_repr": trainer.optimizer_repr,
-        "family": family.name, "prediction": spec.prediction, "objective": type(objective).__name__,
-        "dataset": data, "unet_config": ca.unet_config(model), "config_class_names": ca.model_config_names(model),
-    }
+    set_info()
     return SessionResult(model=mp, clip=clip_t if clip_t is not None else clip, network=net,
-                         losses=result.losses, lrs=result.lrs, loop=result)
+                         losses=result.losses, lrs=result.lrs, loop=result, state=state, start_step=start_step,
+                         images=runner.batch() if runner is not None else None,
+                         checkpoints=list(checkpoints.saved) if checkpoints is not None else [])
