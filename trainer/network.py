@@ -411,6 +411,10 @@ class LoRANetwork(nn.Module):
         return LoRANetwork(self.targets, loras, rank=self.rank, alpha=self.alpha, conv_rank=self.conv_rank,
                            conv_alpha=self.conv_alpha, family=self.family, network_args=self.network_args)
 
+    def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
+        return (f"LoRANetwork({self.family or '?'}: {len(self.unet_names)} U-Net + {len(self.text_encoder_names)} "
+                f"text-encoder modules, rank={self.rank}, alpha={self.alpha}, conv_rank={self.conv_rank})")
+
     def __deepcopy__(self, memo):  # never drag the installed base modules along
         return self.copy()
 

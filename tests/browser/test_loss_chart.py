@@ -5,6 +5,7 @@ frontend's own api.dispatchCustomEvent, so the code path is the one a websocket 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -229,13 +230,21 @@ def test_chart_in_subgraph_uses_execution_id(comfy_page, comfy_server):
 
 # ---- real training run (filled in by the lead) --------------------------------------------------
 
-def real_training_prompt() -> dict | None:
-    """The API-format prompt of a tiny real training run (a few steps on a tiny model from
-    tests/support/testing_pack), with the Train LoRA node at id "10". None until it exists."""
-    return None
+def real_training_prompt(server, seed: int = 0) -> dict:
+    """The shipped SD1.5 example graph, shrunk to a tiny real training run: the tiny test model, a
+    generated 3-image dataset in the server's input folder, 12 steps."""
+    import graphs
+
+    ds = graphs.make_dataset(os.path.join(server.tmp, "in", "chart_ds"), n=3)
+    p = graphs.tiny_train_graph(graphs.load_api("train_then_generate_sd15.api.json"), family="sd15",
+                                dataset=ds, steps=12, save_name="chart_run", train_seed=seed)
+    return p
 
 
-TRAIN_NODE_ID = "10"
+def train_node_id(prompt: dict) -> str:
+    import graphs
+
+    return graphs.one(prompt, "LoraLoop_TrainLoRA")
 
 
 def test_real_training_run_draws_points(comfy_page, comfy_server):
@@ -245,10 +254,11 @@ def test_real_training_run_draws_points(comfy_page, comfy_server):
     1. Over our own websocket (ComfyServer.run_prompt_ws): the events follow the protocol.
     2. In the page: the same prompt, loaded into the graph and queued under the page's client id,
        makes the chart's data-points grow and end with status "done"."""
-    prompt = real_training_prompt()
-    if prompt is None:
-        pytest.skip("real_training_prompt() is not filled in yet (needs the tiny training workflow)")
     require_node(comfy_server)
+    if not comfy_server.has_node("LoraLoopTest_TinyModel"):
+        pytest.skip("the test-only node pack (tests/support/testing_pack) is not loaded on the server")
+    prompt = real_training_prompt(comfy_server)
+    TRAIN_NODE_ID = train_node_id(prompt)
 
     run = comfy_server.run_prompt_ws(prompt, timeout=600)
     assert run.end == "execution_success", run.messages[-5:]
@@ -269,6 +279,8 @@ def test_real_training_run_draws_points(comfy_page, comfy_server):
         return window.__ll.api.clientId ?? window.__ll.api.initialClientId;
     }""" % json.dumps(TRAIN_NODE_ID), prompt)
     assert client_id, "the page has no websocket client id"
+    # a different training seed: the page's run really trains (not served from ComfyUI's cache)
+    prompt = real_training_prompt(comfy_server, seed=1)
     prompt_id = comfy_server.queue_prompt(prompt, client_id)
     entry = comfy_server.wait_history(prompt_id, timeout=600)
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -1,0 +1,57 @@
+"""Training options through the real graph: gradient checkpointing changes memory, not results; Save LoRA
+refuses names that would escape the loras folder."""
+from __future__ import annotations
+
+import os
+
+import torch
+from safetensors import safe_open
+
+import comfy_env
+import graphs
+from comfy_fixtures import comfy  # noqa: F401
+
+WORKFLOW = "train_then_generate_sd15.api.json"
+
+
+def _saved_path(comfy, ex, p):
+    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
+    return os.path.join(comfy["tmp"], "models", "loras", text[len("saved "):])
+
+
+def _load(path):
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_gradient_checkpointing_gives_the_same_lora(comfy):
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "gc"), n=2)
+    results = []
+    for gc in (False, True):
+        p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3,
+                                    save_name=f"gc_{int(gc)}")
+        p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["gradient_checkpointing"] = gc
+        ex, _ = comfy_env.run_prompt(p, f"gc-{gc}")
+        results.append(_load(_saved_path(comfy, ex, p)))
+    a, b = results
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+    assert any(not torch.all(a[k] == 0) for k in a if k.endswith("lora_up.weight"))
+
+
+def test_save_lora_refuses_escaping_names(comfy):
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "esc"), n=1)
+    for bad in ("../evil", "sub/evil", "..\\evil"):
+        p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1, save_name=bad)
+        import execution
+
+        valid = comfy_env.run_async(execution.validate_prompt, "esc", p, None)
+        ex = execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
+                                      cache_args={"lru": 0, "ram": 0})
+        comfy_env.call(ex.execute, p, "esc", extra_data={}, execute_outputs=valid[2])
+        assert not ex.success
+        errors = [d for e, d in ex.status_messages if e == "execution_error"]
+        assert errors and errors[0]["node_type"] == "LoraLoop_SaveLoRA", errors
+        assert not os.path.exists(os.path.join(comfy["tmp"], "models", "evil.safetensors"))
+        assert not os.path.exists(os.path.join(comfy["tmp"], "models", "loras", "sub"))
