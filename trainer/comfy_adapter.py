@@ -191,33 +191,37 @@ def _checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
-    """Temporarily wrap block forwards in torch.utils.checkpoint (installed after, removed before LoRA)."""
-    if not enabled:
-        yield
-        return
-    import torch.utils.checkpoint as cp
-
+def override_forwards(modules, make_forward):
+    """Temporarily replace each module's ``forward`` with ``make_forward(original_forward)``; restored in
+    reverse order on exit (instance overrides that existed before are put back)."""
     patched = []
-    for block in _checkpoint_blocks(root):
-        had_own = "forward" in block.__dict__
-        org = block.forward
-
-        def fwd(*args, __org=org, **kwargs):
-            if torch.is_grad_enabled():
-                return cp.checkpoint(__org, *args, use_reentrant=False, **kwargs)
-            return __org(*args, **kwargs)
-
-        block.forward = fwd
-        patched.append((block, org, had_own))
+    for module in modules:
+        had_own = "forward" in module.__dict__
+        org = module.forward
+        module.forward = make_forward(org)
+        patched.append((module, org, had_own))
     try:
         yield
     finally:
-        for block, org, had_own in reversed(patched):
+        for module, org, had_own in reversed(patched):
             if had_own:
-                block.forward = org
+                module.forward = org
             else:
-                del block.forward
+                del module.forward
+
+
+def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
+    """Temporarily wrap block forwards in torch.utils.checkpoint (installed after, removed before LoRA)."""
+    import torch.utils.checkpoint as cp
+
+    def make(org):
+        def fwd(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return cp.checkpoint(org, *args, use_reentrant=False, **kwargs)
+            return org(*args, **kwargs)
+        return fwd
+
+    return override_forwards(_checkpoint_blocks(root) if enabled else [], make)
 
 
 # ----------------------------------------------------------------------------- differentiable kernels
@@ -271,22 +275,16 @@ def _storage_key(t: torch.Tensor):
         return None
 
 
-@contextlib.contextmanager
 def protect_inplace_residuals(root: torch.nn.Module):
     """Make blocks that modify their residual inputs in place trainable.
 
     Inside such a block, any tensor autograd saves that shares storage with a residual input is saved as a
     copy, so the later in-place ``+=`` cannot invalidate it. Only those few activations are copied."""
-    patched = []
-    for module in root.modules():
-        if type(module).__name__ not in INPLACE_RESIDUAL_BLOCKS:
-            continue
-        had_own = "forward" in module.__dict__
-        org = module.forward
 
-        def fwd(*args, __org=org, **kwargs):
+    def make(org):
+        def fwd(*args, **kwargs):
             if not torch.is_grad_enabled():
-                return __org(*args, **kwargs)
+                return org(*args, **kwargs)
             tensors = [a for a in args if torch.is_tensor(a)]
             tensors += [kwargs[k] for k in _RESIDUAL_KWARGS if torch.is_tensor(kwargs.get(k))]
             keys = {_storage_key(t) for t in tensors} - {None}
@@ -295,18 +293,11 @@ def protect_inplace_residuals(root: torch.nn.Module):
                 return t.clone() if _storage_key(t) in keys else t
 
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                return __org(*args, **kwargs)
+                return org(*args, **kwargs)
+        return fwd
 
-        module.forward = fwd
-        patched.append((module, org, had_own))
-    try:
-        yield
-    finally:
-        for module, org, had_own in reversed(patched):
-            if had_own:
-                module.forward = org
-            else:
-                del module.forward
+    blocks = [m for m in root.modules() if type(m).__name__ in INPLACE_RESIDUAL_BLOCKS]
+    return override_forwards(blocks, make)
 
 
 # ----------------------------------------------------------------------------- the training model
@@ -375,34 +366,27 @@ class ComfyTrainModel:
 
 # ----------------------------------------------------------------------------- encoders
 
-def vae_fingerprint(vae) -> str:
-    """Cheap identity of a VAE's weights: names, shapes, dtypes and a strided sample of values."""
-    h = hashlib.sha256()
-    sd = vae.first_stage_model.state_dict()
+def weights_fingerprint(module: torch.nn.Module, samples: int = 64, extra: str = "") -> str:
+    """Cheap identity of a module's weights: names, shapes, dtypes and a strided sample of values."""
+    h = hashlib.sha256(extra.encode())
+    sd = module.state_dict()
     with torch.inference_mode(False), torch.no_grad():
         for k in sorted(sd):
             t = sd[k]
             h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
             flat = t.detach().reshape(-1)
             if flat.numel():
-                step = max(1, flat.numel() // 64)
-                h.update(flat[::step][:64].float().cpu().numpy().tobytes())
+                step = max(1, flat.numel() // samples)
+                h.update(flat[::step][:samples].float().cpu().numpy().tobytes())
     return h.hexdigest()[:24]
+
+
+def vae_fingerprint(vae) -> str:
+    return weights_fingerprint(vae.first_stage_model)
 
 
 def clip_fingerprint(clip) -> str:
-    h = hashlib.sha256()
-    sd = clip.cond_stage_model.state_dict()
-    with torch.inference_mode(False), torch.no_grad():
-        for k in sorted(sd):
-            t = sd[k]
-            h.update(f"{k}:{tuple(t.shape)}".encode())
-            flat = t.detach().reshape(-1)
-            if flat.numel():
-                step = max(1, flat.numel() // 32)
-                h.update(flat[::step][:32].float().cpu().numpy().tobytes())
-    h.update(repr(getattr(clip, "layer_idx", None)).encode())
-    return h.hexdigest()[:24]
+    return weights_fingerprint(clip.cond_stage_model, 32, repr(getattr(clip, "layer_idx", None)))
 
 
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
