@@ -48,14 +48,33 @@ def make_dataset(folder: str, n: int = 4, size: tuple[int, int] = (64, 64), seed
     return folder
 
 
+# loader class -> the TinyModel output that stands in for each of its outputs (MODEL 0, CLIP 1, VAE 2)
+LOADER_OUTPUTS = {"CheckpointLoaderSimple": (0, 1, 2), "UNETLoader": (0,), "DualCLIPLoader": (1,),
+                  "CLIPLoader": (1,), "TripleCLIPLoader": (1,), "VAELoader": (2,)}
+
+
+def swap_loaders(p: dict, family: str, model_seed: int = 0) -> dict:
+    """Replace every model loader (checkpoint, or FLUX's separate UNET / CLIP / VAE loaders) by one
+    ``LoraLoopTest_TinyModel`` and rewire their consumers to its MODEL / CLIP / VAE outputs (in place)."""
+    loaders = {k: LOADER_OUTPUTS[v["class_type"]] for k, v in p.items() if v["class_type"] in LOADER_OUTPUTS}
+    assert loaders, "the graph has no model loader to replace"
+    tiny = min(loaders, key=lambda k: (len(k), k))
+    for k in loaders:
+        del p[k]
+    p[tiny] = {"class_type": "LoraLoopTest_TinyModel", "inputs": {"family": family, "seed": model_seed}}
+    for node in p.values():
+        for name, val in node["inputs"].items():
+            if isinstance(val, list) and len(val) == 2 and val[0] in loaders:
+                node["inputs"][name] = [tiny, loaders[val[0]][val[1]]]
+    return p
+
+
 def tiny_train_graph(api: dict, *, family: str, dataset: str, steps: int = 6, lr: float = 1e-3,
                      resolution: int = 64, save_name: str = "tiny_lora", model_seed: int = 0,
                      train_seed: int = 0) -> dict:
-    """The shipped example graph with the checkpoint loader replaced by the tiny test model, small
+    """The shipped example graph with the model loader(s) replaced by the tiny test model, small
     sizes and steps, fp32 save, and a PreviewImage instead of SaveImage."""
-    p = copy.deepcopy(api)
-    loader = one(p, "CheckpointLoaderSimple")
-    p[loader] = {"class_type": "LoraLoopTest_TinyModel", "inputs": {"family": family, "seed": model_seed}}
+    p = swap_loaders(copy.deepcopy(api), family, model_seed)
     p[one(p, "LoraLoop_LoadDataset")]["inputs"]["path"] = dataset
     b = p[one(p, "LoraLoop_BucketImages")]["inputs"]
     b.update(resolution=resolution, min_bucket_reso=64, max_bucket_reso=max(128, resolution), bucket_reso_steps=64)
@@ -63,7 +82,7 @@ def tiny_train_graph(api: dict, *, family: str, dataset: str, steps: int = 6, lr
     t.update(steps=steps, learning_rate=lr, seed=train_seed)
     s = p[one(p, "LoraLoop_SaveLoRA")]["inputs"]
     s.update(filename=save_name, save_dtype="fp32", if_exists="increment")
-    for k in nodes_of(p, "EmptyLatentImage"):
+    for k in nodes_of(p, "EmptyLatentImage") + nodes_of(p, "EmptySD3LatentImage"):
         p[k]["inputs"].update(width=64, height=64)
     for k in nodes_of(p, "KSampler"):
         p[k]["inputs"].update(steps=2)

@@ -10,6 +10,11 @@ Nodes (all ``LoraLoopTest_*``):
 * ``SaveTensor(latent, name)`` / ``SaveConditioning(conditioning, name)``: output nodes that store their input in
   ``RESULTS[name]`` (they always re-run). Tests read it with ``from lora_loop_testing_pack import RESULTS``
   after ``comfy_env.boot()``.
+* ``RecordModelInputs(model, name) -> MODEL``: a clone whose ``apply_model`` calls made with grad enabled (i.e.
+  training steps) are recorded into ``RESULTS[name]`` as ``{"x_shape", "sigma", "y"}`` through an APPLY_MODEL
+  wrapper in ``model_options["transformer_options"]["wrappers"]`` (always re-runs).
+* ``UnsupportedModel(kind) -> MODEL``: a fresh tiny SD1.5 model whose model config class is replaced by ``kind``:
+  ``FakeArch`` (a made-up ``BASE`` subclass) or ``SDXL_instructpix2pix`` (a real ComfyUI config LoRA Loop refuses).
 """
 from __future__ import annotations
 
@@ -152,9 +157,71 @@ class SaveConditioning(io.ComfyNode):
         return io.NodeOutput()
 
 
+RECORD_KEY = "lora_loop_test_record"
+
+
+class RecordModelInputs(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_RecordModelInputs", display_name="Record Model Inputs (LoRA Loop tests)",
+            category=CATEGORY, inputs=[io.Model.Input("model"), io.String.Input("name", default="inputs")],
+            outputs=[io.Model.Output()])
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, model, name) -> io.NodeOutput:
+        import comfy.patcher_extension as pe
+
+        calls: list = []
+        RESULTS[name] = calls
+
+        def record(executor, x, t, *args, **kwargs):
+            if torch.is_grad_enabled():
+                y = kwargs.get("y")
+                calls.append({"x_shape": tuple(x.shape), "sigma": t.detach().float().cpu().clone(),
+                              "y": None if y is None else y.detach().float().cpu().clone()})
+            return executor(x, t, *args, **kwargs)
+
+        m = model.clone()
+        opts = m.model_options.setdefault("transformer_options", {})
+        wrappers = opts.setdefault("wrappers", {})
+        wrappers.setdefault(pe.WrappersMP.APPLY_MODEL, {}).setdefault(RECORD_KEY, []).append(record)
+        return io.NodeOutput(m)
+
+
+UNSUPPORTED_KINDS = ("FakeArch", "SDXL_instructpix2pix")
+
+
+class UnsupportedModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_UnsupportedModel", display_name="Unsupported Model (LoRA Loop tests)",
+            category=CATEGORY, inputs=[io.Combo.Input("kind", options=list(UNSUPPORTED_KINDS))],
+            outputs=[io.Model.Output(), io.Clip.Output()])
+
+    @classmethod
+    def execute(cls, kind) -> io.NodeOutput:
+        import comfy.supported_models as sm
+        import comfy.supported_models_base as smb
+
+        mp, clip, _ = tiny_models.build("sd15", 0)  # fresh objects: the cached TinyModel ones stay untouched
+        if kind == "FakeArch":
+            new_cls = type("FakeArch", (smb.BASE,), {})
+        else:
+            new_cls = getattr(sm, kind)
+        mp.model.model_config.__class__ = new_cls
+        return io.NodeOutput(mp, clip)
+
+
 class LoraLoopTestingExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning]
+        return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning, RecordModelInputs,
+                UnsupportedModel]
 
 
 async def comfy_entrypoint() -> LoraLoopTestingExtension:
