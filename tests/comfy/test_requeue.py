@@ -1,0 +1,91 @@
+"""Re-queue semantics through ComfyUI's real executor: unchanged inputs are served from the cache;
+when only 'steps' grows the node continues from its previous run (running only the new steps, equal
+to a straight run with a constant LR); when steps shrink or anything else changes it starts over."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+from safetensors import safe_open
+
+import comfy_env
+import graphs
+from comfy_fixtures import comfy  # noqa: F401
+
+WORKFLOW = "train_then_generate_sd15.api.json"
+
+
+def _executor():
+    import execution
+
+    return execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0})
+
+
+def _graph(comfy, steps):
+    ds = os.path.join(comfy["tmp"], "in", "requeue_ds")
+    if not os.path.isdir(ds):  # written once: rewriting would change Load Dataset's fingerprint
+        graphs.make_dataset(ds, n=3)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=steps,
+                                save_name="requeue")
+    p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["lr_scheduler"] = "constant"
+    return p
+
+
+def _run(p, pid, ex, read=True):
+    """Run ``p``; returns the Train LoRA progress values seen and the saved LoRA tensors."""
+    cu = importlib.import_module("comfy.utils")
+    total = p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["steps"]
+    seen = []
+
+    def hook(value, t, preview, prompt_id=None, node_id=None):
+        if t == total:
+            seen.append(value)
+
+    cu.set_progress_bar_global_hook(hook)
+    try:
+        comfy_env.run_prompt(p, pid, executor=ex)
+    finally:
+        cu.set_progress_bar_global_hook(None)
+    if not read:
+        return seen, None
+    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
+    from folder_paths import get_folder_paths
+
+    with safe_open(os.path.join(get_folder_paths("loras")[0], text[len("saved "):]), "pt") as f:
+        return seen, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_requeue_with_more_steps_continues(comfy):
+    train = graphs.one(_graph(comfy, 4), "LoraLoop_TrainLoRA")
+    _, straight = _run(_graph(comfy, 8), "rq-straight", _executor())
+
+    ex = _executor()
+    seen4, _ = _run(_graph(comfy, 4), "rq-4", ex)
+    assert seen4 == [1, 2, 3, 4]
+    seen8, continued = _run(_graph(comfy, 8), "rq-8", ex)
+    # the resumed bar starts at 4, and only steps 5..8 were trained
+    assert seen8 == [4, 5, 6, 7, 8], seen8
+    assert _same(continued, straight), "4 + 4 continued steps differ from a straight 8-step run"
+    chart = ex.history_result["outputs"][train]["lora_loop_chart"][0]
+    assert chart["start"] == 4 and len(chart["loss"]) == 8
+
+    # unchanged: served from ComfyUI's cache, no step runs
+    seen_cached, _ = _run(_graph(comfy, 8), "rq-8-again", ex, read=False)
+    assert seen_cached == []
+    cached = [d for e, d in ex.status_messages if e == "execution_cached"]
+    assert cached and train in cached[-1]["nodes"]
+
+    # fewer steps: from scratch
+    seen3, _ = _run(_graph(comfy, 3), "rq-3", ex)
+    assert seen3 == [1, 2, 3]
+    # another setting changed (seed) with more steps: from scratch too
+    p = _graph(comfy, 5)
+    p[train]["inputs"]["seed"] = 1
+    seen5, _ = _run(p, "rq-seed", ex)
+    assert seen5 == [1, 2, 3, 4, 5]
