@@ -1,0 +1,97 @@
+"""Previews during training through ComfyUI's real executor: images are sampled with ComfyUI's sampler
+on the training model at every N steps and at the end, shown on the node (progress-bar previews),
+returned as an IMAGE batch, and do not change the trained LoRA (bitwise on CPU)."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+from safetensors import safe_open
+
+import comfy_env
+import graphs
+from comfy_fixtures import comfy  # noqa: F401
+
+WORKFLOW = "train_then_generate_sd15.api.json"
+
+
+def _executor():
+    import execution
+
+    return execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0})
+
+
+def _graph(comfy, previews: bool, family: str = "sd15", train_te: bool = False):
+    ds = os.path.join(comfy["tmp"], "in", "preview_ds")
+    if not os.path.isdir(ds):
+        graphs.make_dataset(ds, n=3)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=ds, steps=4, save_name="prev")
+    train, loader = graphs.one(p, "LoraLoop_TrainLoRA"), graphs.one(p, "LoraLoopTest_TinyModel")
+    if previews:
+        p[train]["inputs"].update(vae=[loader, 2], preview_prompts="sks pattern 1\n# skipped\nsks pattern 2",
+                                  preview_negative="blurry", preview_steps=2, preview_cfg=2.0, preview_width=64,
+                                  preview_height=64, preview_seed=3, preview_every_n_steps=2)
+    if train_te:  # captions (and preview prompts) are encoded with the text-encoder LoRA being trained
+        p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_text_encoder"] = True
+        p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")
+    p["pv"] = {"class_type": "PreviewImage", "inputs": {"images": [train, 4]}}
+    return p
+
+
+def _run(p, pid):
+    cu = importlib.import_module("comfy.utils")
+    previews = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if total == 4 and preview is not None:
+            previews.append((value, preview))
+
+    cu.set_progress_bar_global_hook(hook)
+    try:
+        ex, _ = comfy_env.run_prompt(p, pid, executor=_executor())
+    finally:
+        cu.set_progress_bar_global_hook(None)
+    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
+    from folder_paths import get_folder_paths
+
+    with safe_open(os.path.join(get_folder_paths("loras")[0], text[len("saved "):]), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    return ex, previews, sd
+
+
+def test_previews_show_return_and_do_not_change_training(comfy):
+    ex_on, shown, with_previews = _run(_graph(comfy, True), "previews-on")
+    ex_off, none_shown, without = _run(_graph(comfy, False), "previews-off")
+    assert with_previews.keys() == without.keys()
+    assert all(torch.equal(with_previews[k], without[k]) for k in without), "previews changed the trained LoRA"
+    # every 2 steps and at the end (step 4 is both): 2 rounds x 2 prompts
+    assert [v for v, _ in shown] == [2, 2, 4, 4], [v for v, _ in shown]
+    fmt, img, _ = shown[0][1]
+    assert fmt == "JPEG" and img.size == (64, 64)
+    assert none_shown == []
+    images = ex_on.history_result["outputs"]["pv"]["images"]
+    assert len(images) == 4
+    assert len(ex_off.history_result["outputs"]["pv"]["images"]) == 1  # the black placeholder
+
+
+def test_previews_with_text_encoder_training_do_not_change_it(comfy):
+    _, shown, with_previews = _run(_graph(comfy, True, train_te=True), "te-previews-on")
+    _, _, without = _run(_graph(comfy, False, train_te=True), "te-previews-off")
+    assert any(k.startswith("lora_te") for k in without)
+    assert with_previews.keys() == without.keys()
+    assert all(torch.equal(with_previews[k], without[k]) for k in without), "previews changed the trained LoRA"
+    assert len(shown) == 4
+
+
+def test_previews_need_a_vae(comfy):
+    import execution
+
+    p = _graph(comfy, True)
+    p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"].pop("vae")
+    valid = comfy_env.run_async(execution.validate_prompt, "no-vae", p, None)
+    ex = _executor()
+    comfy_env.call(ex.execute, p, "no-vae", extra_data={}, execute_outputs=valid[2])
+    errors = [d for e, d in ex.status_messages if e == "execution_error"]
+    assert errors and "previews need a VAE" in errors[0]["exception_message"]
