@@ -43,7 +43,8 @@ class NodeProgress:
             pass
 
     def _new_tqdm(self, initial: int):
-        # console line: "LoRA Loop step:  40%|####      | 40/100 [00:12<00:18, 3.21it/s, loss=0.1234, lr=1.00e-04]"
+        # console line: "LoRA Loop step:  40%|####    | 40/100 [00:12<00:18, 3.21it/s, loss=0.1234, lr=1.00e-04, 3.2 it/s]"
+        # (the last rate counts only this run's steps, so it stays right for resumed runs and slow steps)
         return self._tqdm_cls(total=self.total, initial=initial, desc="LoRA Loop step", unit="it",
                               dynamic_ncols=True, mininterval=0.5)
 
@@ -67,7 +68,7 @@ class NodeProgress:
         self.tqdm.update(1)
         done = getattr(info, "steps_this_run", 0) or (info.step - self.start_step)
         rate = done / info.elapsed if info.elapsed and info.elapsed > 0 else 0.0
-        self.tqdm.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", refresh=False)
+        self.tqdm.set_postfix_str(f"loss={info.loss:.4f}, lr={info.lr:.2e}, {rate:.3g} it/s", refresh=False)
         self.pbar.update_absolute(info.step, self.total)  # also raises on Cancel in the server
         now = time.perf_counter()
         if now - self._last_send >= self.throttle_s or info.step >= self.total:

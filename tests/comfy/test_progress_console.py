@@ -1,0 +1,30 @@
+"""Headless console progress: the tqdm line shows step, loss, lr and it/s; no UI (no PromptServer) needed."""
+from __future__ import annotations
+
+import sys
+import time
+
+from comfy_fixtures import comfy  # noqa: F401
+
+
+def _pack_module(suffix: str):
+    # the pack as ComfyUI loaded it (module name from its folder)
+    return next(m for k, m in list(sys.modules.items()) if k.endswith(suffix) and not k.startswith(("nodes.", "trainer.")))
+
+
+def test_console_line_has_step_loss_lr_and_rate(comfy, capsys):
+    progress = _pack_module(".nodes.progress")
+    loop = _pack_module(".trainer.loop")
+    p = progress.NodeProgress(None, 6, throttle_s=0.0)
+    p.start_at(2, [0.5, 0.4], [1e-4, 1e-4])  # a resumed run: the bar starts at 2, the rate counts new steps only
+    t0 = time.perf_counter()
+    for s in (3, 4):
+        time.sleep(0.05)
+        p.on_step(loop.StepInfo(s, 6, 0.25, 1e-4, 0, time.perf_counter() - t0, steps_this_run=s - 2))
+    p.tqdm.refresh()
+    p.finish("done")
+    err = capsys.readouterr().err
+    last = [ln for ln in err.replace("\r", "\n").splitlines() if "LoRA Loop step" in ln][-1]
+    assert "4/6" in last and "loss=0.2500" in last and "lr=1.00e-04" in last and " it/s" in last, last
+    ui = p.final_ui()["lora_loop_chart"][0]
+    assert ui["steps"] == [1, 2, 3, 4] and ui["start"] == 2 and ui["status"] == "done"
