@@ -183,3 +183,13 @@ def test_exception_mid_step_keeps_last_completed_step(data):
     tr3, net3 = _trainer(data, 6, seed=2)
     tr3.run()
     assert _equal(_sd(net2), _sd(net3))
+
+
+def test_resume_with_a_new_learning_rate_uses_it(data):
+    tr, net = _trainer(data, 2, seed=1, learning_rate=1e-3)
+    tr.run()
+    state = capture_state(tr, net)
+    tr2, net2 = _trainer(data, 4, seed=1, learning_rate=5e-4)
+    apply_state(tr2, net2, state)
+    res = tr2.run()
+    assert res.lrs == [1e-3, 1e-3, 5e-4, 5e-4]
