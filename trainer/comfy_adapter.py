@@ -311,6 +311,22 @@ class ComfyTrainModel:
         self.device = model_patcher.load_device
         self.guidance = guidance
         self.autocast_dtype = self._autocast_dtype(mixed_precision)
+        self._transformer_options = self._base_transformer_options()
+
+    def _base_transformer_options(self) -> dict:
+        """The patcher's transformer_options plus its wrappers/callbacks, as ComfyUI's sampler merges them
+        (comfy.sampler_helpers.prepare_model_patcher) - built on private copies so nothing accumulates."""
+        import comfy.patcher_extension as pe
+
+        def copy(v):
+            if isinstance(v, dict):
+                return {k: copy(x) for k, x in v.items()}
+            return list(v) if isinstance(v, list) else v
+
+        opts = copy(self.patcher.model_options.get("transformer_options", {}))
+        pe.merge_nested_dicts(opts.setdefault("wrappers", {}), copy(self.patcher.wrappers), copy_dict1=False)
+        pe.merge_nested_dicts(opts.setdefault("callbacks", {}), copy(self.patcher.callbacks), copy_dict1=False)
+        return opts
 
     def _autocast_dtype(self, mode: str):
         dev = torch.device(self.device)
@@ -358,7 +374,7 @@ class ComfyTrainModel:
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, conds: dict) -> torch.Tensor:
         """ComfyUI's apply_model: returns the model's denoised (x0) estimate."""
-        opts = dict(self.patcher.model_options.get("transformer_options", {}))
+        opts = dict(self._transformer_options)
         b = x_t.shape[0]
         opts.update(cond_or_uncond=[0] * b, sigmas=sigma)
         return self.base.apply_model(x_t, sigma, transformer_options=opts, **conds)
