@@ -139,8 +139,10 @@ class LoRAModule(nn.Module):
                 mask = mask.unsqueeze(1)
             lx = lx * mask.to(lx.dtype)
             scale = self.scale / (1.0 - self.rank_dropout)
-        out = self.lora_up(lx) * (self.multiplier * scale)
-        return out.to(x.dtype)
+        factor = self.multiplier * scale
+        if factor != 1.0:
+            lx = lx * factor  # scale the rank-sized activation, not the (larger) output
+        return self.lora_up(lx).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - alias
         return self.delta(x)
