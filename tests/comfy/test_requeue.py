@@ -89,3 +89,34 @@ def test_requeue_with_more_steps_continues(comfy):
     p[train]["inputs"]["seed"] = 1
     seen5, _ = _run(p, "rq-seed", ex)
     assert seen5 == [1, 2, 3, 4, 5]
+
+
+def test_requeue_after_cancel_continues_to_the_same_result(comfy):
+    import execution
+
+    mm = importlib.import_module("comfy.model_management")
+    cu = importlib.import_module("comfy.utils")
+
+    def cosine(steps):
+        p = _graph(comfy, steps)
+        p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"].update(lr_scheduler="cosine", output_name="rq_cancel")
+        return p
+
+    _, straight = _run(cosine(6), "rqc-straight", _executor())
+    ex = _executor()
+    p = cosine(6)
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if total == 6 and value == 2:
+            mm.interrupt_current_processing(True)
+
+    cu.set_progress_bar_global_hook(hook)
+    try:
+        valid = comfy_env.run_async(execution.validate_prompt, "rqc-cancel", p, None)
+        comfy_env.call(ex.execute, p, "rqc-cancel", extra_data={}, execute_outputs=valid[2])
+    finally:
+        cu.set_progress_bar_global_hook(None)
+    assert "execution_interrupted" in [e for e, _ in ex.status_messages]
+    seen, resumed = _run(cosine(6), "rqc-again", ex)
+    assert seen[0] in (2, 3) and seen[-1] == 6 and 1 not in seen, seen
+    assert _same(resumed, straight), "Cancel + re-queue differs from the uninterrupted run"
