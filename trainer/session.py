@@ -176,7 +176,8 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
             saved = save("saved the last good step before the loss diverged")
             where = (f" The last good checkpoint is {saved.lora_path} (state: {saved.state_prefix}.json; set "
                      "resume_from to it after lowering the learning rate)." if saved is not None
-                     else " No checkpoint was written (it diverged at the first step).")
+                     else " No checkpoint was written (it diverged at the first step of this run)."
+                     if checkpoints is not None else "")
             raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
             if _is_interrupt(e):
