@@ -380,6 +380,13 @@ class ComfyTrainModel:
         return self.base.apply_model(x_t, sigma, transformer_options=opts, **conds)
 
 
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException if Cancel was pressed (clears the flag)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 # ----------------------------------------------------------------------------- encoders
 
 def weights_fingerprint(module: torch.nn.Module, samples: int = 64, extra: str = "") -> str:

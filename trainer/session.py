@@ -200,9 +200,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
     if on_state is not None and (trainer.step > start_step or resume is not None):
         on_state(state)
     if result.stopped_early:
-        import comfy.model_management
-
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        ca.raise_if_interrupted()
     set_info()
     return SessionResult(model=mp, clip=clip_t if clip_t is not None else clip, network=net,
                          losses=result.losses, lrs=result.lrs, loop=result, state=state, start_step=start_step,
