@@ -106,8 +106,13 @@ class NodeProgress:
                    "step": self.steps[-1] if self.steps else 0, "total": self.total, "points": points,
                    "elapsed": time.perf_counter() - self._t0, "eta": eta, "status": self.status}
         server.send_sync(EVENT, payload, getattr(server, "client_id", None))
+        if self.losses and hasattr(server, "send_progress_text"):
+            # the step and loss as text on the node, also where the chart extension is not loaded
+            server.send_progress_text(f"step {payload['step']}/{self.total}  loss {self.losses[-1]:.4f}  "
+                                      f"lr {self.lrs[-1]:.2e}  {self.status}", self.node_id,
+                                      getattr(server, "client_id", None))
 
     def final_ui(self) -> dict:
         return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
                           "elapsed": time.perf_counter() - self._t0, "status": self.status,
-                                 "start": self.start_step}]}
+                          "start": self.start_step}]}

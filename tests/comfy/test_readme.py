@@ -19,3 +19,17 @@ def test_readme_has_test_command_and_benchmark_table():
         readme = f.read()
     assert "python -m pytest tests" in readme
     assert "| built-in" in readme.lower() or "built-in train lora" in readme.lower()
+
+
+def test_every_input_and_output_has_a_tooltip(comfy):
+    import nodes as comfy_nodes
+
+    missing = []
+    for key, cls in comfy_nodes.NODE_CLASS_MAPPINGS.items():
+        if not key.startswith("LoraLoop_"):
+            continue
+        schema = cls.GET_SCHEMA()
+        assert schema.is_experimental and schema.category.startswith("LoRA Loop/"), key
+        missing += [f"{key}.{i.id}" for i in schema.inputs if not (i.tooltip or "").strip()]
+        missing += [f"{key} -> {o.display_name}" for o in schema.outputs if not (o.tooltip or "").strip()]
+    assert missing == []
