@@ -4,8 +4,10 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
+# sizes no other browser test uses: the server is shared by the session, and a node whose inputs an earlier
+# prompt already ran is served from its cache (no "executing" event)
 PROMPT = {
-    "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 72, "height": 56, "batch_size": 3}},
     "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "lora_loop_helper_test"}},
 }
 
