@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
-from ..trainer.captions import CaptionOptions
+from ..trainer.captions import CAPTION_OPTION_NAMES, CaptionOptions
+from ..trainer.config import help_of
 from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
 from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
 
@@ -12,24 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def _sub(name: str) -> str:
-    import dataclasses
-
-    for f in dataclasses.fields(SubsetConfig):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    for f in dataclasses.fields(CaptionOptions):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)
+    """Tooltip of a subset-level (or caption) option."""
+    return help_of(CaptionOptions if name in CAPTION_OPTION_NAMES else SubsetConfig, name)
 
 
 def _grp(name: str) -> str:
-    import dataclasses
-
-    for f in dataclasses.fields(GroupConfig):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)
+    return help_of(GroupConfig, name)
 
 
 def resolve_dataset_path(path: str) -> str:
