@@ -55,3 +55,31 @@ def test_save_lora_refuses_escaping_names(comfy):
         assert errors and errors[0]["node_type"] == "LoraLoop_SaveLoRA", errors
         assert not os.path.exists(os.path.join(comfy["tmp"], "models", "evil.safetensors"))
         assert not os.path.exists(os.path.join(comfy["tmp"], "models", "loras", "sub"))
+
+
+def test_trains_over_fp8_base_weights(comfy):
+    """Bypass LoRA over a model stored in fp8 (as UNETLoader weight_dtype=fp8_e4m3fn loads it): training runs,
+    the loss is finite, the LoRA learns, and the file loads with zero 'lora key not loaded'."""
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "fp8"), n=2)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="fp8")
+    loader = graphs.one(p, "LoraLoopTest_TinyModel")
+    p[loader]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    ex, _ = comfy_env.run_prompt(p, "fp8")
+    chart = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]
+    assert len(chart["loss"]) == 3 and all(torch.isfinite(torch.tensor(chart["loss"])))
+    path = _saved_path(comfy, ex, p)
+    sd = _load(path)
+    assert any(not torch.all(v == 0) for k, v in sd.items() if k.endswith("lora_up.weight"))
+    q = {loader: p[loader],
+         "ll": {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1],
+                                                       "lora_name": os.path.basename(path),
+                                                       "strength_model": 1.0, "strength_clip": 1.0}},
+         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ll", 1], "text": "x"}},
+         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
+                                                                     "seed": 1, "width": 64, "height": 64,
+                                                                     "sigma": 1.0}},
+         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "fp8_loaded"}}}
+    log = comfy["log"]
+    n = len(log.records)
+    comfy_env.run_prompt(q, "fp8-load", executor=ex)
+    assert [r for r in log.records[n:] if "lora key not loaded" in r] == []

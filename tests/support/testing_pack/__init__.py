@@ -34,6 +34,8 @@ import tiny_models  # noqa: E402  (tests/support, put on sys.path just above)
 sys.modules.setdefault("lora_loop_testing_pack", sys.modules[__name__])
 
 RESULTS: dict = {}
+# diffusion-model weight dtypes a test can ask for (like UNETLoader's weight_dtype); "default" = ComfyUI's choice
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}
 _MODEL_CACHE: dict = {}
 
 CATEGORY = "LoRA Loop/testing"
@@ -69,14 +71,15 @@ class TinyModel(io.ComfyNode):
         return io.Schema(
             node_id="LoraLoopTest_TinyModel", display_name="Tiny Model (LoRA Loop tests)", category=CATEGORY,
             inputs=[io.Combo.Input("family", options=list(tiny_models.FAMILIES), default="sd15"),
-                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True)],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
 
     @classmethod
-    def execute(cls, family, seed) -> io.NodeOutput:
-        key = (family, int(seed))
+    def execute(cls, family, seed, weight_dtype="default") -> io.NodeOutput:
+        key = (family, int(seed), weight_dtype)
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = tiny_models.build(family, int(seed))
+            _MODEL_CACHE[key] = tiny_models.build(family, int(seed), dtype=WEIGHT_DTYPES[weight_dtype])
         return io.NodeOutput(*_MODEL_CACHE[key])
 
 
