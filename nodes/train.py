@@ -8,12 +8,9 @@ that state; otherwise it starts over. Only the latest state per node is kept."""
 from __future__ import annotations
 
 import logging
-import os
-import weakref
-from dataclasses import dataclass
-from typing import Any
 
 from ..trainer.checkpoints import CheckpointConfig
+from ..trainer.continuation import ContinuationRegistry
 from ..trainer.config import TrainConfig, help_of
 from ..trainer.optim import SCHEDULES, available_optimizers
 from ..trainer.previews import PreviewConfig
@@ -45,47 +42,13 @@ def _samplers() -> tuple[list[str], list[str]]:
         return ["euler"], ["normal"]
 
 
-# ------------------------------------------------------------------------------ re-queue registry
-
 OBJECT_INPUTS = ("model", "network", "dataset", "clip", "vae", "train_state")
-
-
-class _Ident:
-    """Identity of an upstream object without keeping it alive (weakref when possible)."""
-
-    def __init__(self, obj: Any):
-        try:
-            self._ref = weakref.ref(obj)
-            self._strong = None
-        except TypeError:
-            self._ref, self._strong = None, obj
-
-    def get(self) -> Any:
-        return self._ref() if self._ref is not None else self._strong
-
-
-@dataclass
-class _Entry:
-    objects: dict[str, Any]      # name -> _Ident (or None for an unconnected input)
-    values: dict[str, Any]       # every widget value except steps
-    state: Any                   # trainer.state.TrainState
-
-    def matches(self, objects: dict[str, Any], values: dict[str, Any]) -> bool:
-        if values != self.values or set(objects) != set(self.objects):
-            return False
-        for k, obj in objects.items():
-            ident = self.objects[k]
-            if (ident is None) != (obj is None) or (ident is not None and ident.get() is not obj):
-                return False
-        return True
-
-
-_REGISTRY: dict[str, _Entry] = {}
+REGISTRY = ContinuationRegistry()
 
 
 def clear_registry() -> None:
     """Forget every stored re-queue state (frees their memory)."""
-    _REGISTRY.clear()
+    REGISTRY.clear()
 
 
 D = TrainConfig()
@@ -251,20 +214,14 @@ class TrainLoRA(io.ComfyNode):
         uid = str(cls.hidden.unique_id) if cls.hidden.unique_id is not None else None
         objects = {k: params[k] for k in OBJECT_INPUTS}
         values = {k: v for k, v in params.items() if k not in OBJECT_INPUTS and k != "steps"}
-        entry = _REGISTRY.get(uid) if uid is not None else None
-        if entry is not None:
-            if entry.matches(objects, values) and entry.state.step <= steps:
-                resume, source = entry.state, f"this node's previous run (step {entry.state.step})"
-                log.info("Train LoRA: only 'steps' changed (%d -> %d): continuing from step %d",
-                         int(entry.state.extra.get("max_train_steps", entry.state.step)), steps, entry.state.step)
-            else:
-                log.info("Train LoRA: inputs changed (or steps shrank): training from the start")
-                _REGISTRY.pop(uid, None)
+        previous = REGISTRY.lookup(uid, objects, values, steps)
+        if previous is not None:
+            resume, source = previous, f"this node's previous run (step {previous.step})"
+            log.info("Train LoRA: only 'steps' changed (%d -> %d): continuing from step %d",
+                     int(previous.extra.get("max_train_steps", previous.step)), steps, previous.step)
 
         def keep(state) -> None:
-            if uid is not None:
-                _REGISTRY[uid] = _Entry({k: (None if v is None else _Ident(v)) for k, v in objects.items()},
-                                        values, state)
+            REGISTRY.remember(uid, objects, values, state)
 
         progress = NodeProgress(cls.hidden.unique_id, steps)
         writer = CheckpointWriter(folder, ckpt)

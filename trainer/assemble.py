@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 
 from .config import NetworkConfig, TrainConfig
 from .network import LoRANetwork, Target

@@ -7,7 +7,6 @@ import copy
 import importlib
 import os
 
-import pytest
 import torch
 from safetensors import safe_open
 

@@ -2,7 +2,6 @@
 gradients reach only LoRA weights, NaN stops training with the last good weights kept."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
