@@ -120,6 +120,9 @@ class Trainer:
         self.losses: list[float] = []
         self.lrs: list[float] = []
         self._last_lr = self.optimizer.param_groups[0]["lr"]
+        # fp16 autocast needs loss scaling (small gradients underflow in fp16); bf16/fp32 do not
+        fp16 = getattr(model, "autocast_dtype", None) == torch.float16
+        self.scaler = torch.amp.GradScaler(torch.device(model.device).type, enabled=fp16) if fp16 else None
 
     # -- resume ---------------------------------------------------------------------------------------
     def load_progress(self, step: int, position: Position, optimizer_state: dict | None,
@@ -222,15 +225,22 @@ class Trainer:
             target = self.objective.target(x0, noise, sigma)
             weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
             loss = (per_sample_loss(pred, target, cfg.loss_type) * weights).mean()
-            (loss / accum).backward()
+            scaled = loss / accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             step_loss += loss.item() / accum
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(self.step + 1, step_loss)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self._last_lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, pos, n_batches

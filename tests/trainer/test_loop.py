@@ -175,3 +175,28 @@ def test_should_stop_ends_within_one_step(data):
     steps = []
     res = tr.run(on_step=lambda i: steps.append(i.step), should_stop=lambda: len(steps) >= 2)
     assert res.stopped_early and res.steps_done == 2
+
+
+def test_fp16_autocast_uses_loss_scaling(data):
+    """fp16 mixed precision (GPU in practice; CPU autocast here) goes through a GradScaler and still learns."""
+    class Fp16Model(TinyModel):
+        autocast_dtype = torch.float16
+
+        def autocast(self):
+            return torch.autocast("cpu", dtype=torch.float16)
+
+    model = Fp16Model()
+    net = _network(model)
+    net.install({"unet": model.net})
+    for p in net.parameters():
+        p.requires_grad_(True)
+    before = {k: v.clone() for k, v in net.kohya_state_dict().items()}
+    tr = Trainer(model=model, network=net, data=data, cfg=TrainConfig(max_train_steps=3, learning_rate=1e-3),
+                 objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=_text)
+    assert tr.scaler is not None and tr.scaler.is_enabled()
+    res = tr.run()
+    net.remove()
+    assert all(torch.isfinite(torch.tensor(res.losses)))
+    after = net.kohya_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("lora_up.weight"))
+    assert all(v.dtype == torch.float32 for k, v in after.items() if k.endswith(".weight"))
