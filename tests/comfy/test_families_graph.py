@@ -89,17 +89,6 @@ def _family_graph(comfy, family: str) -> dict:
     return p
 
 
-def _predict(p: dict, model_ref, clip_ref, name: str, prefix: str, sigma: float) -> None:
-    p[f"{prefix}_enc"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": "sks pattern 0, checkerboard"}}
-    p[f"{prefix}_pred"] = {"class_type": "LoraLoopTest_ModelPredict",
-                           "inputs": {"model": model_ref, "positive": [f"{prefix}_enc", 0], "seed": 7,
-                                      "width": 64, "height": 64, "sigma": sigma}}
-    p[f"{prefix}_save"] = {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": [f"{prefix}_pred", 0],
-                                                                              "name": name}}
-    p[f"{prefix}_cond"] = {"class_type": "LoraLoopTest_SaveConditioning",
-                           "inputs": {"conditioning": [f"{prefix}_enc", 0], "name": name + "_cond"}}
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_graph_trains_saves_and_reloads_exactly(comfy, family):
     exp = FAMILIES[family]
@@ -149,9 +138,10 @@ def test_family_graph_trains_saves_and_reloads_exactly(comfy, family):
     q["ll"] = {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1], "lora_name": name,
                                                       "strength_model": 1.0, "strength_clip": 1.0}}
     sig = exp["sigma"]
-    _predict(q, [train, 0], [train, 1], f"{family}_trained", "t", sig)
-    _predict(q, ["ll", 0], ["ll", 1], f"{family}_loaded", "l", sig)
-    _predict(q, [loader, 0], [loader, 1], f"{family}_base", "b", sig)
+    for model_ref, clip_ref, tag, prefix in (([train, 0], [train, 1], "trained", "t"), (["ll", 0], ["ll", 1], "loaded", "l"),
+                                             ([loader, 0], [loader, 1], "base", "b")):
+        graphs.add_predict_branch(q, model_ref, clip_ref, f"{family}_{tag}", prefix, sig,
+                                  text="sks pattern 0, checkerboard", save_cond=True)
     log = comfy["log"]
     n = len(log.records)
     comfy_env.run_prompt(q, f"fam-{family}-cmp", executor=ex)
@@ -278,7 +268,7 @@ def test_sdxl_size_conditioning_is_per_sample(comfy):
     buckets = {plan.assignments[i].bucket for i in range(len(ds.images))}
     assert len(buckets) == 3, buckets
 
-    mp, clip, _ = _MODEL_CACHE[("sdxl", 0)]
+    mp, clip, _ = _MODEL_CACHE[("sdxl", 0, "default")]
     embed = mp.model.embedder
     pooled_dim = mp.model.model_config.unet_config["adm_in_channels"] - 6 * 256
     expected = {}

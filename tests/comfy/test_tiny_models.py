@@ -70,7 +70,7 @@ def test_family_runs_through_real_executor(comfy, family):  # noqa: F811
     with Image.open(path) as img:
         assert img.size == (64, 64)
 
-    mp, clip, vae = cache[(family, 0)]
+    mp, clip, vae = cache[(family, 0, "default")]
     assert mp.model.model_type.name == MODEL_TYPES[family]
     assert vae.latent_channels == LATENT_CHANNELS[family]
 
@@ -105,9 +105,9 @@ def test_tiny_model_node_returns_same_objects_on_requeue(comfy):  # noqa: F811
         "3": {"class_type": "LoraLoopTest_SaveConditioning", "inputs": {"conditioning": ["2", 0], "name": "c"}},
     }
     comfy_env.run_prompt(graph, prompt_id="requeue-1")
-    first = cache[("sd15", 11)]
+    first = cache[("sd15", 11, "default")]
     comfy_env.run_prompt(graph, prompt_id="requeue-2")  # fresh executor: node runs again, must hit the cache
-    assert cache[("sd15", 11)] is first
+    assert cache[("sd15", 11, "default")] is first
 
 
 def test_model_predict_is_deterministic_and_depends_on_inputs(comfy):  # noqa: F811

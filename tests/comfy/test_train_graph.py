@@ -29,15 +29,6 @@ def _train_node(p):
     return graphs.one(p, "LoraLoop_TrainLoRA")
 
 
-def _predict_branch(p: dict, model_ref, clip_ref, name: str, prefix: str, sigma: float = 2.0) -> None:
-    p[f"{prefix}_enc"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": "sks pattern 1, checkerboard"}}
-    p[f"{prefix}_pred"] = {"class_type": "LoraLoopTest_ModelPredict",
-                           "inputs": {"model": model_ref, "positive": [f"{prefix}_enc", 0], "seed": 7,
-                                      "width": 64, "height": 64, "sigma": sigma}}
-    p[f"{prefix}_save"] = {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": [f"{prefix}_pred", 0],
-                                                                              "name": name}}
-
-
 def _saved_name(ex, p) -> str:
     save_id = graphs.one(p, "LoraLoop_SaveLoRA")
     text = ex.history_result["outputs"][save_id]["text"][0]
@@ -57,7 +48,7 @@ def test_example_graph_trains_saves_and_reloads_exactly(comfy, family):
     loader = graphs.one(p, "LoraLoopTest_TinyModel")
     train = _train_node(p)
     # the input MODEL before training
-    _predict_branch(p, [loader, 0], [loader, 1], f"{family}_base_before", "b0")
+    graphs.add_predict_branch(p, [loader, 0], [loader, 1], f"{family}_base_before", "b0")
     ex, server = comfy_env.run_prompt(p, f"{family}-train")
     res = _results()
     name = _saved_name(ex, p)
@@ -83,9 +74,9 @@ def test_example_graph_trains_saves_and_reloads_exactly(comfy, family):
     q.update({k: v for k, v in p.items() if k not in q})
     q["ll"] = {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1], "lora_name": name,
                                                       "strength_model": 1.0, "strength_clip": 1.0}}
-    _predict_branch(q, [train, 0], [train, 1], f"{family}_trained", "t")
-    _predict_branch(q, ["ll", 0], ["ll", 1], f"{family}_loaded", "l")
-    _predict_branch(q, [loader, 0], [loader, 1], f"{family}_base_after", "b1")
+    graphs.add_predict_branch(q, [train, 0], [train, 1], f"{family}_trained", "t")
+    graphs.add_predict_branch(q, ["ll", 0], ["ll", 1], f"{family}_loaded", "l")
+    graphs.add_predict_branch(q, [loader, 0], [loader, 1], f"{family}_base_after", "b1")
     log = comfy["log"]
     n_before = len(log.records)
     comfy_env.run_prompt(q, f"{family}-compare", executor=ex)
@@ -105,7 +96,6 @@ def test_example_graph_trains_saves_and_reloads_exactly(comfy, family):
 
 
 def test_rerun_with_unchanged_data_does_no_vae_encode(comfy):
-    from lora_loop_testing_pack import RESULTS  # noqa: F401  (pack loaded)
     import execution
 
     ds = _dataset(comfy, "ds_cache", n=3)

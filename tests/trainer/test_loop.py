@@ -99,12 +99,18 @@ def _network(model: TinyModel, seed=0, rank=4):
     return LoRANetwork.create(targets, {"unet": model.net}, rank, rank, conv_rank=rank, conv_alpha=rank, seed=seed)
 
 
-def _run(data, steps=30, seed=0, lr=3e-3, **kw):
-    model = TinyModel()
+def _installed(model: TinyModel):
+    """A fresh network installed on ``model`` with trainable LoRA weights."""
     net = _network(model)
     net.install({"unet": model.net})
     for p in net.parameters():
         p.requires_grad_(True)
+    return net
+
+
+def _run(data, steps=30, seed=0, lr=3e-3, **kw):
+    model = TinyModel()
+    net = _installed(model)
     cfg = TrainConfig(max_train_steps=steps, learning_rate=lr, seed=seed, **kw)
     obj = DiscreteObjective(ddpm_sigmas(), "eps")
     tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=_text)
@@ -134,10 +140,7 @@ def test_same_seed_is_bit_identical_and_base_untouched(data):
 
 def test_nan_stops_with_last_good_weights(data):
     model = TinyModel()
-    net = _network(model)
-    net.install({"unet": model.net})
-    for p in net.parameters():
-        p.requires_grad_(True)
+    net = _installed(model)
     cfg = TrainConfig(max_train_steps=5, learning_rate=1e-3)
     obj = DiscreteObjective(ddpm_sigmas(), "eps")
     tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=_text)
@@ -165,10 +168,7 @@ def test_nan_stops_with_last_good_weights(data):
 
 def test_should_stop_ends_within_one_step(data):
     model = TinyModel()
-    net = _network(model)
-    net.install({"unet": model.net})
-    for p in net.parameters():
-        p.requires_grad_(True)
+    net = _installed(model)
     cfg = TrainConfig(max_train_steps=50, learning_rate=1e-3)
     tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=DiscreteObjective(ddpm_sigmas(), "eps"),
                  text_encoder=_text)
@@ -186,10 +186,7 @@ def test_fp16_autocast_uses_loss_scaling(data):
             return torch.autocast("cpu", dtype=torch.float16)
 
     model = Fp16Model()
-    net = _network(model)
-    net.install({"unet": model.net})
-    for p in net.parameters():
-        p.requires_grad_(True)
+    net = _installed(model)
     before = {k: v.clone() for k, v in net.kohya_state_dict().items()}
     tr = Trainer(model=model, network=net, data=data, cfg=TrainConfig(max_train_steps=3, learning_rate=1e-3),
                  objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=_text)
