@@ -42,7 +42,10 @@ def call(fn, *args, **kwargs):
     Playwright sync API was used in the same pytest session): ComfyUI calls asyncio.run internally."""
     try:
         asyncio.get_running_loop()
+        loop_running = True
     except RuntimeError:
+        loop_running = False
+    if not loop_running:  # called outside the except block: errors in fn get no misleading context
         return fn(*args, **kwargs)
     import concurrent.futures
 
