@@ -3,7 +3,7 @@
 Layout (kohya-style step naming, one folder per output name)::
 
     <loras>/<name>_checkpoints/<name>-step00000100.safetensors        a kohya LoRA (any LoRA loader reads it)
-    <loras>/<name>_checkpoints/<name>-step00000100-state.safetensors  resumable state: tensors
+    <loras>/<name>_checkpoints/<name>-step00000100-state.tensors      resumable state: tensors (safetensors)
     <loras>/<name>_checkpoints/<name>-step00000100-state.json         resumable state: everything else
 
 Every file is written atomically (temp file + rename). The state pair is written with
@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .loop import Position, Trainer
-from .state import StateError, TrainState, config_mismatches, load_state, save_state
+from .state import TENSORS_EXT, StateError, TrainState, config_mismatches, load_state, save_state, state_paths
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ STRICT_KEYS = ("optimizer_type", "network")
 class CheckpointConfig:
     output_name: str = field(default="my_lora", metadata={
         "help": "Name of the run: checkpoints go to <loras>/<name>_checkpoints/<name>-step00000100.safetensors "
-                "(+ -state.safetensors/.json beside each)."})
+                "(+ -state.tensors/.json beside each)."})
     save_every_n_steps: int = field(default=0, metadata={
         "help": "Save a checkpoint (LoRA + resumable state) every N optimizer steps; 0 = off (kohya "
                 "save_every_n_steps)."})
@@ -162,7 +162,7 @@ def resolve_state_path(path: str, loras_dir: str | None) -> str:
         if loras_dir is None:
             raise StateError(f"resume_from {path!r} is relative but no loras folder is known; give an absolute path")
         p = os.path.join(loras_dir, p)
-    for ext in (".safetensors", ".json"):
+    for ext in (".safetensors", TENSORS_EXT, ".json"):
         if p.endswith(ext):
             p = p[: -len(ext)]
     if not p.endswith(STATE_SUFFIX):
@@ -184,7 +184,7 @@ class Saved:
     state_prefix: str
 
     def paths(self) -> list[str]:
-        return [self.lora_path, self.state_prefix + ".safetensors", self.state_prefix + ".json"]
+        return [self.lora_path, *state_paths(self.state_prefix)]
 
 
 class CheckpointWriter:
@@ -226,7 +226,7 @@ class CheckpointWriter:
         save_state(capture_state(trainer, network), prefix)
         saved = Saved(step, lora_path, prefix)
         self.saved.append(saved)
-        log.info("LoRA Loop: %s at step %d: %s (+ %s.json/.safetensors)", reason, step, lora_path,
+        log.info("LoRA Loop: %s at step %d: %s (+ %s.json/.tensors)", reason, step, lora_path,
                  os.path.basename(prefix))
         self._prune()
         return saved

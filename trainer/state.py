@@ -2,7 +2,8 @@
 
 A state is saved as two files next to each other:
 
-* ``<prefix>.safetensors``: every tensor (LoRA weights under ``lora/<kohya key>``, optimizer
+* ``<prefix>.tensors`` (safetensors format; the extension keeps it out of ComfyUI's LoRA lists): every
+  tensor (LoRA weights under ``lora/<kohya key>``, optimizer
   per-parameter state such as ``optimizer/state/0/exp_avg``, RNG states as uint8 tensors, ...).
   Its header metadata carries ``lora_loop.state_id``.
 * ``<prefix>.json``: everything else (step/epoch/batch position, optimizer param groups,
@@ -253,17 +254,22 @@ def check_config(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: I
 # save / load
 # --------------------------------------------------------------------------------------------
 
+# safetensors content under an extension ComfyUI does not list as a model file: the state files next to the
+# checkpoint LoRAs must not show up in LoraLoader's list
+TENSORS_EXT = ".tensors"
+
+
 def state_paths(path_prefix: str) -> Tuple[str, str]:
-    """(``<prefix>.safetensors``, ``<prefix>.json``); a prefix ending in either is accepted."""
+    """(``<prefix>.tensors``, ``<prefix>.json``); a prefix ending in either is accepted."""
     prefix = os.fspath(path_prefix)
-    for ext in (".safetensors", ".json"):
+    for ext in (TENSORS_EXT, ".json"):
         if prefix.endswith(ext):
             prefix = prefix[: -len(ext)]
-    return prefix + ".safetensors", prefix + ".json"
+    return prefix + TENSORS_EXT, prefix + ".json"
 
 
 def save_state(state: TrainState, path_prefix: str) -> Tuple[str, str]:
-    """Write ``state`` to ``<prefix>.safetensors`` + ``<prefix>.json`` atomically; returns both paths."""
+    """Write ``state`` to ``<prefix>.tensors`` + ``<prefix>.json`` atomically; returns both paths."""
     st_path, js_path = state_paths(path_prefix)
     tensors: Dict[str, torch.Tensor] = {}
     lora_keys = []

@@ -70,8 +70,12 @@ def test_half_then_resume_equals_straight_run(comfy):
     assert chart["start"] == n // 2 and len(chart["loss"]) == n
 
     folder = os.path.join(_loras(comfy), "half_checkpoints")
-    assert sorted(os.listdir(folder)) == ["half-step00000003-state.json", "half-step00000003-state.safetensors",
+    assert sorted(os.listdir(folder)) == ["half-step00000003-state.json", "half-step00000003-state.tensors",
                                           "half-step00000003.safetensors"]
+    import folder_paths
+
+    listed = [f for f in folder_paths.get_filename_list("loras") if f.startswith("half_checkpoints")]
+    assert listed == ["half_checkpoints/half-step00000003.safetensors"], listed  # LoraLoader lists no state file
     half, half_meta = _read(os.path.join(folder, "half-step00000003.safetensors"))
     assert half_meta["ss_steps"] == "3" and all(k.startswith("lora_unet_") for k in half)
 
@@ -112,7 +116,7 @@ def test_cancel_saves_last_completed_step(comfy):
     folder = os.path.join(_loras(comfy), "cancel_run_checkpoints")
     files = sorted(os.listdir(folder))
     assert len(files) == 3, files
-    lora_file = [f for f in files if not f.endswith(("-state.json", "-state.safetensors"))][0]
+    lora_file = [f for f in files if not f.endswith(("-state.json", "-state.tensors"))][0]
     step = int(lora_file.split("-step")[1].split(".")[0])
     assert step == max(seen) and step in (3, 4), (files, seen)
     sd, meta = _read(os.path.join(folder, lora_file))

@@ -132,7 +132,7 @@ def test_checkpoint_files_names_and_pruning(data, tmp_path):
     folder = tmp_path / "run_checkpoints"
     names = sorted(os.listdir(folder))
     assert names == sorted(f"{checkpoint_stem('run', s)}{suf}" for s in (4, 6)
-                           for suf in (".safetensors", "-state.safetensors", "-state.json")), names
+                           for suf in (".safetensors", "-state.tensors", "-state.json")), names
     assert checkpoint_stem("run", 100) == "run-step00000100"
     with safe_open(str(folder / "run-step00000006.safetensors"), "pt") as f:
         assert f.metadata()["ss_steps"] == "6"

@@ -76,7 +76,7 @@ def test_resume_is_bitwise(tmp_path):
                     scheduler=sched.state_dict(), rng=capture_rng({"train": gen}, pyr, include_global=False),
                     config=dict(CONFIG), extra={"loss_history": [0.5, 0.25, float("nan")]})
     st_path, js_path = save_state(st, str(tmp_path / "run-step00000003-state"))
-    assert sorted(os.listdir(tmp_path)) == ["run-step00000003-state.json", "run-step00000003-state.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["run-step00000003-state.json", "run-step00000003-state.tensors"]
     del model, opt, sched, gen, pyr
 
     # fresh objects with different randomness, then restore
@@ -198,5 +198,5 @@ def test_load_errors(tmp_path):
         load_state(str(tmp_path / "s"))
 
     os.remove(st_path)
-    with pytest.raises(StateError, match=r"s\.safetensors is missing"):
+    with pytest.raises(StateError, match=r"s\.tensors is missing"):
         load_state(str(tmp_path / "s"))
