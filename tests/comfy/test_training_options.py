@@ -83,3 +83,19 @@ def test_trains_over_fp8_base_weights(comfy):
     n = len(log.records)
     comfy_env.run_prompt(q, "fp8-load", executor=ex)
     assert [r for r in log.records[n:] if "lora key not loaded" in r] == []
+
+
+def test_changing_captions_are_encoded_per_step(comfy):
+    """shuffle_caption / caption dropout make captions change per epoch: Encode Dataset caches nothing and
+    Train LoRA encodes each step's captions with the connected CLIP."""
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "shuffle"), n=2,
+                             captions=["sks, red, square, pattern", "sks, blue, round, pattern"])
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="shuffle")
+    p[graphs.one(p, "LoraLoop_LoadDataset")]["inputs"].update(shuffle_caption=True, keep_tokens=1,
+                                                              caption_dropout_rate=0.3)
+    log = comfy["log"]
+    n = len(log.records)
+    ex, _ = comfy_env.run_prompt(p, "shuffle")
+    chart = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]
+    assert len(chart["loss"]) == 3 and all(torch.isfinite(torch.tensor(chart["loss"])))
+    assert [r for r in log.records[n:] if r.startswith("Encode Dataset:")]
