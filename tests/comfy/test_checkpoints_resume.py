@@ -17,13 +17,6 @@ from comfy_fixtures import comfy  # noqa: F401
 WORKFLOW = "train_then_generate_sd15.api.json"
 
 
-def _executor():
-    import execution
-
-    return execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                    cache_args={"lru": 0, "ram": 0})
-
-
 def _graph(comfy, name, steps, ds_name="ckpt_ds"):
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", ds_name), n=3)
     return graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=steps,
@@ -52,7 +45,7 @@ def test_half_then_resume_equals_straight_run(comfy):
     n = 6
     # A: straight n steps
     p = _graph(comfy, "straight", n)
-    ex, _ = comfy_env.run_prompt(p, "straight", executor=_executor())
+    ex, _ = comfy_env.run_prompt(p, "straight", executor=comfy_env.new_executor())
     straight, _ = _read(_saved(comfy, ex, graphs.one(p, "LoraLoop_SaveLoRA")))
 
     # B: n/2 steps with a checkpoint at n/2, then a second Train LoRA continues from its TRAIN_STATE
@@ -63,7 +56,7 @@ def test_half_then_resume_equals_straight_run(comfy):
     q["t2"]["inputs"].update(steps=n, train_state=[t1, 5], output_name="second")
     save = graphs.one(q, "LoraLoop_SaveLoRA")
     q[save]["inputs"]["network"] = ["t2", 2]
-    ex, _ = comfy_env.run_prompt(q, "chained", executor=_executor())
+    ex, _ = comfy_env.run_prompt(q, "chained", executor=comfy_env.new_executor())
     chained, meta = _read(_saved(comfy, ex, save))
     assert _same(chained, straight), "TRAIN_STATE resume differs from the straight run"
     chart = ex.history_result["outputs"]["t2"]["lora_loop_chart"][0]
@@ -82,35 +75,18 @@ def test_half_then_resume_equals_straight_run(comfy):
     # C: resume from the state file on disk (path relative to the loras folder)
     r = _graph(comfy, "from_file", n)
     r[graphs.one(r, "LoraLoop_TrainLoRA")]["inputs"]["resume_from"] = "half_checkpoints/half-step00000003-state.json"
-    ex, _ = comfy_env.run_prompt(r, "from_file", executor=_executor())
+    ex, _ = comfy_env.run_prompt(r, "from_file", executor=comfy_env.new_executor())
     from_file, _ = _read(_saved(comfy, ex, graphs.one(r, "LoraLoop_SaveLoRA")))
     assert _same(from_file, straight), "resume_from differs from the straight run"
 
 
 def test_cancel_saves_last_completed_step(comfy):
     mm = importlib.import_module("comfy.model_management")
-    cu = importlib.import_module("comfy.utils")
     from trainer.state import load_state
 
     p = _graph(comfy, "cancelled", 40)
     p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["output_name"] = "cancel_run"
-    seen = []
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        if total == 40:
-            seen.append(value)
-            if value == 3:
-                mm.interrupt_current_processing(True)
-
-    cu.set_progress_bar_global_hook(hook)
-    try:
-        import execution
-
-        valid = comfy_env.run_async(execution.validate_prompt, "cancel-save", p, None)
-        ex = _executor()
-        comfy_env.call(ex.execute, p, "cancel-save", extra_data={}, execute_outputs=valid[2])
-    finally:
-        cu.set_progress_bar_global_hook(None)
+    ex, seen = comfy_env.execute_watching(p, "cancel-save", total=40, cancel_at=3)
     assert "execution_interrupted" in [e for e, _ in ex.status_messages]
     assert not mm.processing_interrupted()
     folder = os.path.join(_loras(comfy), "cancel_run_checkpoints")
@@ -149,7 +125,7 @@ def test_divergence_names_the_last_good_checkpoint(comfy, monkeypatch):
     import execution
 
     valid = comfy_env.run_async(execution.validate_prompt, "nan", p, None)
-    ex = _executor()
+    ex = comfy_env.new_executor()
     comfy_env.call(ex.execute, p, "nan", extra_data={}, execute_outputs=valid[2])
     errors = [d for e, d in ex.status_messages if e == "execution_error"]
     assert errors, ex.status_messages

@@ -16,13 +16,6 @@ from comfy_fixtures import comfy  # noqa: F401
 WORKFLOW = "train_then_generate_sd15.api.json"
 
 
-def _executor():
-    import execution
-
-    return execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                    cache_args={"lru": 0, "ram": 0})
-
-
 def _graph(comfy, previews: bool, family: str = "sd15", train_te: bool = False):
     ds = os.path.join(comfy["tmp"], "in", "preview_ds")
     if not os.path.isdir(ds):
@@ -50,7 +43,7 @@ def _run(p, pid):
 
     cu.set_progress_bar_global_hook(hook)
     try:
-        ex, _ = comfy_env.run_prompt(p, pid, executor=_executor())
+        ex, _ = comfy_env.run_prompt(p, pid, executor=comfy_env.new_executor())
     finally:
         cu.set_progress_bar_global_hook(None)
     text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
@@ -91,7 +84,7 @@ def test_previews_need_a_vae(comfy):
     p = _graph(comfy, True)
     p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"].pop("vae")
     valid = comfy_env.run_async(execution.validate_prompt, "no-vae", p, None)
-    ex = _executor()
+    ex = comfy_env.new_executor()
     comfy_env.call(ex.execute, p, "no-vae", extra_data={}, execute_outputs=valid[2])
     errors = [d for e, d in ex.status_messages if e == "execution_error"]
     assert errors and "previews need a VAE" in errors[0]["exception_message"]

@@ -3,7 +3,6 @@ when only 'steps' grows the node continues from its previous run (running only t
 to a straight run with a constant LR); when steps shrink or anything else changes it starts over."""
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -14,13 +13,6 @@ import graphs
 from comfy_fixtures import comfy  # noqa: F401
 
 WORKFLOW = "train_then_generate_sd15.api.json"
-
-
-def _executor():
-    import execution
-
-    return execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                    cache_args={"lru": 0, "ram": 0})
 
 
 def _graph(comfy, steps):
@@ -35,19 +27,9 @@ def _graph(comfy, steps):
 
 def _run(p, pid, ex, read=True):
     """Run ``p``; returns the Train LoRA progress values seen and the saved LoRA tensors."""
-    cu = importlib.import_module("comfy.utils")
     total = p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["steps"]
-    seen = []
-
-    def hook(value, t, preview, prompt_id=None, node_id=None):
-        if t == total:
-            seen.append(value)
-
-    cu.set_progress_bar_global_hook(hook)
-    try:
-        comfy_env.run_prompt(p, pid, executor=ex)
-    finally:
-        cu.set_progress_bar_global_hook(None)
+    _, seen = comfy_env.execute_watching(p, pid, total, executor=ex)
+    assert ex.success, ex.status_messages
     if not read:
         return seen, None
     text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
@@ -63,9 +45,9 @@ def _same(a, b):
 
 def test_requeue_with_more_steps_continues(comfy):
     train = graphs.one(_graph(comfy, 4), "LoraLoop_TrainLoRA")
-    _, straight = _run(_graph(comfy, 8), "rq-straight", _executor())
+    _, straight = _run(_graph(comfy, 8), "rq-straight", comfy_env.new_executor())
 
-    ex = _executor()
+    ex = comfy_env.new_executor()
     seen4, _ = _run(_graph(comfy, 4), "rq-4", ex)
     assert seen4 == [1, 2, 3, 4]
     seen8, continued = _run(_graph(comfy, 8), "rq-8", ex)
@@ -92,30 +74,14 @@ def test_requeue_with_more_steps_continues(comfy):
 
 
 def test_requeue_after_cancel_continues_to_the_same_result(comfy):
-    import execution
-
-    mm = importlib.import_module("comfy.model_management")
-    cu = importlib.import_module("comfy.utils")
-
     def cosine(steps):
         p = _graph(comfy, steps)
         p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"].update(lr_scheduler="cosine", output_name="rq_cancel")
         return p
 
-    _, straight = _run(cosine(6), "rqc-straight", _executor())
-    ex = _executor()
-    p = cosine(6)
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        if total == 6 and value == 2:
-            mm.interrupt_current_processing(True)
-
-    cu.set_progress_bar_global_hook(hook)
-    try:
-        valid = comfy_env.run_async(execution.validate_prompt, "rqc-cancel", p, None)
-        comfy_env.call(ex.execute, p, "rqc-cancel", extra_data={}, execute_outputs=valid[2])
-    finally:
-        cu.set_progress_bar_global_hook(None)
+    _, straight = _run(cosine(6), "rqc-straight", comfy_env.new_executor())
+    ex = comfy_env.new_executor()
+    comfy_env.execute_watching(cosine(6), "rqc-cancel", 6, executor=ex, cancel_at=2)
     assert "execution_interrupted" in [e for e, _ in ex.status_messages]
     seen, resumed = _run(cosine(6), "rqc-again", ex)
     assert seen[0] in (2, 3) and seen[-1] == 6 and 1 not in seen, seen

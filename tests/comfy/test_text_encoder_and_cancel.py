@@ -64,15 +64,11 @@ def test_text_encoder_lora_reproduces_clip_outputs(comfy, family, prefixes):
 
 
 def test_same_inputs_and_seed_give_identical_lora_file(comfy):
-    import execution
-
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "det"), n=3)
     files = []
     for i in range(2):
         p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="det")
-        ex = execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                      cache_args={"lru": 0, "ram": 0})
-        comfy_env.run_prompt(p, f"det-{i}", executor=ex)
+        ex, _ = comfy_env.run_prompt(p, f"det-{i}", executor=comfy_env.new_executor())
         files.append(os.path.join(comfy["tmp"], "models", "loras", _saved(ex, p)))
     assert files[0] != files[1], "the second save must not overwrite the first"
     with safe_open(files[0], "pt") as a, safe_open(files[1], "pt") as b:
@@ -87,29 +83,11 @@ def test_cancel_stops_within_a_step_and_comfyui_stays_usable(comfy):
     from lora_loop_testing_pack import RESULTS
 
     mm = importlib.import_module("comfy.model_management")  # (a plain `import comfy...` would shadow the fixture)
-    cu = importlib.import_module("comfy.utils")
 
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "cancel"), n=3)
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=50, save_name="cancel")
     loader = graphs.one(p, "LoraLoopTest_TinyModel")
-    seen = []
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        if total == 50:  # the Train LoRA progress bar
-            seen.append(value)
-            if value == 3:
-                mm.interrupt_current_processing(True)
-
-    cu.set_progress_bar_global_hook(hook)
-    try:
-        import execution
-
-        valid = comfy_env.run_async(execution.validate_prompt, "cancel", p, None)
-        ex = execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                      cache_args={"lru": 0, "ram": 0})
-        comfy_env.call(ex.execute, p, "cancel", extra_data={}, execute_outputs=valid[2])
-    finally:
-        cu.set_progress_bar_global_hook(None)
+    ex, seen = comfy_env.execute_watching(p, "cancel", total=50, cancel_at=3)  # the Train LoRA bar
     events = [e for e, _ in ex.status_messages]
     assert "execution_interrupted" in events, events
     assert max(seen) <= 4, f"training ran {max(seen)} steps after Cancel at step 3"

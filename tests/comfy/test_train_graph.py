@@ -96,16 +96,13 @@ def test_example_graph_trains_saves_and_reloads_exactly(comfy, family):
 
 
 def test_rerun_with_unchanged_data_does_no_vae_encode(comfy):
-    import execution
-
     ds = _dataset(comfy, "ds_cache", n=3)
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1, save_name="cache")
     log = comfy["log"]
     comfy_env.run_prompt(p, "cache-1")
     # a fresh executor has an empty node cache: Encode Dataset runs again, but no image is VAE-encoded
     n = len(log.records)
-    ex = execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                  cache_args={"lru": 0, "ram": 0})
+    ex = comfy_env.new_executor()
     comfy_env.run_prompt(p, "cache-2", executor=ex)
     lines = [r for r in log.records[n:] if r.startswith("Encode Dataset:")]
     assert lines and "(0 encoded" in lines[-1], lines

@@ -44,12 +44,7 @@ def test_save_lora_refuses_escaping_names(comfy):
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "esc"), n=1)
     for bad in ("../evil", "sub/evil", "..\\evil"):
         p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1, save_name=bad)
-        import execution
-
-        valid = comfy_env.run_async(execution.validate_prompt, "esc", p, None)
-        ex = execution.PromptExecutor(comfy_env.DummyServer(), cache_type=execution.CacheType.CLASSIC,
-                                      cache_args={"lru": 0, "ram": 0})
-        comfy_env.call(ex.execute, p, "esc", extra_data={}, execute_outputs=valid[2])
+        ex = comfy_env.execute(p, "esc")
         assert not ex.success
         errors = [d for e, d in ex.status_messages if e == "execution_error"]
         assert errors and errors[0]["node_type"] == "LoraLoop_SaveLoRA", errors

@@ -139,24 +139,57 @@ class DummyServer:
         pass
 
 
-def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
-    """Validate and execute an API-format prompt with ComfyUI's real executor.
+def new_executor():
+    """A PromptExecutor with an empty node cache (a fresh ComfyUI session as far as caching goes)."""
+    boot()
+    import execution
 
-    Returns ``(executor, server)``. Raises AssertionError with ComfyUI's own error text on failure."""
+    return execution.PromptExecutor(DummyServer(), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0})
+
+
+def execute(prompt: dict, prompt_id: str = "p1", executor=None):
+    """Validate (must pass) and execute ``prompt`` without requiring success; returns the executor."""
     boot()
     import execution
 
     valid = run_async(execution.validate_prompt, prompt_id, prompt, None)
     assert valid[0], f"prompt invalid: {valid[1]} {valid[3]}"
-    if executor is None:
-        server = DummyServer()
-        executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
-                                            cache_args={"lru": 0, "ram": 0})
-    else:
-        server = executor.server
+    executor = executor or new_executor()
     call(executor.execute, prompt, prompt_id, extra_data={}, execute_outputs=valid[2])
+    return executor
+
+
+def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
+    """Validate and execute an API-format prompt with ComfyUI's real executor.
+
+    Returns ``(executor, server)``. Raises AssertionError with ComfyUI's own error text on failure."""
+    executor = execute(prompt, prompt_id, executor)
     assert executor.success, f"execution failed: {executor.status_messages}"
-    return executor, server
+    return executor, executor.server
+
+
+def execute_watching(prompt: dict, prompt_id: str, total: int, executor=None, cancel_at: int | None = None):
+    """Execute ``prompt`` (success not required) recording the values of the progress bar with ``total``
+    steps (Train LoRA's); with ``cancel_at``, press Cancel (interrupt_current_processing) when that bar
+    reaches it. Returns ``(executor, values seen)``."""
+    boot()
+    import comfy.model_management as mm
+    import comfy.utils as cu
+
+    seen: list[int] = []
+
+    def hook(value, bar_total, preview, prompt_id=None, node_id=None):
+        if bar_total == total:
+            seen.append(value)
+            if value == cancel_at:
+                mm.interrupt_current_processing(True)
+
+    cu.set_progress_bar_global_hook(hook)
+    try:
+        return execute(prompt, prompt_id, executor), seen
+    finally:
+        cu.set_progress_bar_global_hook(None)
 
 
 if __name__ == "__main__":  # used by .ci/run: print the ComfyUI folder the tests will use (or nothing)
