@@ -50,6 +50,16 @@ export class EmaTracker {
   }
 }
 
+/** Append one bucket's summary (last step, mean/min/max of finite losses, lr, EMA) to the given columns. */
+function appendBucket(b, steps, mean, min, max, lr, smooth) {
+  steps.push(b.step);
+  mean.push(b.finite ? b.sum / b.finite : NaN);
+  min.push(b.finite ? b.min : NaN);
+  max.push(b.finite ? b.max : NaN);
+  lr.push(b.lr);
+  smooth.push(b.smooth);
+}
+
 /**
  * Bounded, decimating store of (step, loss, lr) points with an online EMA of the loss.
  * Read it through `series()`; `count` is the number of raw points received.
@@ -114,12 +124,7 @@ export class SeriesStore {
   _close() {
     const b = this._open;
     this._open = null;
-    this.steps.push(b.step);
-    this.mean.push(b.finite ? b.sum / b.finite : NaN);
-    this.min.push(b.finite ? b.min : NaN);
-    this.max.push(b.finite ? b.max : NaN);
-    this.lr.push(b.lr);
-    this.smooth.push(b.smooth);
+    appendBucket(b, this.steps, this.mean, this.min, this.max, this.lr, this.smooth);
     if (this.steps.length >= this.capacity) this._halve();
   }
 
@@ -157,15 +162,7 @@ export class SeriesStore {
       lr: this.lr.slice(),
       smooth: this.smooth.slice(),
     };
-    const b = this._open;
-    if (b !== null) {
-      s.steps.push(b.step);
-      s.loss.push(b.finite ? b.sum / b.finite : NaN);
-      s.lossMin.push(b.finite ? b.min : NaN);
-      s.lossMax.push(b.finite ? b.max : NaN);
-      s.lr.push(b.lr);
-      s.smooth.push(b.smooth);
-    }
+    if (this._open !== null) appendBucket(this._open, s.steps, s.loss, s.lossMin, s.lossMax, s.lr, s.smooth);
     return s;
   }
 
