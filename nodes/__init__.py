@@ -3,9 +3,10 @@ from ._api import ComfyExtension
 from .dataset import BucketImages, EncodeDataset, LoadDataset
 from .network import InjectLoRA
 from .save import SaveLoRA
+from .settings import SETTINGS_NODES
 from .train import TrainLoRA
 
-NODES = [LoadDataset, BucketImages, EncodeDataset, InjectLoRA, TrainLoRA, SaveLoRA]
+NODES = [LoadDataset, BucketImages, EncodeDataset, InjectLoRA, TrainLoRA, SaveLoRA, *SETTINGS_NODES]
 
 
 class LoraLoopExtension(ComfyExtension):

@@ -4,21 +4,17 @@ from __future__ import annotations
 import logging
 import os
 
-from ..trainer.captions import CAPTION_OPTION_NAMES, CaptionOptions
-from ..trainer.config import help_of
+from ..trainer.captions import CaptionOptions
 from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
-from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
+from ..trainer.options import help_of
+from . import legacy
+from ._api import CATEGORY, CaptionSettingsIO, LoraDataset as LoraDatasetIO, io
+from .progress import show_text
+from .schema import widget
 
 log = logging.getLogger(__name__)
-
-
-def _sub(name: str) -> str:
-    """Tooltip of a subset-level (or caption) option."""
-    return help_of(CaptionOptions if name in CAPTION_OPTION_NAMES else SubsetConfig, name)
-
-
-def _grp(name: str) -> str:
-    return help_of(GroupConfig, name)
+GROUP_WIDGETS = ("batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                 "bucket_no_upscale")
 
 
 def resolve_dataset_path(path: str) -> str:
@@ -44,21 +40,16 @@ def _listing_fingerprint(path: str) -> str:
     """Names, sizes and mtimes under the dataset (two levels deep, plus a TOML's image_dirs)."""
     import hashlib
 
+    from ..trainer.dataset import read_dataset_toml
+
     h = hashlib.sha256()
     roots = [path]
     if os.path.isfile(path):
-        h.update(open(path, "rb").read())
+        with open(path, "rb") as f:
+            h.update(f.read())
         try:
-            import tomllib
-
-            with open(path, "rb") as f:
-                cfg = tomllib.load(f)
-            for ds in cfg.get("datasets", []):
-                for sub in ds.get("subsets", []):
-                    d = sub.get("image_dir")
-                    if d:
-                        roots.append(os.path.join(os.path.dirname(path), d) if not os.path.isabs(d) else d)
-        except Exception:
+            roots += [s.image_dir for s in read_dataset_toml(path).subsets]
+        except ValueError:  # reported when the node runs
             pass
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -79,31 +70,31 @@ class LoadDataset(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LoraLoop_LoadDataset",
-            display_name="Load Dataset",
+            display_name="Load Dataset (LoRA Loop)",
             category=f"{CATEGORY}/dataset",
             description="Read a folder of images with caption files (kohya N_name repeat folders work) or a kohya "
-                        "dataset TOML.",
+                        "dataset TOML. Caption processing and augmentation come from an optional Captions & "
+                        "Augmentation node.",
             is_experimental=True,
             inputs=[
                 io.String.Input("path", default="my_dataset",
                                 tooltip="A folder inside ComfyUI's input folder, an absolute folder, or a kohya dataset "
                                         ".toml. The folder may hold images directly and/or kohya '<repeats>_<class "
                                         "tokens>' subfolders (e.g. '10_sks dog')."),
-                io.String.Input("caption_extension", default=".txt",
-                                tooltip=_sub("caption_extension") + " For a TOML it is the fallback when no level sets it."),
-                io.Int.Input("num_repeats", default=1, min=1, max=10000,
-                             tooltip=_sub("num_repeats") + " Folders named '<N>_<tokens>' use N instead."),
+                widget(SubsetConfig, "caption_extension",
+                       extra_tooltip="For a TOML it is the fallback when no level sets it."),
+                widget(SubsetConfig, "num_repeats", extra_tooltip="Folders named '<N>_<tokens>' use N instead."),
                 io.String.Input("class_tokens", default="",
-                                tooltip=_sub("class_tokens") + " Folders named '<N>_<tokens>' use their tokens."),
-                io.Boolean.Input("shuffle_caption", default=False, tooltip=_sub("shuffle_caption")),
-                io.Int.Input("keep_tokens", default=0, min=0, max=255, tooltip=_sub("keep_tokens")),
-                io.Float.Input("caption_dropout_rate", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip=_sub("caption_dropout_rate")),
-                io.Boolean.Input("flip_aug", default=False, tooltip=_sub("flip_aug")),
+                                tooltip=help_of(SubsetConfig, "class_tokens") + " Folders named '<N>_<tokens>' use "
+                                        "their tokens."),
+                CaptionSettingsIO.Input("caption_settings", optional=True,
+                                        tooltip="From a Captions & Augmentation node (tag shuffling, kept tokens, "
+                                                "dropout, flip). Unconnected: captions are used as written."),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The images and captions (LORA_DATASET); unreadable files are "
                                                   "listed in the console and skipped.")],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -114,28 +105,34 @@ class LoadDataset(io.ComfyNode):
             return ""
 
     @classmethod
-    def execute(cls, path, caption_extension, num_repeats, class_tokens, shuffle_caption, keep_tokens,
-                caption_dropout_rate, flip_aug) -> io.NodeOutput:
+    def execute(cls, path, caption_extension, num_repeats, class_tokens, caption_settings=None) -> io.NodeOutput:
         from ..trainer.dataset import load_folder, load_toml
 
+        uid = cls.hidden.unique_id
+        legacy.check("LoraLoop_LoadDataset", "Load Dataset (LoRA Loop)", uid, cls.hidden.prompt,
+                     cls.hidden.extra_pnginfo, {"caption_settings": caption_settings is not None})
+        if caption_settings is not None and getattr(caption_settings, "topic", None) != "captions":
+            raise TypeError(f"Load Dataset: 'caption_settings' needs a Captions & Augmentation node, got "
+                            f"{caption_settings!r}")
+        values = dict(caption_settings.values) if caption_settings is not None else {}
+        flip_aug = bool(values.pop("flip_aug", False))
+        caption = CaptionOptions(**values)
         full = resolve_dataset_path(path)
-        caption = CaptionOptions(shuffle_caption=shuffle_caption, keep_tokens=keep_tokens,
-                                 caption_dropout_rate=caption_dropout_rate)
         if os.path.isfile(full):
             if not full.lower().endswith(".toml"):
                 raise ValueError(f"Load Dataset: {full} is a file but not a .toml dataset config")
             defaults = {"caption_extension": caption_extension, "num_repeats": num_repeats,
-                        "class_tokens": class_tokens or None, "shuffle_caption": shuffle_caption,
-                        "keep_tokens": keep_tokens, "caption_dropout_rate": caption_dropout_rate,
-                        "flip_aug": flip_aug}
+                        "class_tokens": class_tokens or None, "flip_aug": flip_aug, **values}
             ds = load_toml(full, defaults=defaults)
         else:
             ds = load_folder(full, caption_extension=caption_extension, num_repeats=num_repeats,
                              class_tokens=class_tokens or None, caption=caption, flip_aug=flip_aug)
         for p, why in ds.skipped:
             log.warning("Load Dataset: skipped %s: %s", p, why)
-        log.info("Load Dataset: %d images in %d folder(s) from %s (%d skipped)", len(ds.images), len(ds.subsets),
-                 full, len(ds.skipped))
+        summary = (f"{len(ds.images)} images in {len(ds.subsets)} folder(s), {len(ds.skipped)} skipped"
+                   + (f", {ds.uncaptioned} without a caption (empty caption)" if ds.uncaptioned else ""))
+        log.info("Load Dataset: %s, from %s", summary, full)
+        show_text(uid, summary)
         return io.NodeOutput(ds)
 
 
@@ -144,7 +141,7 @@ class BucketImages(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LoraLoop_BucketImages",
-            display_name="Bucket Images",
+            display_name="Bucket Images (LoRA Loop)",
             category=f"{CATEGORY}/dataset",
             description="Assign every image to a kohya aspect-ratio bucket (same bucket list and assignment as "
                         "sd-scripts). Values set in a dataset TOML win over these inputs (kohya precedence).",
@@ -152,34 +149,24 @@ class BucketImages(io.ComfyNode):
             inputs=[
                 LoraDatasetIO.Input("dataset", tooltip="The dataset from Load Dataset."),
                 io.Int.Input("resolution", default=512, min=64, max=8192, step=64,
-                             tooltip=_grp("resolution") + " 512 for SD1.x, 768 for SD2-v, 1024 for SDXL/SD3/FLUX."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip=_grp("batch_size")),
-                io.Boolean.Input("enable_bucket", default=True, tooltip=_grp("enable_bucket")),
-                io.Int.Input("min_bucket_reso", default=256, min=64, max=8192, step=64, tooltip=_grp("min_bucket_reso")),
-                io.Int.Input("max_bucket_reso", default=1024, min=64, max=8192, step=64, tooltip=_grp("max_bucket_reso")),
-                io.Int.Input("bucket_reso_steps", default=64, min=8, max=256, step=8, tooltip=_grp("bucket_reso_steps")),
-                io.Boolean.Input("bucket_no_upscale", default=False, tooltip=_grp("bucket_no_upscale")),
-            ],
+                             tooltip=help_of(GroupConfig, "resolution") + " 512 for SD1.x, 768 for SD2-v, 1024 for "
+                                     "SDXL/SD3/FLUX."),
+            ] + [widget(GroupConfig, n) for n in GROUP_WIDGETS],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The dataset with its bucket plan (LORA_DATASET).")],
         )
 
     @classmethod
-    def execute(cls, dataset, resolution, batch_size, enable_bucket, min_bucket_reso, max_bucket_reso,
-                bucket_reso_steps, bucket_no_upscale) -> io.NodeOutput:
-        from ..trainer.assemble import apply_group_settings
+    def execute(cls, dataset, resolution, **group) -> io.NodeOutput:
         from ..trainer.buckets import plan_buckets
 
         if not isinstance(dataset, LoraDataset):
             raise TypeError("Bucket Images needs the dataset from Load Dataset")
-        ds = apply_group_settings(dataset, dict(
-            resolution=(resolution, resolution), batch_size=batch_size, enable_bucket=enable_bucket,
-            min_bucket_reso=min_bucket_reso, max_bucket_reso=max_bucket_reso, bucket_reso_steps=bucket_reso_steps,
-            bucket_no_upscale=bucket_no_upscale))
+        ds = dataset.with_node_group_settings(dict(resolution=(resolution, resolution), **group))
         plan = plan_buckets(ds)
         ds.plan = plan
         info = plan.bucket_info()
-        for i, b in info["buckets"].items():
+        for i, b in (info or {"buckets": {}})["buckets"].items():
             log.info("bucket %s: %sx%s, %d images", i, b["resolution"][0], b["resolution"][1], b["count"])
         return io.NodeOutput(ds)
 
@@ -189,7 +176,7 @@ class EncodeDataset(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LoraLoop_EncodeDataset",
-            display_name="Encode Dataset",
+            display_name="Encode Dataset (LoRA Loop)",
             category=f"{CATEGORY}/dataset",
             description="Encode every bucketed image with the VAE (cached in memory and on disk) and every caption "
                         "with the CLIP (cached when captions do not change between epochs).",
@@ -215,7 +202,7 @@ class EncodeDataset(io.ComfyNode):
         import comfy.utils
         import folder_paths
 
-        from ..trainer import comfy_adapter as ca
+        from ..trainer import adapter as ca
         from ..trainer.buckets import plan_buckets
         from ..trainer.encoded import encode_dataset
 

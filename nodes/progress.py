@@ -1,8 +1,11 @@
-"""Progress people can see: ComfyUI progress bar, throttled live-chart events, tqdm, Cancel."""
+"""Progress people can see: ComfyUI progress bar, throttled live-chart events, the status text on the node,
+tqdm in the console, and Cancel."""
 from __future__ import annotations
 
 import logging
 import time
+
+from ..trainer.reporting import Progress
 
 log = logging.getLogger(__name__)
 
@@ -10,28 +13,54 @@ EVENT = "lora_loop.progress"
 UI_KEY = "lora_loop_chart"
 
 
-class NodeProgress:
-    """Reports training steps to the UI (progress bar + 'lora_loop.progress' events), the console
-    (tqdm) and answers 'should we stop?' (ComfyUI's Cancel)."""
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def server():
+    """ComfyUI's PromptServer when one runs (None in headless executors)."""
+    try:
+        from server import PromptServer
+    except Exception:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def show_text(node_id: str | None, text: str) -> None:
+    """Text shown on the node itself (frontend 'progress_text'), where the chart extension is not needed."""
+    srv = server()
+    if srv is not None and node_id is not None and hasattr(srv, "send_progress_text"):
+        srv.send_progress_text(text, node_id, getattr(srv, "client_id", None))
+
+
+class NodeProgress(Progress):
+    """Reports a run to the UI (progress bar, 'lora_loop.progress' events, status text), the console (tqdm and
+    log lines) and answers 'should we stop?' (ComfyUI's Cancel)."""
 
     def __init__(self, node_id: str | None, total: int, throttle_s: float = 0.25):
         import comfy.utils
-        from tqdm.auto import tqdm
 
         self.node_id = str(node_id) if node_id is not None else None
         self.total = total
         self.throttle_s = throttle_s
         self.pbar = comfy.utils.ProgressBar(total, node_id=self.node_id)
-        self._tqdm_cls = tqdm
-        self.tqdm = self._new_tqdm(0)
+        self.tqdm = None             # created at the first step (a resumed run starts at its own step)
         self.start_step = 0
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
+        self.notes: list[str] = []
         self._pending: list[list] = []
         self._last_send = 0.0
         self._t0 = time.perf_counter()
         self.status = "training"
+        self.phase_text = ""
+        self.eta: float | None = None
         self.prompt_id = None
         try:
             from comfy_execution.utils import get_executing_context
@@ -42,13 +71,17 @@ class NodeProgress:
         except Exception:
             pass
 
-    def _new_tqdm(self, initial: int):
-        # console line: "LoRA Loop step:  40%|####    | 40/100 [00:12<00:18, 3.21it/s, loss=0.1234, lr=1.00e-04, 3.2 it/s]"
-        # (the last rate counts only this run's steps, so it stays right for resumed runs and slow steps)
-        return self._tqdm_cls(total=self.total, initial=initial, desc="LoRA Loop step", unit="it",
-                              dynamic_ncols=True, mininterval=0.5)
+    def _bar(self):
+        if self.tqdm is None:
+            from tqdm.auto import tqdm
 
-    # ---- called by the trainer ---------------------------------------------------------------------
+            # "LoRA Loop step:  40%|####    | 40/100 [00:12<00:18, 3.21it/s, loss=0.1234, lr=1.00e-04, 3.2 it/s]"
+            # (the last rate counts only this run's steps, so it stays right for resumed runs and slow steps)
+            self.tqdm = tqdm(total=self.total, initial=self.start_step, desc="LoRA Loop step", unit="it",
+                             dynamic_ncols=True, mininterval=0.5)
+        return self.tqdm
+
+    # ---- called by the session -------------------------------------------------------------------
     def start_at(self, step: int, losses: list[float], lrs: list[float]) -> None:
         """Resumed runs: show the earlier part of the curve too (it/s counts only the new steps)."""
         self.start_step = step
@@ -56,23 +89,37 @@ class NodeProgress:
         self.losses = list(losses)
         self.lrs = list(lrs)
         self._pending = [[s, l, r] for s, l, r in zip(self.steps, self.losses, self.lrs)]
-        self.tqdm.close()
-        self.tqdm = self._new_tqdm(step)
         self.pbar.update_absolute(step, self.total)
+        self._send()
 
-    def on_step(self, info) -> None:
+    def on_step(self, info, eta: float | None = None) -> None:
         self.steps.append(info.step)
         self.losses.append(info.loss)
         self.lrs.append(info.lr)
         self._pending.append([info.step, info.loss, info.lr])
-        self.tqdm.update(1)
+        self.phase_text = ""
+        self.eta = eta
         done = getattr(info, "steps_this_run", 0) or (info.step - self.start_step)
         rate = done / info.elapsed if info.elapsed and info.elapsed > 0 else 0.0
-        self.tqdm.set_postfix_str(f"loss={info.loss:.4f}, lr={info.lr:.2e}, {rate:.3g} it/s", refresh=False)
+        bar = self._bar()
+        bar.set_postfix_str(f"loss={info.loss:.4f}, lr={info.lr:.2e}, {rate:.3g} it/s", refresh=False)
+        bar.update(1)  # after the postfix: the line shows this step's loss
         self.pbar.update_absolute(info.step, self.total)  # also raises on Cancel in the server
         now = time.perf_counter()
         if now - self._last_send >= self.throttle_s or info.step >= self.total:
-            self._send(eta=(self.total - info.step) / rate if rate > 0 else None)
+            self._send()
+
+    def phase(self, text: str, eta: float | None = None) -> None:
+        """A long phase between steps: shown on the node, in the chart header and on the console line."""
+        first = text.split(",")[0] != self.phase_text.split(",")[0]
+        self.phase_text = text
+        if eta is not None:
+            self.eta = eta
+        if first:
+            log.info("LoRA Loop: %s", text.split(",")[0])
+        if self.tqdm is not None:
+            self.tqdm.set_postfix_str(text, refresh=True)
+        self._send()
 
     def preview(self, step: int, images) -> None:
         """Show preview images live on the node (ComfyUI's progress-bar preview)."""
@@ -81,38 +128,52 @@ class NodeProgress:
         for img in images:
             self.pbar.update_absolute(step, self.total, ("JPEG", to_pil(img), None))
 
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self._send()
+
     def should_stop(self) -> bool:
-        import comfy.model_management
+        from ..trainer.adapter import interrupted
 
-        return comfy.model_management.processing_interrupted()
+        return interrupted()
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, message: str = "") -> None:
         self.status = status
-        self._send(eta=0.0)
-        self.tqdm.close()
+        self.phase_text = message
+        self.eta = 0.0
+        if message:
+            self.notes.append(message)
+        self._send()
+        if self.tqdm is not None:
+            self.tqdm.close()
 
     # ---- UI --------------------------------------------------------------------------------------
-    def _send(self, eta) -> None:
+    def status_line(self) -> str:
+        step = self.steps[-1] if self.steps else self.start_step
+        parts = [f"step {step}/{self.total}"]
+        if self.losses:
+            parts.append(f"loss {self.losses[-1]:.4f}")
+        if self.lrs:
+            parts.append(f"lr {self.lrs[-1]:.2e}")
+        parts.append(self.phase_text or self.status)
+        if self.status == "training" and self.eta is not None:
+            parts.append(f"ETA {_clock(self.eta)}")
+        return "  ".join(parts)
+
+    def _send(self) -> None:
         self._last_send = time.perf_counter()
         points, self._pending = self._pending, []
-        try:
-            from server import PromptServer
-        except Exception:
-            return
-        server = getattr(PromptServer, "instance", None)
-        if server is None or self.node_id is None:
+        srv = server()
+        if srv is None or self.node_id is None:
             return
         payload = {"node": self.node_id, "display_node": self.node_id, "prompt_id": self.prompt_id,
-                   "step": self.steps[-1] if self.steps else 0, "total": self.total, "points": points,
-                   "elapsed": time.perf_counter() - self._t0, "eta": eta, "status": self.status}
-        server.send_sync(EVENT, payload, getattr(server, "client_id", None))
-        if self.losses and hasattr(server, "send_progress_text"):
-            # the step and loss as text on the node, also where the chart extension is not loaded
-            server.send_progress_text(f"step {payload['step']}/{self.total}  loss {self.losses[-1]:.4f}  "
-                                      f"lr {self.lrs[-1]:.2e}  {self.status}", self.node_id,
-                                      getattr(server, "client_id", None))
+                   "step": self.steps[-1] if self.steps else self.start_step, "total": self.total, "points": points,
+                   "elapsed": time.perf_counter() - self._t0, "eta": self.eta, "status": self.status,
+                   "phase": self.phase_text, "notes": list(self.notes)}
+        srv.send_sync(EVENT, payload, getattr(srv, "client_id", None))
+        show_text(self.node_id, self.status_line())
 
     def final_ui(self) -> dict:
         return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
                           "elapsed": time.perf_counter() - self._t0, "status": self.status,
-                          "start": self.start_step}]}
+                          "start": self.start_step, "notes": list(self.notes)}]}

@@ -1,10 +1,15 @@
-"""Save LoRA node: write the network into ComfyUI's loras folder (kohya format)."""
+"""Save LoRA node: write the network into ComfyUI's loras folder (kohya format), say what was saved, and
+optionally verify the file through ComfyUI's own LoRA loader."""
 from __future__ import annotations
 
 import json
-import os
+import logging
 
-from ._api import CATEGORY, LoraNetwork, io, ui
+from ._api import CATEGORY, LoraNetwork, io
+from .progress import show_text
+
+log = logging.getLogger(__name__)
+UI_KEY = "lora_loop_saved"
 
 
 def loras_folder() -> str:
@@ -18,39 +23,65 @@ class SaveLoRA(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LoraLoop_SaveLoRA",
-            display_name="Save LoRA",
+            display_name="Save LoRA (LoRA Loop)",
             category=f"{CATEGORY}/training",
             description="Save the trained LoRA as a kohya-format .safetensors into models/loras, where every LoRA "
-                        "loader (ComfyUI, A1111/Forge, diffusers) finds it.",
+                        "loader (ComfyUI, A1111/Forge, diffusers) finds it. Shows the saved name and size on the "
+                        "node; 'verify' reloads it through ComfyUI's LoRA loader and reports what differs.",
             is_experimental=True,
             is_output_node=True,
             inputs=[
                 LoraNetwork.Input("network", tooltip="The trained LORA_NETWORK from Train LoRA."),
                 io.String.Input("filename", default="my_lora",
-                                tooltip="File name (no folders, no '..'); '.safetensors' is added. It is written into "
-                                        "the first models/loras folder."),
+                                tooltip="File name inside the first models/loras folder; '.safetensors' is added. "
+                                        "Subfolders are allowed ('project/my_lora', created when missing); '..', "
+                                        "absolute paths and symlinks leading outside the loras folder are refused."),
                 io.Combo.Input("save_dtype", options=["fp16", "bf16", "fp32"], default="fp16",
                                tooltip="Precision of the saved weights (kohya save_precision). fp16 halves the file; "
                                        "fp32 keeps the trained weights exactly."),
                 io.Combo.Input("if_exists", options=["increment", "error", "overwrite"], default="increment",
                                tooltip="When the file exists: increment = write name_00001.safetensors (next free "
                                        "number), error = stop with an error, overwrite = replace it."),
+                io.Boolean.Input("verify", default=False, optional=True,
+                                 tooltip="After saving, load the file through ComfyUI's LoRA loader onto the base "
+                                         "MODEL (and CLIP) and compare with the trained network: reports keys the "
+                                         "loader did not load and the largest relative prediction difference. "
+                                         "Needs the model input (and clip, to compare predictions)."),
+                io.Model.Input("model", optional=True,
+                               tooltip="For verify: Train LoRA's model output (or the checkpoint's MODEL)."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="For verify: Train LoRA's clip output (or the checkpoint's CLIP)."),
             ],
             outputs=[io.String.Output(display_name="lora_name",
                                       tooltip="The saved file name relative to the loras folder (what LoraLoader "
                                               "lists).")],
-            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
-    def execute(cls, network, filename, save_dtype, if_exists) -> io.NodeOutput:
+    def execute(cls, network, filename, save_dtype, if_exists, verify=False, model=None, clip=None) -> io.NodeOutput:
         from ..trainer.export import save_lora
 
+        uid = cls.hidden.unique_id
         extra = {}
         pnginfo = cls.hidden.extra_pnginfo
         if isinstance(pnginfo, dict) and pnginfo.get("workflow") is not None:
             extra["lora_loop_workflow"] = json.dumps(pnginfo["workflow"])
-        folder = loras_folder()
-        path = save_lora(network, folder, filename, save_dtype, if_exists, extra)
-        name = os.path.relpath(path, folder).replace(os.sep, "/")
-        return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}"))
+        if verify and model is None:
+            raise ValueError("Save LoRA: verify needs the model input: connect Train LoRA's model (and clip) outputs, "
+                             "or turn verify off")
+        show_text(uid, f"saving {filename}...")
+        saved = save_lora(network, loras_folder(), filename, save_dtype, if_exists, network.record, extra,
+                          subfolders=True)
+        lines = [f"saved {saved.describe()}"]
+        if verify:
+            from ..trainer.adapter import verify_saved_lora
+
+            show_text(uid, lines[0] + "\nverifying through ComfyUI's LoRA loader...")
+            report = verify_saved_lora(model, clip, network, saved.path)
+            log.info("Save LoRA: %s", report.describe())
+            lines.append(report.describe())
+        text = "\n".join(lines)
+        show_text(uid, text)
+        return io.NodeOutput(saved.name, ui={"text": [text], UI_KEY: [{"name": saved.name, "size": saved.size,
+                                                                      "text": text}]})

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import logging
 
-
 from .config import NetworkConfig, TrainConfig
-from .network import LoRANetwork, Target
+from .network import TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
 from .objectives import DiscreteObjective, FlowObjective
 
 log = logging.getLogger(__name__)
@@ -37,56 +36,71 @@ def network_targets(family, unet_root, unet_config: dict, te_root, cfg: NetworkC
     return targets
 
 
+def _spec(family, targets: list[Target], rank, alpha, conv_rank, conv_alpha) -> NetworkSpec:
+    has_conv = any(t.kind == "conv3x3" for t in targets)
+    return NetworkSpec(family=family.name, rank=rank, alpha=alpha, conv_rank=conv_rank if has_conv else None,
+                       conv_alpha=conv_alpha if has_conv else None,
+                       args=tuple(family.network_args(targets).items()))
+
+
+def _check_header(net: LoRANetwork, metadata: dict | None, source: str) -> None:
+    """Warn when the init file's own header disagrees with its tensors: the new file follows the tensors."""
+    import json
+
+    raw = (metadata or {}).get("ss_network_args")
+    try:
+        claimed = {str(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
+    except (ValueError, AttributeError):
+        log.warning("%s: ss_network_args is not a JSON object (%r); ignored", source, raw)
+        return
+    real = net.spec.network_args
+    keys = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl")
+    diff = {k: (claimed.get(k), real.get(k)) for k in keys if claimed.get(k) != real.get(k)}
+    for k in ("ss_network_dim", "ss_network_alpha"):
+        want = {"ss_network_dim": net.spec.rank, "ss_network_alpha": net.spec.alpha}[k]
+        if k in (metadata or {}) and want is not None:
+            try:
+                if float(metadata[k]) != float(want):
+                    diff[k] = (metadata[k], want)
+            except ValueError:
+                diff[k] = (metadata[k], want)
+    if diff:
+        log.warning("%s: its header disagrees with its tensors (%s); the new file's header follows the tensors",
+                    source, ", ".join(f"{k}: header {a!r}, tensors {b!r}" for k, (a, b) in diff.items()))
+
+
 def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkConfig,
-                  init_state: dict | None = None, init_source: str = "") -> LoRANetwork:
-    """A fresh LoRA network on the family's kohya targets, or one loaded from a kohya file."""
-    roots = {"unet": unet_root}
+                  init_state: dict | None = None, init_source: str = "",
+                  init_metadata: dict | None = None) -> LoRANetwork:
+    """A fresh LoRA network on the family's kohya targets, or one loaded from a kohya file.
+
+    The network's spec (what the file header will say) always follows the modules it really has: from a
+    file, the file's ranks, alphas and module set (its own ``ss_network_args`` claims are checked against
+    them); fresh, the config's."""
+    if cfg.conv_dim > 0 and not family.supports_conv:
+        raise ValueError(f"conv_dim={cfg.conv_dim}: {family.display_name} has no 3x3 conv targets (LoRA-C3Lier is "
+                         "for the SD1/SD2/SDXL U-Net); set conv_dim to 0")
+    roots = {UNET_ROOT: unet_root}
     if te_root is not None:
-        roots["te"] = te_root
+        roots[TE_ROOT] = te_root
     if init_state is not None:
         has_conv = any(k.endswith(".lora_down.weight") and v.ndim == 4 and v.shape[-1] > 1
                        for k, v in init_state.items())
         file_cfg = NetworkConfig(network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
-                                 conv_dim=max(cfg.conv_dim, 1) if has_conv else 0, conv_alpha=cfg.conv_alpha,
+                                 conv_dim=1 if has_conv else 0, conv_alpha=cfg.conv_alpha,
                                  train_unet=any(k.startswith("lora_unet_") for k in init_state),
                                  train_text_encoder=any(k.startswith("lora_te") for k in init_state),
                                  train_t5=any(k.startswith("lora_te3_") for k in init_state) and family.name in ("sd3", "flux"),
                                  train_blocks="all", seed=cfg.seed)
         targets = network_targets(family, unet_root, unet_config, te_root, file_cfg)
-        return LoRANetwork.from_kohya_state_dict(init_state, targets, roots, family=family.name,
-                                                 network_args=cfg.network_args(), strict=True,
-                                                 source=init_source or "init file")
+        in_file = {split_kohya_key(k)[0] for k in init_state}
+        args = family.network_args([t for t in targets if t.name in in_file])
+        net = LoRANetwork.from_kohya_state_dict(init_state, targets, roots, family=family.name,
+                                                args=tuple(args.items()), strict=True,
+                                                source=init_source or "init file")
+        _check_header(net, init_metadata, init_source or "init file")
+        return net
     targets = network_targets(family, unet_root, unet_config, te_root, cfg)
-    return LoRANetwork.create(targets, roots, cfg.network_dim, cfg.network_alpha,
-                              conv_rank=cfg.conv_dim or None, conv_alpha=cfg.conv_alpha if cfg.conv_dim else None,
-                              family=family.name, network_args=cfg.network_args(), seed=cfg.seed)
-
-
-GROUP_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
-              "bucket_reso_steps", "bucket_no_upscale")
-
-
-def toml_explicit_group_keys(toml_path: str) -> list[set[str]]:
-    """Per [[datasets]] entry, the group keys the TOML sets itself ([general] or the dataset table)."""
-    import tomllib
-
-    with open(toml_path, "rb") as f:
-        cfg = tomllib.load(f)
-    general = {k for k in cfg.get("general", {}) if k in GROUP_KEYS}
-    return [general | {k for k in ds if k in GROUP_KEYS} for ds in cfg.get("datasets", [])]
-
-
-def apply_group_settings(dataset, values: dict):
-    """Apply node-level bucket settings with kohya precedence: values the dataset TOML sets win; the
-    node's values fill the rest (they play the role of sd-scripts' command-line arguments)."""
-    import dataclasses
-    import os
-
-    explicit: list[set[str]] = [set() for _ in dataset.groups]
-    if dataset.source and os.path.isfile(dataset.source) and dataset.source.lower().endswith(".toml"):
-        keys = toml_explicit_group_keys(dataset.source)
-        if len(keys) == len(dataset.groups):
-            explicit = keys
-    groups = [dataclasses.replace(g, **{k: v for k, v in values.items() if k not in ex})
-              for g, ex in zip(dataset.groups, explicit)]
-    return dataset.with_groups(groups)
+    spec = _spec(family, targets, cfg.network_dim, cfg.network_alpha, cfg.conv_dim or None,
+                 cfg.conv_alpha if cfg.conv_dim else None)
+    return LoRANetwork.create(targets, roots, spec, seed=cfg.seed)

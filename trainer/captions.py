@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+
+from .options import check_options, option
 
 logger = logging.getLogger(__name__)
 
@@ -69,44 +71,30 @@ def read_caption(image_path: str, extension: str = ".txt") -> str | None:
     return first
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class CaptionOptions:
     """Caption processing options; names, defaults and meaning as sd-scripts."""
 
-    shuffle_caption: bool = field(default=False, metadata=_help(
-        "Shuffle the comma-separated tags of each caption every time it is used (after keep_tokens)."))
-    keep_tokens: int = field(default=0, metadata=_help(
-        "Keep the first N tags in place when shuffling or dropping tags."))
-    keep_tokens_separator: str = field(default="", metadata=_help(
-        "If set and present in a caption, the part before it stays fixed (instead of keep_tokens); "
-        "a second occurrence marks a fixed suffix: 'fixed ||| shuffled ||| fixed suffix'."))
-    caption_separator: str = field(default=",", metadata=_help("Separator between tags."))
-    secondary_separator: str | None = field(default=None, metadata=_help(
-        "Separator that groups tags that move together; replaced by caption_separator after shuffling."))
-    caption_prefix: str | None = field(default=None, metadata=_help(
-        "Text put before every caption (joined with a space)."))
-    caption_suffix: str | None = field(default=None, metadata=_help(
-        "Text put after every caption (joined with a space)."))
-    caption_dropout_rate: float = field(default=0.0, metadata=_help(
-        "Probability of training an image with an empty caption."))
-    caption_dropout_every_n_epochs: int = field(default=0, metadata=_help(
-        "Use empty captions for every image in every N-th epoch (0: never)."))
-    caption_tag_dropout_rate: float = field(default=0.0, metadata=_help(
-        "Probability of dropping each (non-kept) tag."))
+    shuffle_caption: bool = option(False, "Shuffle the comma-separated tags of each caption every time it is used "
+                                          "(after keep_tokens).")
+    keep_tokens: int = option(0, "Keep the first N tags in place when shuffling or dropping tags.", min=0, max=255)
+    keep_tokens_separator: str = option("", "If set and present in a caption, the part before it stays fixed "
+                                            "(instead of keep_tokens); a second occurrence marks a fixed suffix: "
+                                            "'fixed ||| shuffled ||| fixed suffix'.")
+    caption_separator: str = option(",", "Separator between tags.")
+    secondary_separator: str | None = option(None, "Separator that groups tags that move together; replaced by "
+                                                   "caption_separator after shuffling. Empty = off.")
+    caption_prefix: str | None = option(None, "Text put before every caption (joined with a space). Empty = off.")
+    caption_suffix: str | None = option(None, "Text put after every caption (joined with a space). Empty = off.")
+    caption_dropout_rate: float = option(0.0, "Probability of training an image with an empty caption.",
+                                         min=0.0, max=1.0, step=0.01)
+    caption_dropout_every_n_epochs: int = option(0, "Use empty captions for every image in every N-th epoch (0: "
+                                                    "never).", min=0, max=100_000)
+    caption_tag_dropout_rate: float = option(0.0, "Probability of dropping each (non-kept) tag.", min=0.0, max=1.0,
+                                             step=0.01)
 
     def __post_init__(self) -> None:
-        for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {v}")
-        if self.keep_tokens < 0:
-            raise ValueError(f"keep_tokens must be >= 0, got {self.keep_tokens}")
-        if self.caption_dropout_every_n_epochs < 0:
-            raise ValueError(f"caption_dropout_every_n_epochs must be >= 0, got {self.caption_dropout_every_n_epochs}")
+        check_options(self)
         if not self.caption_separator:
             raise ValueError("caption_separator must not be empty")
 

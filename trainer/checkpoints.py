@@ -20,12 +20,14 @@ import copy
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import re
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .loop import Position, Trainer
+from .options import check_options, option
 from .state import TENSORS_EXT, StateError, TrainState, config_mismatches, load_state, save_state, state_paths
 
 log = logging.getLogger(__name__)
@@ -38,20 +40,28 @@ STRICT_KEYS = ("optimizer_type", "network")
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    output_name: str = field(default="my_lora", metadata={
-        "help": "Name of the run: checkpoints go to <loras>/<name>_checkpoints/<name>-step00000100.safetensors "
-                "(+ -state.tensors/.json beside each)."})
-    save_every_n_steps: int = field(default=0, metadata={
-        "help": "Save a checkpoint (LoRA + resumable state) every N optimizer steps; 0 = off (kohya "
-                "save_every_n_steps)."})
-    save_every_n_epochs: int = field(default=0, metadata={
-        "help": "Save a checkpoint at the end of every N-th epoch; 0 = off (kohya save_every_n_epochs; named by "
-                "step like the others)."})
-    save_last_n: int = field(default=0, metadata={
-        "help": "Keep only the newest K checkpoints written by this run (older ones and their state files are "
-                "deleted); 0 = keep all."})
-    save_dtype: str = field(default="fp16", metadata={
-        "help": "Precision of the checkpoint LoRA files (the -state files always keep fp32)."})
+    output_name: str = option("my_lora", "Name of the run: checkpoints go to <loras>/<name>_checkpoints/"
+                                         "<name>-step00000100.safetensors (+ -state.tensors/.json beside each). May "
+                                         "hold subfolders: 'project/my_lora'. Cancel saves the last completed step "
+                                         "there too.")
+    save_every_n_steps: int = option(0, "Save a checkpoint (LoRA + resumable state) every N optimizer steps; 0 = off "
+                                        "(kohya save_every_n_steps).", min=0, max=1_000_000)
+    save_every_n_epochs: int = option(0, "Save a checkpoint at the end of every N-th epoch; 0 = off (kohya "
+                                         "save_every_n_epochs; named by step like the others).", min=0, max=100_000)
+    save_last_n: int = option(0, "Keep only the newest K checkpoints of this output name in its _checkpoints folder, "
+                                 "whichever run wrote them (older ones and their state files are deleted); 0 = keep "
+                                 "all.", min=0, max=100_000)
+    save_dtype: str = option("fp16", "Precision of the checkpoint LoRA files (the -state files always keep fp32).",
+                             choices=("fp16", "bf16", "fp32"))
+    resume_from: str = option("", "Path of a '-state.json' file (or its checkpoint .safetensors) from a "
+                                  "<name>_checkpoints folder, absolute or relative to the loras folder: continue that "
+                                  "run up to 'steps'. Empty = off. Only safetensors + JSON are read (no pickle).")
+
+    def __post_init__(self):
+        check_options(self)
+        from .savefile import validate_filename
+
+        validate_filename(self.output_name, subfolders=True)
 
     def periodic(self) -> bool:
         return self.save_every_n_steps > 0 or self.save_every_n_epochs > 0
@@ -62,10 +72,11 @@ def checkpoint_stem(name: str, step: int) -> str:
 
 
 def checkpoint_folder(loras_dir: str, name: str) -> str:
+    """``<loras>/<name>_checkpoints``; ``name`` may hold subfolders (``project/my_lora``)."""
     from .savefile import validate_filename
 
-    validate_filename(name)
-    return os.path.join(loras_dir, f"{name}_checkpoints")
+    rel = validate_filename(name, subfolders=True)
+    return os.path.join(loras_dir, *f"{rel}_checkpoints".split("/"))
 
 
 # ------------------------------------------------------------------------------------------ capture
@@ -73,11 +84,9 @@ def checkpoint_folder(loras_dir: str, name: str) -> str:
 def config_fingerprint(trainer: Trainer, network) -> dict[str, Any]:
     """What a saved state must agree with to be resumed (the step count is not part of it)."""
     cfg = {k: v for k, v in dataclasses.asdict(trainer.cfg).items() if k != "max_train_steps"}
-    net = network.metadata() if callable(getattr(network, "metadata", None)) else {}
-    cfg["network"] = {"family": net.get("family", getattr(network, "family", None)),
-                      "rank": getattr(network, "rank", None), "alpha": getattr(network, "alpha", None),
-                      "conv_rank": getattr(network, "conv_rank", None),
-                      "conv_alpha": getattr(network, "conv_alpha", None), "modules": len(network)}
+    sp = network.spec
+    cfg["network"] = {"family": sp.family, "rank": sp.rank, "alpha": sp.alpha, "conv_rank": sp.conv_rank,
+                      "conv_alpha": sp.conv_alpha, "modules": len(network)}
     try:
         from .batching import batches_per_epoch
 
@@ -182,28 +191,45 @@ class Saved:
     step: int
     lora_path: str
     state_prefix: str
+    size: int = 0          # bytes of the LoRA file
 
     def paths(self) -> list[str]:
         return [self.lora_path, *state_paths(self.state_prefix)]
 
 
+_STEP_RE = re.compile(r"-step(\d{%d,})\.safetensors$" % STEP_DIGITS)
+
+
+def checkpoints_in(folder: str, name: str) -> list[Saved]:
+    """The checkpoints of ``name`` in ``folder`` (whichever run wrote them), oldest written first."""
+    base = os.path.basename(name)
+    found = []
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = _STEP_RE.search(entry)
+        if not m or entry[: m.start()] != base:
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            continue
+        stem = entry[: -len(".safetensors")]
+        found.append((mtime, int(m.group(1)), Saved(int(m.group(1)), path, os.path.join(folder, stem + STATE_SUFFIX))))
+    return [s for _, _, s in sorted(found, key=lambda x: (x[0], x[1]))]
+
+
 class CheckpointWriter:
-    """Writes checkpoints of one run into ``<loras>/<name>_checkpoints`` and prunes old ones.
+    """Writes checkpoints of one run into ``<loras>/<name>_checkpoints`` and prunes old ones: ``save_last_n``
+    counts every checkpoint of that name in the folder, whichever run wrote it, and keeps the newest."""
 
-    ``save_lora_file(network, folder, stem, step)`` writes the LoRA file (the session passes one that sets
-    the training metadata and calls ``export.save_lora``); it must return the written path."""
-
-    def __init__(self, loras_dir: str, cfg: CheckpointConfig,
-                 save_lora_file: Callable[[Any, str, str, int], str] | None = None):
+    def __init__(self, loras_dir: str, cfg: CheckpointConfig):
         self.cfg = cfg
         self.folder = checkpoint_folder(loras_dir, cfg.output_name)
         self.saved: list[Saved] = []
-        self._save_lora_file = save_lora_file or self._default_save
-
-    def _default_save(self, network, folder: str, stem: str, step: int) -> str:
-        from .export import save_lora
-
-        return save_lora(network, folder, stem, self.cfg.save_dtype, "overwrite", {"ss_steps": str(step)})
 
     def due(self, step: int, epoch_end: bool, epoch: int) -> bool:
         c = self.cfg
@@ -215,32 +241,37 @@ class CheckpointWriter:
     def last(self) -> Saved | None:
         return self.saved[-1] if self.saved else None
 
-    def save(self, trainer: Trainer, network, reason: str = "checkpoint") -> Saved:
+    def save(self, trainer: Trainer, network, reason: str = "checkpoint", record=None) -> Saved:
+        """Write the LoRA (metadata from ``record``, a TrainingRecord) and the resumable state of
+        ``trainer``'s current step; both atomically."""
+        from .export import save_lora
+
         step = trainer.step
         if self.last is not None and self.last.step == step:
             return self.last
         os.makedirs(self.folder, exist_ok=True)
-        stem = checkpoint_stem(self.cfg.output_name, step)
-        lora_path = self._save_lora_file(network, self.folder, stem, step)
+        stem = checkpoint_stem(os.path.basename(self.cfg.output_name), step)
+        lora = save_lora(network, self.folder, stem, self.cfg.save_dtype, "overwrite", record)
         prefix = os.path.join(self.folder, stem + STATE_SUFFIX)
-        save_state(capture_state(trainer, network), prefix)
-        saved = Saved(step, lora_path, prefix)
+        save_state(capture_state(trainer, network, {"started_at": getattr(record, "started_at", None)}), prefix)
+        saved = Saved(step, lora.path, prefix, lora.size)
         self.saved.append(saved)
-        log.info("LoRA Loop: %s at step %d: %s (+ %s.json/.tensors)", reason, step, lora_path,
+        log.info("LoRA Loop: %s at step %d: %s (+ %s.json/.tensors)", reason, step, lora.path,
                  os.path.basename(prefix))
-        self._prune()
+        self._prune(saved)
         return saved
 
-    def _prune(self) -> None:
+    def _prune(self, just_written: Saved) -> None:
         keep = self.cfg.save_last_n
         if keep <= 0:
             return
-        while len(self.saved) > keep:
-            old = self.saved.pop(0)
+        present = [s for s in checkpoints_in(self.folder, self.cfg.output_name) if s.lora_path != just_written.lora_path]
+        present.append(just_written)
+        for old in present[: max(0, len(present) - keep)]:
             for p in old.paths():
                 try:
                     os.remove(p)
                 except FileNotFoundError:
                     pass
+            self.saved = [s for s in self.saved if s.lora_path != old.lora_path]
             log.info("LoRA Loop: removed old checkpoint %s (save_last_n=%d)", old.lora_path, keep)
-

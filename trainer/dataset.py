@@ -19,34 +19,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .captions import CAPTION_OPTION_NAMES, CaptionError, CaptionOptions, normalize_extension, read_caption
+from .options import option
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, file_sha256, is_image_file, verify_image
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass(frozen=True)
 class SubsetConfig:
     """One image folder (kohya ``[[datasets.subsets]]``)."""
 
-    image_dir: str = field(metadata=_help("Folder holding the images and their caption files."))
-    num_repeats: int = field(default=1, metadata=_help("How many times each image is used per epoch."))
-    caption_extension: str = field(default=".txt", metadata=_help(
-        "Extension of the caption file next to each image (kohya's default is '.caption')."))
-    class_tokens: str | None = field(default=None, metadata=_help(
-        "Caption used for images that have no caption file."))
-    flip_aug: bool = field(default=False, metadata=_help("Randomly flip images horizontally (50%)."))
-    is_reg: bool = field(default=False, metadata=_help("Regularisation (prior preservation) images."))
-    caption: CaptionOptions = field(default_factory=CaptionOptions, metadata=_help("Caption processing."))
-    group_index: int = field(default=0, metadata=_help("Index of the dataset group this subset belongs to."))
+    image_dir: str = option(help="Folder holding the images and their caption files.")
+    num_repeats: int = option(1, "How many times each image is used per epoch.", min=1, max=10000)
+    caption_extension: str = option(".txt", "Extension of the caption file next to each image (kohya's default is "
+                                            "'.caption').")
+    class_tokens: str | None = option(None, "Caption used for images that have no caption file.")
+    flip_aug: bool = option(False, "Randomly flip images horizontally (50%).")
+    is_reg: bool = option(False, "Regularisation (prior preservation) images.")
+    caption: CaptionOptions = option(help="Caption processing.", default_factory=CaptionOptions)
+    group_index: int = option(0, "Index of the dataset group this subset belongs to.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caption_extension", normalize_extension(self.caption_extension))
@@ -58,18 +53,17 @@ class SubsetConfig:
 class GroupConfig:
     """Resolution, batch and bucket settings shared by subsets (kohya ``[[datasets]]``)."""
 
-    resolution: tuple[int, int] = field(default=(512, 512), metadata=_help(
-        "Training resolution (width, height); buckets keep roughly this area."))
-    batch_size: int = field(default=1, metadata=_help("Images per batch (a batch never mixes buckets)."))
-    enable_bucket: bool = field(default=True, metadata=_help(
-        "Group images into aspect-ratio buckets instead of centre-cropping all to `resolution` "
-        "(kohya's default is False)."))
-    min_bucket_reso: int = field(default=256, metadata=_help("Smallest bucket side."))
-    max_bucket_reso: int = field(default=1024, metadata=_help(
-        "Largest bucket side (use 2048 for equal-area SDXL/FLUX buckets)."))
-    bucket_reso_steps: int = field(default=64, metadata=_help("Bucket sides are multiples of this."))
-    bucket_no_upscale: bool = field(default=False, metadata=_help(
-        "Never upscale: buckets follow each image's size (min/max bucket reso are ignored)."))
+    resolution: tuple[int, int] = option((512, 512), "Training resolution (width, height); buckets keep roughly "
+                                                     "this area.")
+    batch_size: int = option(1, "Images per batch (a batch never mixes buckets).", min=1, max=256)
+    enable_bucket: bool = option(True, "Group images into aspect-ratio buckets instead of centre-cropping all to "
+                                       "`resolution` (kohya's default is False).")
+    min_bucket_reso: int = option(256, "Smallest bucket side.", min=64, max=8192, step=64)
+    max_bucket_reso: int = option(1024, "Largest bucket side (use 2048 for equal-area SDXL/FLUX buckets).",
+                                  min=64, max=8192, step=64)
+    bucket_reso_steps: int = option(64, "Bucket sides are multiples of this.", min=8, max=256, step=8)
+    bucket_no_upscale: bool = option(False, "Never upscale: buckets follow each image's size (min/max bucket reso "
+                                            "are ignored).")
 
     def __post_init__(self) -> None:
         res = self.resolution
@@ -103,6 +97,11 @@ class LoraDataset:
     images: list[ImageRecord]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
+    #: per group, the group keys (resolution, batch_size, bucket settings) its dataset TOML set itself
+    #: ([general] or its [[datasets]] table); empty for folders. Node values never override these.
+    explicit_group_keys: list[frozenset[str]] = field(default_factory=list)
+    #: the bucket plan of these groups (Bucket Images sets it; None until then)
+    plan: Any = None
 
     def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
         return (f"LoraDataset({len(self.images)} images, {len(self.subsets)} subsets, {len(self.groups)} groups, "
@@ -114,6 +113,11 @@ class LoraDataset:
         for rec in self.images:
             counts[rec.subset_index] += 1
         return counts
+
+    @property
+    def uncaptioned(self) -> int:
+        """Images that train with an empty caption (no caption file, no class tokens)."""
+        return sum(1 for r in self.images if not r.caption)
 
     @property
     def num_train_images(self) -> int:
@@ -205,11 +209,18 @@ class LoraDataset:
     def with_groups(self, groups: list[GroupConfig]) -> "LoraDataset":
         if len(groups) != len(self.groups):
             raise ValueError(f"expected {len(self.groups)} group configs, got {len(groups)}")
-        return dataclasses.replace(self, groups=list(groups))
+        return dataclasses.replace(self, groups=list(groups), plan=None)
 
     def with_group_params(self, **changes: Any) -> "LoraDataset":
         """Same dataset with ``changes`` (GroupConfig fields) applied to every group."""
         return self.with_groups([dataclasses.replace(g, **changes) for g in self.groups])
+
+    def with_node_group_settings(self, values: Mapping[str, Any]) -> "LoraDataset":
+        """Apply node-level group settings with kohya precedence: values the dataset TOML sets win; the
+        node's values fill the rest (they play the role of sd-scripts' command-line arguments)."""
+        explicit = self.explicit_group_keys or [frozenset()] * len(self.groups)
+        return self.with_groups([dataclasses.replace(g, **{k: v for k, v in values.items() if k not in ex})
+                                 for g, ex in zip(self.groups, explicit)])
 
 
 # ================================================================================================
@@ -224,6 +235,7 @@ def _scan_subset(
     sub: SubsetConfig, subset_index: int, images: list[ImageRecord], skipped: list[tuple[str, str]], max_pixels: int
 ) -> int:
     found = 0
+    uncaptioned = 0
     for path in _list_images(sub.image_dir):
         path = os.path.abspath(path)
         try:
@@ -244,9 +256,15 @@ def _scan_subset(
             continue
         if cap is None:
             cap = sub.class_tokens if sub.class_tokens is not None else ""
+            uncaptioned += not cap
         images.append(ImageRecord(path, cap, w, h, digest, subset_index, sub.group_index))
         found += 1
     logger.info("%s: %d images (x%d repeats)", sub.image_dir, found, sub.num_repeats)
+    if uncaptioned:
+        logger.warning("%d of %d images in %s have no caption file ('<image name>%s') and the folder sets no class "
+                       "tokens: they train with an empty caption. Add caption files, set class_tokens, or name the "
+                       "folder '<repeats>_<class tokens>' (e.g. '10_sks dog').", uncaptioned, found, sub.image_dir,
+                       sub.caption_extension)
     return found
 
 
@@ -379,6 +397,22 @@ IGNORED_KEYS: dict[str, tuple[str, str]] = {
     "alpha_mask": ("bool", _S),
 }
 
+def _toml_module():
+    """``tomllib`` (Python 3.11+), else the ``tomli`` backport (ComfyUI still runs on Python 3.10)."""
+    try:
+        import tomllib
+
+        return tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli
+
+            return tomli
+        except ModuleNotFoundError:
+            raise ValueError("reading a dataset TOML on Python < 3.11 needs the 'tomli' package: run "
+                             "`python -m pip install tomli` in ComfyUI's Python environment") from None
+
+
 _LEVEL_NAMES = {"g": "[general]", "d": "[[datasets]]", "s": "[[datasets.subsets]]"}
 _ARGPARSE_ALIASES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
 _GROUP_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
@@ -475,19 +509,35 @@ def _build(cls: type, names: Iterable[str], layers: list[Mapping[str, Any]], **e
     return cls(**kwargs, **extra)
 
 
-def load_toml(path: str, *, defaults: Mapping[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoraDataset:
-    """Load a kohya dataset TOML. Each value comes from the first level that sets it:
-    subset -> dataset -> [general] -> ``defaults`` (the node inputs, kohya's command-line level)
-    -> the dataclass default. ``defaults`` uses TOML key names (``train_batch_size`` and
-    ``dataset_repeats`` are accepted as aliases)."""
+@dataclass
+class DatasetToml:
+    """A validated kohya dataset TOML, before any image is read."""
+
+    path: str
+    groups: list[GroupConfig]
+    subsets: list[SubsetConfig]
+    explicit_group_keys: list[frozenset[str]]
+
+
+def read_dataset_toml(path: str, *, defaults: Mapping[str, Any] | None = None) -> DatasetToml:
+    """Parse and validate a kohya dataset TOML (the one place that reads it). Each value comes from the first
+    level that sets it: subset -> dataset -> [general] -> ``defaults`` (the node inputs, kohya's command-line
+    level) -> the dataclass default. ``defaults`` uses TOML key names (``train_batch_size`` and
+    ``dataset_repeats`` are accepted as aliases). Every problem is a ValueError naming the file and key."""
     path = os.path.abspath(os.path.expanduser(str(path)))
+    toml = _toml_module()
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            raw = f.read()
+        doc = toml.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ValueError(f"dataset TOML not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the dataset TOML: {e.strerror or e}") from None
+    except toml.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
     base_dir = os.path.dirname(path)
 
     for key in doc:
@@ -506,10 +556,12 @@ def load_toml(path: str, *, defaults: Mapping[str, Any] | None = None, max_pixel
 
     groups: list[GroupConfig] = []
     subsets: list[SubsetConfig] = []
+    explicit: list[frozenset[str]] = []
     for gi, d_raw in enumerate(datasets_raw):
         where_d = f"[[datasets]] #{gi + 1}"
         dataset = _validate_table(d_raw, "d", where_d, path)
         layers_d = [dataset, general, argp]
+        explicit.append(frozenset(k for k in _GROUP_KEYS if k in dataset or k in general))
         try:
             groups.append(_build(GroupConfig, _GROUP_KEYS, layers_d))
         except ValueError as e:
@@ -524,11 +576,16 @@ def load_toml(path: str, *, defaults: Mapping[str, Any] | None = None, max_pixel
             subset = _validate_table(s_raw, "s", where_s, path)
             if "image_dir" not in subset:
                 raise ValueError(f"{path}: {where_s} has no image_dir (required)")
-            image_dir = os.path.expanduser(subset["image_dir"])
-            if not os.path.isabs(image_dir):
-                image_dir = os.path.join(base_dir, image_dir)
-            image_dir = os.path.normpath(image_dir)
-            if not os.path.isdir(image_dir):
+            try:
+                image_dir = os.path.expanduser(subset["image_dir"])
+                if not os.path.isabs(image_dir):
+                    image_dir = os.path.join(base_dir, image_dir)
+                image_dir = os.path.normpath(image_dir)
+                found = os.path.isdir(image_dir)
+            except (ValueError, OSError) as e:  # e.g. an embedded NUL byte
+                raise ValueError(f"{path}: {where_s}: image_dir {subset['image_dir']!r} is not a usable path ({e})") \
+                    from None
+            if not found:
                 raise ValueError(f"{path}: {where_s}: image_dir not found: {image_dir}")
             layers = [subset, dataset, general, argp]
             repeats = _first("num_repeats", layers)
@@ -541,12 +598,18 @@ def load_toml(path: str, *, defaults: Mapping[str, Any] | None = None, max_pixel
             except ValueError as e:
                 raise ValueError(f"{path}: {where_s}: {e}") from e
             subsets.append(sub)
+    return DatasetToml(path, groups, subsets, explicit)
 
-    ds = _scan(groups, subsets, path, max_pixels)
+
+def load_toml(path: str, *, defaults: Mapping[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoraDataset:
+    """Load a kohya dataset TOML (:func:`read_dataset_toml`) and read its images."""
+    doc = read_dataset_toml(path, defaults=defaults)
+    ds = _scan(doc.groups, doc.subsets, doc.path, max_pixels)
+    ds.explicit_group_keys = list(doc.explicit_group_keys)
     if not ds.images:
         extra = f" ({len(ds.skipped)} unreadable image files were skipped, see the log)" if ds.skipped else ""
-        dirs = ", ".join(s.image_dir for s in subsets) or "(no subsets)"
-        raise ValueError(f"{path}: no usable images found in {dirs}{extra}. Image extensions: {_EXT_TEXT}")
+        dirs = ", ".join(s.image_dir for s in doc.subsets) or "(no subsets)"
+        raise ValueError(f"{doc.path}: no usable images found in {dirs}{extra}. Image extensions: {_EXT_TEXT}")
     return ds
 
 

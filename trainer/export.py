@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
+from .metadata import metadata_for
+from .record import TrainingRecord
 from .savefile import atomic_save_safetensors, resolve_output_path
 
 log = logging.getLogger(__name__)
@@ -13,26 +17,44 @@ log = logging.getLogger(__name__)
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def lora_metadata(network, output_name: str, save_dtype: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    from .metadata import metadata_for_network
+@dataclass(frozen=True)
+class SavedLoRA:
+    path: str          # absolute path written
+    name: str          # relative to the folder it was saved into, with '/' (what LoraLoader lists)
+    size: int          # bytes
+    modules: int
 
-    meta = metadata_for_network(network, output_name=output_name, save_precision=save_dtype)
-    if extra:
-        meta.update({str(k): str(v) for k, v in extra.items()})
-    return meta
+    def describe(self) -> str:
+        return f"{self.name} ({human_size(self.size)}, {self.modules} modules)"
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
 
 def save_lora(network, folder: str, filename: str, save_dtype: str = "fp16", if_exists: str = "increment",
-              extra_metadata: dict[str, str] | None = None) -> str:
-    """Save ``network`` into ``folder``; returns the absolute path written."""
+              record: TrainingRecord | None = None, extra_metadata: Mapping[str, str] | None = None,
+              subfolders: bool = False) -> SavedLoRA:
+    """Save ``network`` into ``folder`` with metadata from ``record`` (None: an untrained network)."""
     if save_dtype not in SAVE_DTYPES:
         raise ValueError(f"save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {save_dtype!r}")
-    os.makedirs(folder, exist_ok=True)
-    path = resolve_output_path(folder, filename, ".safetensors", if_exists)
+    path = resolve_output_path(folder, filename, ".safetensors", if_exists, subfolders=subfolders)
     name = os.path.splitext(os.path.basename(path))[0]
     dtype = SAVE_DTYPES[save_dtype]
     tensors = network.kohya_state_dict(dtype=None if dtype == torch.float32 else dtype)
-    meta = lora_metadata(network, name, save_dtype, extra_metadata)
-    atomic_save_safetensors(tensors, path, meta)
-    log.info("saved LoRA %s (%d modules, %s)", path, len(network), save_dtype)
-    return path
+    meta = metadata_for(network, record, output_name=name)
+    meta.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
+    try:
+        atomic_save_safetensors(tensors, path, meta)
+    except OSError as e:
+        raise OSError(e.errno, f"could not write the LoRA to {path} ({e.strerror or e}). Check that "
+                               f"{os.path.dirname(path)} is a writable folder and the disk has space; the trained "
+                               "network is still in memory: fix it and run again, only saving re-runs") from e
+    saved = SavedLoRA(path, os.path.relpath(path, os.path.abspath(folder)).replace(os.sep, "/"),
+                      os.path.getsize(path), len(network))
+    log.info("saved LoRA %s (%s, %d modules, %s)", path, human_size(saved.size), saved.modules, save_dtype)
+    return saved

@@ -1,7 +1,7 @@
 """The training loop: one visible optimisation step, plain torch.
 
 The model is anything with ``process_latent_in``, ``batch_conds``, ``denoise``, ``autocast`` and
-``device`` (``comfy_adapter.ComfyTrainModel`` in ComfyUI, tiny stand-ins in tests). Randomness is
+``device`` (``adapter.ComfyTrainModel`` in ComfyUI, tiny plain-torch models in tests). Randomness is
 drawn from generators seeded by (seed, step, micro-step), so a run is reproducible bit for bit on
 CPU and a resumed run continues exactly where it stopped."""
 from __future__ import annotations
@@ -109,12 +109,10 @@ class Trainer:
         self.train_te = bool(network.text_encoder_names)
         groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
         self.params = [p for g in groups for p in g["params"]]
-        opt_args = dict(cfg.optimizer_args)
-        opt_args.setdefault("weight_decay", cfg.weight_decay)
         self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate,
-                                                              **opt_args)
+                                                              **cfg.optimizer_kwargs())
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, cfg.max_train_steps,
-                                         cfg.lr_warmup_steps)
+                                         cfg.lr_warmup_steps, cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power)
         self.step = 0
         self.position = Position()
         self.losses: list[float] = []

@@ -2,8 +2,8 @@
 
 ``build_metadata`` takes plain values (dicts / dataclasses / numbers), never ComfyUI objects. Values
 are stringified the way sd-scripts does (``str(v)``: ``True``/``False``/``None`` literally; dicts as
-JSON). ``metadata_for_network`` gathers those values from a trained ``LoRANetwork`` (its
-``metadata()`` and the optional ``training_info`` the session attaches) and calls ``build_metadata``.
+JSON). ``metadata_for`` takes a network's ``NetworkSpec`` and the run's typed ``TrainingRecord`` and
+calls ``build_metadata``, so every key comes from a value the run really had.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .families import Family, get_family
+from .network import NetworkSpec
+from .record import DatasetSummary, TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -279,100 +281,50 @@ def build_metadata(*, family: Union[str, Family], network: Mapping[str, Any], ou
 
 
 # --------------------------------------------------------------------------- from a trained network
-def _call(obj: Any, name: str, *args: Any) -> Any:
-    fn = getattr(obj, name, None)
-    try:
-        return fn(*args) if callable(fn) else None
-    except Exception as e:  # metadata must never break a save
-        log.warning("metadata: %s.%s() failed: %s", type(obj).__name__, name, e)
-        return None
+_CAPTION_KEYS = ("caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate")
 
 
-def dataset_summary(encoded: Any) -> dict[str, Any]:
-    """Plain dataset values for ``build_metadata`` from an EncodedDataset-like object
-    (``.dataset`` with kohya helpers, ``.plan`` with ``bucket_info()``); missing parts are skipped."""
-    if encoded is None:
-        return {}
-    ds = getattr(encoded, "dataset", encoded)
-    plan = getattr(encoded, "plan", None)
-    out: dict[str, Any] = {}
-    for name in ("num_train_images", "num_reg_images"):
-        v = _call(ds, name)
-        if v is not None:
-            out[name] = v
-    for name, reg in (("dataset_dirs", False), ("reg_dataset_dirs", True)):
-        v = _call(ds, "dataset_dirs", reg)
-        if v is not None:
-            out[name] = v
-    v = _call(ds, "tag_frequency")
-    if v is not None:
-        out["tag_frequency"] = v
-    if plan is not None:
-        v = _call(plan, "bucket_info")
-        if v is not None:
-            out["bucket_info"] = v
-        groups = getattr(plan, "groups", None)
-        batches = getattr(plan, "num_batches", None)
-        if isinstance(batches, int):
-            out["num_batches_per_epoch"] = batches
-        elif groups is not None:
-            n = [len(getattr(g, "batches", ()) or ()) for g in groups]
-            if any(n):
-                out["num_batches_per_epoch"] = sum(n)
-    groups = getattr(ds, "groups", None) or []
-    if groups:
-        g0 = groups[0]
-        res = getattr(g0, "resolution", None)
-        if res is not None:
-            out["resolution"] = tuple(res)
-        for name, attr in (("batch_size_per_device", "batch_size"), ("enable_bucket", "enable_bucket"),
-                           ("min_bucket_reso", "min_bucket_reso"), ("max_bucket_reso", "max_bucket_reso"),
-                           ("bucket_no_upscale", "bucket_no_upscale")):
-            if hasattr(g0, attr):
-                out[name] = getattr(g0, attr)
-        out["total_batch_size"] = out.get("batch_size_per_device")
-    info, bs = out.get("bucket_info"), out.get("batch_size_per_device")
-    if "num_batches_per_epoch" not in out and info and isinstance(bs, int) and len(groups) == 1:
-        out["num_batches_per_epoch"] = sum(-(-int(b["count"]) // bs) for b in info["buckets"].values())
-    subsets = getattr(ds, "subsets", None) or []
-    if subsets:
-        out["flip_aug"] = any(getattr(s, "flip_aug", False) for s in subsets)
-        caps = [getattr(s, "caption", None) for s in subsets]
-        for name in ("shuffle_caption", "keep_tokens", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-                     "caption_tag_dropout_rate"):
-            vals = [getattr(c, name) for c in caps if c is not None and hasattr(c, name)]
-            if vals:
-                out[name] = vals[0]
+def network_values(spec: NetworkSpec) -> dict[str, Any]:
+    """What ``build_metadata`` reads about the network (``ss_network_dim`` etc.), from its spec."""
+    return {"rank": spec.rank, "alpha": spec.alpha, "conv_rank": spec.conv_rank, "conv_alpha": spec.conv_alpha,
+            "family": spec.family, "network_args": spec.network_args}
+
+
+def dataset_values(summary: DatasetSummary) -> dict[str, Any]:
+    """``build_metadata``'s dataset values: kohya writes the folder-mode keys (``ss_resolution``,
+    ``ss_batch_size_per_device`` ...) without a dataset config, ``ss_datasets`` with one."""
+    out = dataclasses.asdict(summary)
+    out["total_batch_size"] = summary.batch_size_per_device
+    for k in _CAPTION_KEYS:
+        out.pop(k)
+    if summary.datasets is not None:
+        for k in DATASET_KEYS:
+            if k != "resolution":
+                out.pop(k, None)
+        out.pop("bucket_info")
+    else:
+        out.pop("datasets")
     return out
 
 
-def metadata_for_network(network: Any, *, output_name: Optional[str] = None, save_precision: Optional[str] = None,
-                         minimal: bool = False, modelspec: Optional[Mapping[str, Any]] = None,
-                         **overrides: Any) -> dict[str, str]:
-    """Metadata for saving ``network`` (a LoRANetwork): its ``metadata()`` plus, when present, the
-    ``training_info`` dict the training session attaches (``started_at``, ``finished_at``, ``steps``,
-    ``epoch``, ``config`` (TrainConfig), ``optimizer_repr``, ``prediction``, ``dataset`` (EncodedDataset),
-    optional ``unet_config`` / ``config_class_names`` / ``model_name``). ``overrides`` go to build_metadata."""
-    net_meta = network.metadata() if callable(getattr(network, "metadata", None)) else dict(network)
-    info = dict(getattr(network, "training_info", None) or {})
-    training = _as_dict(info.get("config"))
-    if "text_encoder_lr" in training and not getattr(network, "text_encoder_names", None):
-        training["text_encoder_lr"] = None  # kohya writes None when the TE is not trained
-    if info.get("optimizer_repr"):
-        training["optimizer"] = info["optimizer_repr"]
-    if "learning_rate" in training and "unet_lr" not in training:
-        training["unet_lr"] = training["learning_rate"]
-    prediction = info.get("prediction")
-    kwargs: dict[str, Any] = dict(
-        family=net_meta.get("family") or info.get("family"),
-        network=net_meta, output_name=output_name, training=training,
-        dataset=dataset_summary(info.get("dataset")), steps=info.get("steps"), epoch=info.get("epoch"),
-        started_at=info.get("started_at"), finished_at=info.get("finished_at"),
-        objective={"eps": "eps", "epsilon": "eps", "v": "v", "flow": "flow"}.get(prediction, None),
-        unet_config=info.get("unet_config"), config_class_names=info.get("config_class_names"),
-        model_name=info.get("model_name"), minimal=minimal, modelspec=modelspec,
-    )
-    kwargs.update(overrides)
-    if not kwargs["family"]:
+def metadata_for(network: Any, record: Optional[TrainingRecord], *, output_name: Optional[str] = None,
+                 minimal: bool = False, modelspec: Optional[Mapping[str, Any]] = None,
+                 extra: Optional[Mapping[str, Any]] = None) -> dict[str, str]:
+    """Metadata for saving ``network`` (a LoRANetwork) trained as ``record`` describes (None: an untrained
+    network, e.g. straight from Inject LoRA: only the network keys and modelspec)."""
+    spec = network.spec
+    if not spec.family:
         raise ValueError("cannot write LoRA metadata: the network has no model family (build it with Inject LoRA)")
-    return build_metadata(**kwargs)
+    if record is None:
+        return build_metadata(family=spec.family, network=network_values(spec), output_name=output_name,
+                              minimal=minimal, modelspec=modelspec, extra=extra)
+    training = record.training_options()
+    training.update({k: getattr(record.dataset, k) for k in _CAPTION_KEYS})
+    return build_metadata(
+        family=spec.family, network=network_values(spec), output_name=output_name, training=training,
+        dataset=dataset_values(record.dataset), steps=record.steps, epoch=record.epoch,
+        num_epochs=record.num_epochs, started_at=record.started_at, finished_at=record.finished_at,
+        objective=record.prediction, unet_config=record.unet_config,
+        config_class_names=record.config_class_names,
+        model_name=os.path.basename(record.model_name) if record.model_name else None,
+        minimal=minimal, modelspec=modelspec, extra=extra)

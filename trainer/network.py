@@ -23,6 +23,8 @@ from .lora import LoRAModule, OrgSpec
 log = logging.getLogger(__name__)
 
 KINDS = ("linear", "conv", "conv3x3")
+UNET_ROOT = "unet"   # the diffusion model (U-Net / transformer) a network installs on
+TE_ROOT = "te"       # the text-encoder model (ComfyUI's CLIP.cond_stage_model)
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 _PREFIX_RE = re.compile(r"^(lora_unet|lora_te\d*)_")
 
@@ -32,7 +34,7 @@ class Target:
     """One module to adapt.
 
     name: kohya module name (``lora_unet_...`` / ``lora_te1_...``), no dots.
-    root: key of the root module the trainer installs on (e.g. ``"unet"``, ``"te"``).
+    root: key of the root module the trainer installs on (``UNET_ROOT`` or ``TE_ROOT``).
     path: dotted module path under that root (``root.get_submodule(path)``).
     kind: ``"linear"`` (nn.Linear), ``"conv"`` (1x1 conv, linear rank) or ``"conv3x3"`` (conv rank).
     """
@@ -94,16 +96,42 @@ def _check_kind(target: Target, spec: OrgSpec) -> None:
                         f"module is a {spec.kind}")
 
 
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The settings of a LoRA network, in one place: what the saver writes (``ss_network_dim``,
+    ``ss_network_alpha``, ``ss_network_args``), what a resume must agree with, what copies carry.
+
+    ``rank``/``alpha`` are those of Linear and 1x1-conv modules, ``conv_rank``/``conv_alpha`` those of 3x3
+    convs (kohya C3Lier; None without conv modules). ``args`` are the structural network args beyond the
+    conv ones (e.g. ``train_blocks``, ``train_t5xxl``), derived from the modules the network really has."""
+
+    family: str = ""
+    rank: Optional[int] = None
+    alpha: Optional[float] = None
+    conv_rank: Optional[int] = None
+    conv_alpha: Optional[float] = None
+    args: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.conv_rank is None) != (self.conv_alpha is None):
+            raise ValueError(f"conv_rank and conv_alpha go together, got {self.conv_rank} / {self.conv_alpha}")
+        object.__setattr__(self, "args", tuple((str(k), str(v)) for k, v in self.args))
+
+    @property
+    def network_args(self) -> dict[str, str]:
+        """sd-scripts ``--network_args`` as the file header records them (``ss_network_args``)."""
+        out: dict[str, str] = {}
+        if self.conv_rank:
+            out["conv_dim"] = str(self.conv_rank)
+            out["conv_alpha"] = str(self.conv_alpha)
+        out.update(dict(self.args))
+        return out
+
+
 class LoRANetwork(nn.Module):
-    """Ordered collection of ``LoRAModule``s with their ``Target``s.
+    """Ordered collection of ``LoRAModule``s with their ``Target``s and the ``NetworkSpec`` they were built with."""
 
-    Metadata for the saver: ``rank``, ``alpha``, ``conv_rank``, ``conv_alpha``, ``family``,
-    ``network_args`` (str -> str, like sd-scripts ``--network_args``).
-    """
-
-    def __init__(self, targets: Sequence[Target], loras: Mapping[str, LoRAModule], *, rank: Optional[int] = None,
-                 alpha: Optional[float] = None, conv_rank: Optional[int] = None, conv_alpha: Optional[float] = None,
-                 family: str = "", network_args: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, targets: Sequence[Target], loras: Mapping[str, LoRAModule], spec: NetworkSpec) -> None:
         super().__init__()
         self._targets: dict[str, Target] = {}
         for t in targets:
@@ -116,61 +144,55 @@ class LoRANetwork(nn.Module):
         extra = sorted(set(loras) - set(self._targets))
         if extra:
             raise ValueError(f"LoRA modules without a target: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        self.rank = rank
-        self.alpha = alpha
-        self.conv_rank = conv_rank
-        self.conv_alpha = conv_alpha
-        self.family = family
-        self.network_args: dict[str, str] = {str(k): str(v) for k, v in (network_args or {}).items()}
+        self.spec = spec
+        self.record = None  # the TrainingRecord of the run that trained it (set by the session, read by the saver)
         self._installed: list[tuple[nn.Module, Any, Any]] = []  # (module, previous instance forward or _MISSING, ours)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, targets: Sequence[Target], roots: Mapping[str, nn.Module], rank: int, alpha: Optional[float] = 1.0,
-               *, conv_rank: Optional[int] = None, conv_alpha: Optional[float] = None, family: str = "",
-               network_args: Optional[Mapping[str, Any]] = None, multiplier: float = 1.0,
-               dropout: Optional[float] = None, rank_dropout: Optional[float] = None,
+    def create(cls, targets: Sequence[Target], roots: Mapping[str, nn.Module], spec: NetworkSpec, *,
+               multiplier: float = 1.0, dropout: Optional[float] = None, rank_dropout: Optional[float] = None,
                module_dropout: Optional[float] = None, seed: Optional[int] = None,
                generator: Optional[torch.Generator] = None) -> "LoRANetwork":
         """Fresh network for ``targets`` (shapes read from the modules under ``roots``; meta is fine).
 
-        ``conv3x3`` targets use ``conv_rank``/``conv_alpha`` (kohya C3Lier; ``conv_alpha`` defaults to 1.0
-        when only ``conv_rank`` is given); everything else uses ``rank``/``alpha``. Weights are drawn in
-        target order from ``generator`` (or a CPU generator seeded with ``seed``) for reproducibility.
+        ``conv3x3`` targets use ``spec.conv_rank``/``conv_alpha`` (kohya C3Lier); everything else uses
+        ``spec.rank``/``alpha``. Weights are drawn in target order from ``generator`` (or a CPU generator
+        seeded with ``seed``) for reproducibility.
         """
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
-        if conv_rank is not None and conv_alpha is None:
-            conv_alpha = 1.0
         needs_conv = [t.name for t in targets if t.kind == "conv3x3"]
-        if needs_conv and not conv_rank:
+        if needs_conv and not spec.conv_rank:
             raise ValueError(f"{len(needs_conv)} conv3x3 targets (e.g. {needs_conv[0]}) need conv_rank "
                              "(kohya conv_dim); build LierLa targets (conv=False) or set conv_rank")
+        if spec.conv_rank and not needs_conv:
+            raise ValueError(f"conv_rank {spec.conv_rank} is set but none of the {len(targets)} targets is a 3x3 "
+                             "conv: the file header would claim conv modules the network does not have")
         loras: dict[str, LoRAModule] = {}
         with torch.inference_mode(False):
             for t in targets:
-                spec = OrgSpec.of(_resolve(roots, t))
-                _check_kind(t, spec)
-                r, a = (conv_rank, conv_alpha) if t.kind == "conv3x3" else (rank, alpha)
-                loras[t.name] = LoRAModule(t.name, spec, r, a, multiplier=multiplier, dropout=dropout,
+                lora_spec = OrgSpec.of(_resolve(roots, t))
+                _check_kind(t, lora_spec)
+                r, a = (spec.conv_rank, spec.conv_alpha) if t.kind == "conv3x3" else (spec.rank, spec.alpha)
+                loras[t.name] = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
                                            rank_dropout=rank_dropout, module_dropout=module_dropout,
                                            generator=generator)
-        args = dict(network_args or {})
-        if conv_rank:
-            args.setdefault("conv_dim", conv_rank)
-            args.setdefault("conv_alpha", conv_alpha)
-        net = cls(targets, loras, rank=rank, alpha=alpha, conv_rank=conv_rank if conv_rank else None,
-                  conv_alpha=conv_alpha if conv_rank else None, family=family, network_args=args)
-        return net
+        return cls(targets, loras, spec)
 
     @classmethod
     def from_kohya_state_dict(cls, sd: Mapping[str, torch.Tensor], targets: Sequence[Target],
                               roots: Mapping[str, nn.Module], *, family: str = "",
-                              network_args: Optional[Mapping[str, Any]] = None, multiplier: float = 1.0,
+                              args: Sequence[tuple[str, str]] = (), multiplier: float = 1.0,
                               strict: bool = True, source: str = "state dict") -> "LoRANetwork":
         """Create modules from a kohya file: rank from ``lora_down.shape[0]``, alpha from ``*.alpha``
-        (missing alpha -> rank, "old LoRA"). Only targets present in the file get a module.
-        Keys that match no target raise (``strict``) or are logged and ignored."""
+        (missing alpha -> rank, "old LoRA"). Only targets present in the file get a module; the spec's
+        ranks and alphas are the file's (most common per kind). Keys that match no target raise
+        (``strict``) or are logged and ignored. ``args``: structural network args (see NetworkSpec)."""
         by_name: dict[str, dict[str, torch.Tensor]] = {}
         unexpected: list[str] = []
         tmap = {t.name: t for t in targets}
@@ -199,23 +221,25 @@ class LoRANetwork(nn.Module):
                 if t.name not in by_name:
                     continue
                 d = by_name[t.name]
-                spec = OrgSpec.of(_resolve(roots, t))
-                _check_kind(t, spec)
+                lora_spec = OrgSpec.of(_resolve(roots, t))
+                _check_kind(t, lora_spec)
                 r = int(d[".lora_down.weight"].shape[0])
                 alpha = d.get(".alpha")
                 a = float(alpha.float().item()) if alpha is not None else float(r)
-                m = LoRAModule(t.name, spec, r, a, multiplier=multiplier)
+                m = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier)
                 _load_module(m, d, source)
                 loras[t.name] = m
                 (conv_ranks if t.kind == "conv3x3" else ranks)[r] += 1
                 (conv_alphas if t.kind == "conv3x3" else alphas)[a] += 1
         top = lambda c: c.most_common(1)[0][0] if c else None  # noqa: E731
-        args = dict(network_args or {})
-        if conv_ranks:
-            args.setdefault("conv_dim", top(conv_ranks))
-            args.setdefault("conv_alpha", top(conv_alphas))
-        return cls(targets, loras, rank=top(ranks), alpha=top(alphas), conv_rank=top(conv_ranks),
-                   conv_alpha=top(conv_alphas), family=family, network_args=args)
+        spec = NetworkSpec(family=family, rank=top(ranks), alpha=top(alphas), conv_rank=top(conv_ranks),
+                           conv_alpha=top(conv_alphas), args=tuple(args))
+        return cls(targets, loras, spec)
+
+    def subset(self, root: str) -> "LoRANetwork":
+        """A view holding only the targets under ``root`` (the same LoRA modules and weights, same spec)."""
+        targets = [t for t in self.targets if t.root == root]
+        return LoRANetwork(targets, {t.name: self.lora(t.name) for t in targets}, self.spec)
 
     # ------------------------------------------------------------------ access
     @property
@@ -249,11 +273,6 @@ class LoRANetwork(nn.Module):
     def set_multiplier(self, multiplier: float) -> None:
         for m in self.loras():
             m.multiplier = float(multiplier)
-
-    def metadata(self) -> dict[str, Any]:
-        """Values the saver writes (``ss_network_dim`` etc.)."""
-        return {"rank": self.rank, "alpha": self.alpha, "conv_rank": self.conv_rank,
-                "conv_alpha": self.conv_alpha, "family": self.family, "network_args": dict(self.network_args)}
 
     # ------------------------------------------------------------------ install / remove
     @property
@@ -408,12 +427,12 @@ class LoRANetwork(nn.Module):
                 for p in c.parameters():
                     p.grad = None
                 loras[n] = c
-        return LoRANetwork(self.targets, loras, rank=self.rank, alpha=self.alpha, conv_rank=self.conv_rank,
-                           conv_alpha=self.conv_alpha, family=self.family, network_args=self.network_args)
+        return LoRANetwork(self.targets, loras, self.spec)
 
     def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
-        return (f"LoRANetwork({self.family or '?'}: {len(self.unet_names)} U-Net + {len(self.text_encoder_names)} "
-                f"text-encoder modules, rank={self.rank}, alpha={self.alpha}, conv_rank={self.conv_rank})")
+        sp = self.spec
+        return (f"LoRANetwork({sp.family or '?'}: {len(self.unet_names)} U-Net + {len(self.text_encoder_names)} "
+                f"text-encoder modules, rank={sp.rank}, alpha={sp.alpha}, conv_rank={sp.conv_rank})")
 
     def __deepcopy__(self, memo):  # never drag the installed base modules along
         return self.copy()

@@ -4,6 +4,8 @@ Optimizers
     :data:`OPTIMIZERS` maps the user-facing name (the node's combo option, sd-scripts'
     ``--optimizer_type``) to an :class:`OptimizerSpec`. :func:`build_optimizer` constructs one and
     returns the kohya ``ss_optimizer`` string next to it. Names are matched case-insensitively.
+    Every optimizer runs with its own defaults (weight decay included: AdamW 0.01, Adam and SGD 0)
+    unless ``optimizer_args`` set them; only sd-scripts' own choices (SGDNesterov's momentum) are added.
 
     ``AdamW8bit`` needs bitsandbytes, which is imported lazily. It is **always listed** by
     :func:`available_optimizers` (so a workflow saved on a machine with bitsandbytes still validates
@@ -85,9 +87,8 @@ class OptimizerSpec:
 OPTIMIZERS: Dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
-        OptimizerSpec("AdamW", "torch.optim", "AdamW", {"weight_decay": 0.01},
-                      help="torch AdamW (sd-scripts default)"),
-        OptimizerSpec("AdamW8bit", "bitsandbytes.optim", "AdamW8bit", {"weight_decay": 0.01}, pip="bitsandbytes",
+        OptimizerSpec("AdamW", "torch.optim", "AdamW", help="torch AdamW (sd-scripts default; weight decay 0.01)"),
+        OptimizerSpec("AdamW8bit", "bitsandbytes.optim", "AdamW8bit", pip="bitsandbytes",
                       help="bitsandbytes 8-bit AdamW: less optimizer memory; needs bitsandbytes (CUDA)"),
         OptimizerSpec("Adam", "torch.optim", "Adam", {}, help="torch Adam"),
         OptimizerSpec("SGD", "torch.optim", "SGD", {}, help="torch SGD"),

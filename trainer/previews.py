@@ -1,7 +1,7 @@
 """Sample previews during training, without changing the training.
 
 The sampling itself is a callable handed in by the session (ComfyUI's own sampler on the training
-ModelPatcher, see ``comfy_adapter.sample_preview``); this module decides *when* to sample and makes
+ModelPatcher, see ``adapter.sample_preview``); this module decides *when* to sample and makes
 sampling harmless for training:
 
 * no autograd (``torch.no_grad``) but normal tensors (inference mode stays off, so nothing created
@@ -16,30 +16,46 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .options import check_options, option
+
 log = logging.getLogger(__name__)
+
+
+def _samplers() -> list[str]:
+    from .adapter import sampler_names
+
+    return sampler_names()[0]
+
+
+def _schedulers() -> list[str]:
+    from .adapter import sampler_names
+
+    return sampler_names()[1]
 
 
 @dataclass(frozen=True)
 class PreviewConfig:
-    prompts: str = field(default="", metadata={
-        "help": "Preview prompt(s), one per line (lines starting with '#' are skipped). Empty = no previews."})
-    negative: str = field(default="", metadata={"help": "Negative prompt for every preview (used when cfg > 1)."})
-    sampler: str = field(default="euler", metadata={"help": "ComfyUI sampler for the previews."})
-    scheduler: str = field(default="normal", metadata={"help": "ComfyUI scheduler for the previews."})
-    steps: int = field(default=20, metadata={"help": "Sampling steps per preview image."})
-    cfg: float = field(default=7.0, metadata={"help": "CFG scale of the previews (FLUX: use 1.0)."})
-    width: int = field(default=512, metadata={"help": "Preview width in pixels."})
-    height: int = field(default=512, metadata={"help": "Preview height in pixels."})
-    seed: int = field(default=0, metadata={
-        "help": "Noise seed of the first prompt (prompt i uses seed + i); the same every time, so previews of "
-                "different steps are comparable."})
-    every_n_steps: int = field(default=0, metadata={
-        "help": "Sample every N optimizer steps (and always at the end); 0 = only at the end."})
+    prompts: str = option("", "Preview prompt(s), one per line (lines starting with '#' are skipped). Empty = no "
+                              "previews.", multiline=True)
+    negative: str = option("", "Negative prompt for every preview (used when cfg > 1).", multiline=True)
+    sampler: str = option("euler", "ComfyUI sampler for the previews.", choices=_samplers)
+    scheduler: str = option("normal", "ComfyUI scheduler for the previews.", choices=_schedulers)
+    steps: int = option(20, "Sampling steps per preview image.", min=1, max=1000)
+    cfg: float = option(7.0, "CFG scale of the previews (FLUX: use 1.0).", min=0.0, max=100.0, step=0.1)
+    width: int = option(512, "Preview width in pixels.", min=16, max=4096, step=8)
+    height: int = option(512, "Preview height in pixels.", min=16, max=4096, step=8)
+    seed: int = option(0, "Noise seed of the first prompt (prompt i uses seed + i); the same every time, so previews "
+                          "of different steps are comparable.", min=0, max=2**63 - 1)
+    every_n_steps: int = option(0, "Sample every N optimizer steps (and always at the end); 0 = only at the end.",
+                                min=0, max=1_000_000)
+
+    def __post_init__(self):
+        check_options(self)
 
     def prompt_list(self) -> list[str]:
         return [ln.strip() for ln in (self.prompts or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
@@ -54,8 +70,11 @@ class PreviewConfig:
         return step >= total or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
 
 
-# sample(prompt, negative, config, seed) -> IMAGE tensor (B, H, W, 3) in [0, 1]
-SampleFn = Callable[[str, str, PreviewConfig, int], torch.Tensor]
+# sample(prompt, negative, config, seed, on_step) -> IMAGE tensor (B, H, W, 3) in [0, 1]; on_step(done, total)
+# is called after every sampler step
+SampleFn = Callable[[str, str, PreviewConfig, int, Callable[[int, int], None]], torch.Tensor]
+# progress(image_index (0-based), images, sampler step done, sampler steps)
+PreviewProgress = Callable[[int, int, int, int], None]
 
 
 @contextlib.contextmanager
@@ -81,10 +100,12 @@ def isolated_rng():
 class PreviewRunner:
     """Keeps the preview images of one run; ``run(step, network)`` samples every prompt once."""
 
-    def __init__(self, cfg: PreviewConfig, sample: SampleFn, after: Callable[[], None] | None = None):
+    def __init__(self, cfg: PreviewConfig, sample: SampleFn, after: Callable[[], None] | None = None,
+                 progress: PreviewProgress | None = None):
         self.cfg = cfg
         self.sample = sample
         self.after = after          # e.g. make sure the training model is fully loaded again
+        self.progress = progress
         self.images: list[torch.Tensor] = []   # one (1, H, W, 3) tensor per prompt per preview round
         self.steps: list[int] = []
 
@@ -98,9 +119,15 @@ class PreviewRunner:
         network.eval()
         out: list[torch.Tensor] = []
         try:
+            prompts = self.cfg.prompt_list()
             with isolated_rng(), torch.inference_mode(False), torch.no_grad():
-                for i, prompt in enumerate(self.cfg.prompt_list()):
-                    img = self.sample(prompt, self.cfg.negative, self.cfg, self.cfg.seed + i)
+                for i, prompt in enumerate(prompts):
+                    def on_step(done: int, total: int, i: int = i) -> None:
+                        if self.progress is not None:
+                            self.progress(i, len(prompts), done, total)
+
+                    on_step(0, self.cfg.steps)
+                    img = self.sample(prompt, self.cfg.negative, self.cfg, self.cfg.seed + i, on_step)
                     out.extend(img.detach().float().cpu().clamp(0, 1)[j:j + 1] for j in range(img.shape[0]))
         finally:
             network.train(was_training)

@@ -1,8 +1,9 @@
 """Safe output names and atomic file writes.
 
 :func:`resolve_output_path` turns a user-typed file name into a path that is guaranteed to be a
-plain file *directly inside* the output folder: no subfolders, no ``..``, no absolute paths or
-drive letters, no control characters, no symlink that leads out of the folder.
+plain file inside the output folder: subfolders only where the caller allows them (``project/name``),
+no ``..``, no absolute paths or drive letters, no control characters, no symlink that leads out of
+the folder.
 
 ``if_exists`` policies:
 
@@ -45,8 +46,30 @@ _WINDOWS_BAD = '<>:"|?*'
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
 
 
-def validate_filename(filename: str) -> str:
-    """Return ``filename`` if it is a safe bare file name, else raise ``ValueError`` saying why."""
+def _check_component(part: str, filename: str) -> None:
+    if part in (".", ".."):
+        raise ValueError(f"file name {filename!r} contains a {part!r} component; give a name inside the output folder")
+    if not part:
+        raise ValueError(f"file name {filename!r} has an empty folder name (two separators in a row, or one at "
+                         "the end)")
+    bad = sorted({c for c in part if c in _WINDOWS_BAD})
+    if bad:
+        raise ValueError(f"file name {filename!r} contains {''.join(bad)!r}, which is not allowed in file names")
+    if part != part.strip() or part.endswith("."):
+        raise ValueError(f"file name {filename!r} has a part that starts or ends with a space or ends with a dot "
+                         f"({part!r}); remove them")
+    if part.split(".")[0].upper() in _WINDOWS_RESERVED:
+        raise ValueError(f"file name {filename!r} uses {part!r}, a reserved device name on Windows; choose another "
+                         "name")
+    if len(part.encode("utf-8")) > 240:
+        raise ValueError(f"file name {filename[:40]!r}... is too long (max 240 bytes per name)")
+
+
+def validate_filename(filename: str, subfolders: bool = False) -> str:
+    """Return ``filename`` if it is a safe name inside the output folder, else raise ``ValueError`` saying why.
+
+    With ``subfolders``, ``project/name`` is allowed (``/`` or ``\\`` between parts, like ComfyUI's own save
+    nodes); the result then uses ``/``. Absolute paths, drive letters, ``..`` and ``.`` parts never pass."""
     if not isinstance(filename, str):
         raise ValueError(f"file name must be text, got {type(filename).__name__}")
     name = filename
@@ -55,26 +78,18 @@ def validate_filename(filename: str) -> str:
     if "\x00" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError(f"file name {filename!r} contains control characters; remove them")
     if re.match(r"^[A-Za-z]:", name):
-        raise ValueError(f"file name {filename!r} starts with a drive letter; give a bare name, not a path")
+        raise ValueError(f"file name {filename!r} starts with a drive letter; give a name inside the output folder")
     if name.startswith(("/", "\\")) or os.path.isabs(name):
-        raise ValueError(f"file name {filename!r} is an absolute path; give a bare name inside the output folder")
+        raise ValueError(f"file name {filename!r} is an absolute path; give a name inside the output folder")
     parts = re.split(r"[\\/]", name)
-    if any(p == ".." for p in parts):
-        raise ValueError(f"file name {filename!r} contains a '..' component; give a bare name inside the output folder")
-    if len(parts) > 1:
-        raise ValueError(f"file name {filename!r} contains a path separator ('/' or '\\'); subfolders are not allowed")
-    if name in (".", ".."):
-        raise ValueError(f"file name {filename!r} is not a file name")
-    bad = sorted({c for c in name if c in _WINDOWS_BAD})
-    if bad:
-        raise ValueError(f"file name {filename!r} contains {''.join(bad)!r}, which is not allowed in file names")
-    if name != name.strip() or name.endswith("."):
-        raise ValueError(f"file name {filename!r} starts or ends with a space or ends with a dot; remove them")
-    if name.split(".")[0].upper() in _WINDOWS_RESERVED:
-        raise ValueError(f"file name {filename!r} is a reserved device name on Windows; choose another name")
-    if len(name.encode("utf-8")) > 240:
-        raise ValueError(f"file name {filename[:40]!r}... is too long (max 240 bytes)")
-    return name
+    if ".." in parts:
+        raise ValueError(f"file name {filename!r} contains a '..' component; give a name inside the output folder")
+    if len(parts) > 1 and not subfolders:
+        raise ValueError(f"file name {filename!r} contains a path separator ('/' or '\\'); subfolders are not "
+                         "allowed here")
+    for part in parts:
+        _check_component(part, filename)
+    return "/".join(parts)
 
 
 def _inside(folder_real: str, path: str) -> bool:
@@ -86,16 +101,19 @@ def _inside(folder_real: str, path: str) -> bool:
 
 
 def resolve_output_path(
-    folder: str, filename: str, ext: str = ".safetensors", if_exists: str = "increment"
+    folder: str, filename: str, ext: str = ".safetensors", if_exists: str = "increment", subfolders: bool = False
 ) -> str:
     """Safe target path for ``filename`` in ``folder`` (see module doc for the rules).
 
     ``ext`` is appended unless the name already ends with it (case-insensitive). The folder need
     not exist yet. Returns an absolute path whose realpath lies inside ``folder``'s realpath.
+    ``subfolders``: allow ``project/name`` (created on write); a subfolder that is a symlink leading
+    outside ``folder`` is refused.
     """
     if if_exists not in IF_EXISTS:
         raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
-    name = validate_filename(filename)
+    rel = validate_filename(filename, subfolders=subfolders)
+    sub, _, name = rel.rpartition("/")
     if ext and not ext.startswith("."):
         ext = "." + ext
     if ext and not name.lower().endswith(ext.lower()):
@@ -103,13 +121,17 @@ def resolve_output_path(
     stem = name[: len(name) - len(ext)] if ext else name
     if ext and not stem:
         raise ValueError(f"file name {filename!r} has no name before {ext!r}")
-    folder_abs = os.path.abspath(folder)
-    folder_real = os.path.realpath(folder_abs)
+    root_abs = os.path.abspath(folder)
+    folder_real = os.path.realpath(root_abs)
+    folder_abs = os.path.join(root_abs, *sub.split("/")) if sub else root_abs
+    if sub and not _inside(folder_real, folder_abs):
+        raise ValueError(f"{folder_abs!r} resolves outside the output folder {root_abs!r} (symlink?); choose "
+                         "another name")
 
     def check(path: str) -> str:
         if not _inside(folder_real, path):
             raise ValueError(
-                f"{path!r} resolves outside the output folder {folder_abs!r} (symlink?); choose another name"
+                f"{path!r} resolves outside the output folder {root_abs!r} (symlink?); choose another name"
             )
         if os.path.isdir(path):
             raise ValueError(f"{path!r} is a folder; choose another file name")

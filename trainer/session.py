@@ -1,23 +1,27 @@
 """One training run on ComfyUI objects: clone, inject, load, train, hand back the trained clone.
 
 This is the glue between the node and the plain-torch loop; everything that touches ComfyUI goes
-through ``comfy_adapter``."""
+through ``adapter``."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from . import comfy_adapter as ca
+from . import adapter as ca
 from .assemble import build_objective
 from .checkpoints import CheckpointWriter, Saved, apply_state, capture_state
 from .config import TrainConfig
 from .encoded import EncodedDataset
+from .export import human_size
 from .loop import StepInfo, Trainer, TrainingDiverged, TrainResult
 from .previews import PreviewConfig, PreviewRunner
+from .record import DatasetSummary, TrainingRecord, record_of
+from .reporting import Eta, Progress
 from .state import TrainState
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,8 @@ class SessionResult:
     network: Any            # the trained LoRANetwork (a copy; the input network is untouched)
     losses: list[float]
     lrs: list[float]
+    record: TrainingRecord
     loop: TrainResult | None = None
-    info: dict = field(default_factory=dict)
     state: TrainState | None = None          # full resumable state after the last step
     start_step: int = 0                      # step the run resumed from (0 = fresh)
     images: torch.Tensor | None = None       # preview images (B, H, W, 3), None without previews
@@ -48,28 +52,15 @@ def _text_encoder(clip):
     return encode
 
 
-def _is_interrupt(exc: BaseException) -> bool:
-    return type(exc).__name__ == "InterruptProcessingException"
-
-
-def _training_info(started: float, trainer: Trainer, cfg: TrainConfig, family, spec, objective, data, model) -> dict:
-    return {
-        "started_at": started, "finished_at": time.time(), "steps": trainer.step,
-        "epoch": trainer.position.epoch, "config": cfg, "optimizer_repr": trainer.optimizer_repr,
-        "family": family.name, "prediction": spec.prediction, "objective": type(objective).__name__,
-        "dataset": data, "unet_config": ca.unet_config(model), "config_class_names": ca.model_config_names(model),
-    }
-
-
-def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool):
+def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool, on_image_step):
     if preview is None or not preview.enabled:
         return None
     if vae is None:
-        raise ValueError("previews need a VAE: connect the checkpoint's VAE to Train LoRA's 'vae' input (or clear "
-                         "preview_prompts)")
+        raise ValueError("previews need a VAE: connect the checkpoint's VAE to the Previews node's 'vae' input (or "
+                         "clear its prompts)")
     if clip is None:
-        raise ValueError("previews need a CLIP: connect the CLIP from Inject LoRA to Train LoRA (or clear "
-                         "preview_prompts)")
+        raise ValueError("previews need a CLIP: connect the CLIP from Inject LoRA to Train LoRA (or clear the "
+                         "Previews node's prompts)")
     cache: dict[str, Any] = {}
 
     def conds(text: str):
@@ -84,23 +75,26 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
             for t in preview.prompt_list() + [preview.negative]:
                 conds(t)
 
-    def sample(prompt: str, negative: str, c: PreviewConfig, seed: int) -> torch.Tensor:
+    def sample(prompt: str, negative: str, c: PreviewConfig, seed: int, on_step) -> torch.Tensor:
         return ca.sample_preview(mp, conds(prompt), conds(negative), vae, sampler=c.sampler, scheduler=c.scheduler,
-                                 steps=c.steps, cfg=c.cfg, width=c.width, height=c.height, seed=seed)
+                                 steps=c.steps, cfg=c.cfg, width=c.width, height=c.height, seed=seed,
+                                 on_step=on_step)
 
-    return PreviewRunner(preview, sample, after=lambda: ca.load_for_training(mp))
+    return PreviewRunner(preview, sample, after=lambda: ca.load_for_training(mp), progress=on_image_step)
 
 
-def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress=None,
+def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress: Progress | None = None,
           checkpoints: CheckpointWriter | None = None, resume: TrainState | None = None,
           resume_source: str = "the training state", preview: PreviewConfig | None = None, vae=None,
-          on_state: Callable[[TrainState], None] | None = None) -> SessionResult:
+          on_state: Callable[[TrainState], None] | None = None, model_name: str | None = None) -> SessionResult:
     """Train ``network`` (a copy) on ``data``. ``resume``: continue from a TrainState. ``checkpoints``:
     periodic saves, and the save on Cancel / divergence. ``preview`` + ``vae``: sample images during
-    training. ``on_state`` receives the final state (also after Cancel) for re-queue continuation."""
+    training. ``on_state`` receives the final state (also after Cancel) for re-queue continuation.
+    ``model_name``: the checkpoint file ComfyUI loaded (for the file header)."""
     if not isinstance(data, EncodedDataset):
         raise TypeError("Train LoRA needs the dataset from Encode Dataset (latents), got "
                         f"{type(data).__name__}; connect Load Dataset -> Bucket Images -> Encode Dataset")
+    progress = progress or Progress()
     family = ca.detect_family(model)
     if network.family and network.family != family.name:
         raise ValueError(f"the LoRA network was built for {network.family} but the MODEL is {family.name}; "
@@ -108,17 +102,38 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
     net = network.copy()                       # the cached input network keeps its weights
     mp = ca.install_network(model, net)
     train_te = bool(net.text_encoder_names)
-    clip_t = ca.install_text_encoder_network(clip, net) if clip is not None else None
+    clip_t = ca.install_text_encoder_network(clip, net)
     if train_te and clip_t is None:
         raise ValueError("the network trains the text encoder: connect the CLIP from Inject LoRA to Train LoRA")
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family.name)
     guidance = cfg.guidance_scale if family.name == "flux" else None
-    if cfg.gradient_checkpointing and family.name == "flux":
+    checkpointing = cfg.gradient_checkpointing and family.name != "flux"
+    if cfg.gradient_checkpointing and not checkpointing:
         log.warning("gradient checkpointing is not applied to FLUX blocks (they update their residual stream in "
                     "place, which checkpoint recomputation cannot replay); training runs without it")
-    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te)
-    started = time.time()
+    eta = Eta(cfg.max_train_steps,
+              preview_images=len(preview.prompt_list()) if preview is not None else 0,
+              preview_steps=preview.steps if preview is not None else 0,
+              preview_every=preview.every_n_steps if preview is not None else 0,
+              preview_cfg=preview.cfg if preview is not None else 1.0,
+              save_every=checkpoints.cfg.save_every_n_steps if checkpoints is not None else 0)
+    trainer: Trainer | None = None
+    preview_clock = {"t": 0.0, "done": 0}
+
+    def on_image_step(i: int, n: int, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done > 0:
+            eta.add_sampler_steps(now - preview_clock["t"], 1)
+        preview_clock["t"] = now
+        step = trainer.step if trainer is not None else 0
+        progress.phase(f"sampling preview {i + 1}/{n}, step {done}/{total}",
+                       eta.remaining(step, preview_left=(n - i, total - done)))
+
+    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step)
+    summary = DatasetSummary.of(data.dataset, data.plan)
+    started = float((resume.extra or {}).get("started_at") or time.time()) if resume is not None else time.time()
+
     with torch.inference_mode(False), torch.enable_grad():
         ca.load_for_training(mp)
         if train_te:
@@ -134,75 +149,101 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
             log.info("LoRA Loop: continuing from step %d (%s) to %d", trainer.step, resume_source,
                      cfg.max_train_steps)
         start_step = trainer.step
-        if progress and start_step:
+        if start_step:
             progress.start_at(start_step, trainer.losses, trainer.lrs)
 
-        def set_info() -> None:
-            net.training_info = _training_info(started, trainer, cfg, family, spec, objective, data, model)
+        def record() -> TrainingRecord:
+            return record_of(trainer, started_at=started, mixed_precision=tmodel.precision,
+                             gradient_checkpointing=checkpointing, prediction=spec.prediction, dataset=summary,
+                             unet_config=ca.unet_config(model), config_class_names=tuple(ca.model_config_names(model)),
+                             model_name=model_name)
 
         def save(reason: str) -> Saved | None:
             if checkpoints is None or trainer.step <= start_step:
                 return checkpoints.last if checkpoints is not None else None
-            set_info()
-            return checkpoints.save(trainer, net, reason)
+            progress.phase(f"saving checkpoint (step {trainer.step})", None)
+            t0 = time.perf_counter()
+            saved = checkpoints.save(trainer, net, reason, record())
+            eta.add_save(time.perf_counter() - t0)
+            progress.note(f"{reason}: {saved_name(saved)}")
+            return saved
+
+        def kept(saved: Saved | None) -> str:
+            """What the user keeps after Cancel / divergence, for the node."""
+            if saved is None:
+                return ("stopped before the first step of this run: nothing new to save" if trainer.step <= start_step
+                        else f"step {trainer.step} was not saved (no checkpoint folder)")
+            return f"saved step {saved.step}: {saved_name(saved)}"
+
+        def saved_name(saved: Saved) -> str:
+            rel = os.path.relpath(saved.lora_path, os.path.dirname(checkpoints.folder)).replace(os.sep, "/")
+            return f"{rel} ({human_size(saved.size)})" if saved.size else rel
+
+        clock = {"t": time.perf_counter()}
 
         def on_step(info: StepInfo) -> None:
-            if progress:
-                progress.on_step(info)
+            eta.add_step(time.perf_counter() - clock["t"])
+            progress.on_step(info, eta.remaining(info.step))
             if checkpoints is not None and checkpoints.due(info.step, info.epoch_end, info.epoch):
                 save("checkpoint")
             if runner is not None and runner.due(info.step, info.total):
-                imgs = runner.run(info.step, net)
-                if progress:
-                    progress.preview(info.step, imgs)
+                run_previews(info.step)
+            clock["t"] = time.perf_counter()
 
-        status = "error"
+        def run_previews(step: int) -> None:
+            preview_clock["t"] = time.perf_counter()
+            imgs = runner.run(step, net)
+            progress.preview(step, imgs)
+
+        status, message = "error", ""
         result = None
         try:
             root = ca.diffusion_root(mp)
             te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
             with ca.differentiable_kernels(), ca.protect_inplace_residuals(root), \
-                    ca.protect_inplace_residuals(te_root), \
-                    ca.gradient_checkpointing(root, cfg.gradient_checkpointing and family.name != "flux"):
-                result = trainer.run(on_step=on_step, should_stop=progress.should_stop if progress else None)
+                    ca.protect_inplace_residuals(te_root), ca.gradient_checkpointing(root, checkpointing):
+                result = trainer.run(on_step=on_step, should_stop=progress.should_stop)
                 if runner is not None and not result.stopped_early and runner.due(trainer.step, trainer.step):
-                    imgs = runner.run(trainer.step, net)  # resumed with nothing left to train: still show the end
-                    if progress:
-                        progress.preview(trainer.step, imgs)
+                    run_previews(trainer.step)  # resumed with nothing left to train: still show the end
             status = "cancelled" if result.stopped_early else "done"
             if result.stopped_early:
-                save("saved on Cancel")
+                saved = save("saved on Cancel")
+                message = kept(saved)
         except TrainingDiverged as e:
             saved = save("saved the last good step before the loss diverged")
             where = (f" The last good checkpoint is {saved.lora_path} (state: {saved.state_prefix}.json; set "
                      "resume_from to it after lowering the learning rate)." if saved is not None
                      else " No checkpoint was written (it diverged at the first step of this run)."
                      if checkpoints is not None else "")
+            message = "loss diverged; " + kept(saved)
             raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
-            if _is_interrupt(e):
+            if ca.is_interrupt(e):
                 status = "cancelled"
                 try:
-                    save("saved on Cancel")
+                    saved = save("saved on Cancel")
+                    message = kept(saved)
                     if on_state is not None and trainer.step > start_step:
-                        on_state(capture_state(trainer, net, {"cancelled": True}))
+                        on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
                 except Exception:
                     log.exception("LoRA Loop: could not save the state at Cancel")
+                    message = "could not save a checkpoint at Cancel (see the console)"
             raise
         finally:
             for p in net.parameters():
                 p.requires_grad_(False)
                 p.grad = None
             net.eval()
-            if progress:
-                progress.finish(status)
-        state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early)})
+            progress.finish(status, message)
+        state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early), "started_at": started})
     if on_state is not None and (trainer.step > start_step or resume is not None):
         on_state(state)
     if result.stopped_early:
         ca.raise_if_interrupted()
-    set_info()
+    rec = record()
+    net.record = rec
     return SessionResult(model=mp, clip=clip_t if clip_t is not None else clip, network=net,
-                         losses=result.losses, lrs=result.lrs, loop=result, state=state, start_step=start_step,
-                         images=runner.batch() if runner is not None else None,
+                         losses=result.losses, lrs=result.lrs, record=rec, loop=result, state=state,
+                         start_step=start_step, images=runner.batch() if runner is not None else None,
                          checkpoints=list(checkpoints.saved) if checkpoints is not None else [])
+

@@ -28,8 +28,7 @@ def _loras(comfy):
 
 
 def _saved(comfy, ex, save_id):
-    text = ex.history_result["outputs"][save_id]["text"][0]
-    return os.path.join(_loras(comfy), text[len("saved "):])
+    return os.path.join(_loras(comfy), graphs.saved_lora(ex, None, save_id))
 
 
 def _read(path):
@@ -51,9 +50,10 @@ def test_half_then_resume_equals_straight_run(comfy):
     # B: n/2 steps with a checkpoint at n/2, then a second Train LoRA continues from its TRAIN_STATE
     q = _graph(comfy, "chained", n // 2)
     t1 = graphs.one(q, "LoraLoop_TrainLoRA")
-    q[t1]["inputs"].update(output_name="half", save_every_n_steps=n // 2)
+    graphs.train_options(q, t1, output_name="half", save_every_n_steps=n // 2)
     q["t2"] = copy.deepcopy(q[t1])
-    q["t2"]["inputs"].update(steps=n, train_state=[t1, 5], output_name="second")
+    q["t2"]["inputs"].pop("checkpoint_settings")
+    graphs.train_options(q, "t2", steps=n, train_state=[t1, 5], output_name="second")
     save = graphs.one(q, "LoraLoop_SaveLoRA")
     q[save]["inputs"]["network"] = ["t2", 2]
     ex, _ = comfy_env.run_prompt(q, "chained", executor=comfy_env.new_executor())
@@ -74,7 +74,7 @@ def test_half_then_resume_equals_straight_run(comfy):
 
     # C: resume from the state file on disk (path relative to the loras folder)
     r = _graph(comfy, "from_file", n)
-    r[graphs.one(r, "LoraLoop_TrainLoRA")]["inputs"]["resume_from"] = "half_checkpoints/half-step00000003-state.json"
+    graphs.train_options(r, resume_from="half_checkpoints/half-step00000003-state.json")
     ex, _ = comfy_env.run_prompt(r, "from_file", executor=comfy_env.new_executor())
     from_file, _ = _read(_saved(comfy, ex, graphs.one(r, "LoraLoop_SaveLoRA")))
     assert _same(from_file, straight), "resume_from differs from the straight run"
@@ -110,7 +110,7 @@ def test_divergence_names_the_last_good_checkpoint(comfy, monkeypatch):
 
     # the pack as ComfyUI loaded it (its module name comes from the folder), not the test-side import
     ca = next(m for k, m in list(sys.modules.items())
-              if k.endswith(".trainer.comfy_adapter") and hasattr(m, "ComfyTrainModel"))
+              if k.endswith(".trainer.adapter.model") and hasattr(m, "ComfyTrainModel"))
     real = ca.ComfyTrainModel.denoise
     calls = {"n": 0}
 

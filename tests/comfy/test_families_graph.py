@@ -56,9 +56,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _saved(ex, p, save_id=None) -> str:
     save_id = save_id or graphs.one(p, "LoraLoop_SaveLoRA")
-    text = ex.history_result["outputs"][save_id]["text"][0]
-    assert text.startswith("saved ")
-    return text[len("saved "):]
+    return graphs.saved_lora(ex, None, save_id)
 
 
 def _lora_path(comfy, name: str) -> str:
@@ -76,14 +74,14 @@ def _family_graph(comfy, family: str) -> dict:
     # the text encoder is trained: captions are encoded during training, not by Encode Dataset
     p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")
     train_id = graphs.one(p, "LoraLoop_TrainLoRA")
-    train = p[train_id]["inputs"]
-    train["text_encoder_lr"] = 1e-3
+    graphs.train_options(p, train_id, text_encoder_lr=1e-3)
     if family == "sdxl":
-        train.update(min_timestep=500, max_timestep=500)  # one timestep: a repeated batch
+        graphs.train_options(p, train_id, min_timestep=500, max_timestep=500)  # one timestep: a repeated batch
     # the same draws again with the trained network (lr ~ 0: it stays as trained)
     p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
-                 "inputs": {**train, "network": [train_id, 2], "steps": EVAL_STEPS, "learning_rate": 1e-12,
-                            "text_encoder_lr": 1e-12}}
+                 "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
+    p["eval"]["inputs"].update(network=[train_id, 2], steps=EVAL_STEPS, learning_rate=1e-12)
+    graphs.train_options(p, "eval", text_encoder_lr=1e-12)
     p["eval_save"] = {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["eval", 2], "filename": "eval",
                                                                     "save_dtype": "fp32", "if_exists": "increment"}}
     return p
@@ -236,7 +234,6 @@ def test_sdxl_size_conditioning_is_per_sample(comfy):
     """Every training sample's ADM vector ``y`` carries its OWN original size, kohya crop top-left and bucket."""
     from lora_loop_testing_pack import RESULTS, _MODEL_CACHE
 
-    from trainer.assemble import apply_group_settings
     from trainer.buckets import plan_buckets
     from trainer.dataset import load_folder
 
@@ -257,8 +254,8 @@ def test_sdxl_size_conditioning_is_per_sample(comfy):
 
     # expected values computed here from the dataset records and kohya's bucket assignment
     ds = load_folder(folder)
-    ds = apply_group_settings(ds, dict(resolution=(128, 128), batch_size=2, enable_bucket=True, min_bucket_reso=64,
-                                       max_bucket_reso=256, bucket_reso_steps=64, bucket_no_upscale=False))
+    ds = ds.with_node_group_settings(dict(resolution=(128, 128), batch_size=2, enable_bucket=True, min_bucket_reso=64,
+                                          max_bucket_reso=256, bucket_reso_steps=64, bucket_no_upscale=False))
     plan = plan_buckets(ds)
     buckets = {plan.assignments[i].bucket for i in range(len(ds.images))}
     assert len(buckets) == 3, buckets

@@ -19,7 +19,8 @@ import torch
 
 from comfy_fixtures import comfy  # noqa: F401
 
-from trainer.families import TargetOptions, detect_family
+from trainer.config import NetworkConfig
+from trainer.families import detect_family
 
 pytestmark = pytest.mark.comfy
 
@@ -110,7 +111,7 @@ def test_sd15(comfy):
     assert not any(t.path.startswith(("input_blocks.0.", "out.", "time_embed.")) for t in c3lier)
     _unet_ok(model, c3lier)
     te = _clip(mc)
-    te_targets = fam.text_encoder_targets(te, TargetOptions())
+    te_targets = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True))
     assert len(te_targets) == 72
     assert te_targets[0].name == "lora_te_text_model_encoder_layers_0_self_attn_q_proj" and te_targets[0].root == "te"
     _clip_ok(te, te_targets)
@@ -128,7 +129,7 @@ def test_sd2(comfy):
     assert {t.name: t.kind for t in lierla}["lora_unet_down_blocks_0_attentions_0_proj_in"] == "linear"
     _unet_ok(model, c3lier)
     te = _clip(mc)
-    te_targets = fam.text_encoder_targets(te, TargetOptions())
+    te_targets = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True))
     assert len(te_targets) == 138
     assert max(int(t.name.split("_layers_")[1].split("_")[0]) for t in te_targets) == 22
     _clip_ok(te, te_targets)
@@ -151,7 +152,7 @@ def test_sdxl(comfy):
         assert n in names, n
     _unet_ok(model, c3lier)
     te = _clip(mc)
-    te_targets = fam.text_encoder_targets(te, TargetOptions())
+    te_targets = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True))
     assert sum(t.name.startswith("lora_te1_") for t in te_targets) == 72
     assert sum(t.name.startswith("lora_te2_") for t in te_targets) == 192
     assert "lora_te2_text_model_encoder_layers_31_mlp_fc2" in {t.name for t in te_targets}
@@ -170,9 +171,9 @@ def test_flux(comfy):
     mc, model, fam, names = _build(sm.Flux, FLUX_DEV)
     assert fam.name == "flux" and fam.modelspec_architecture(mc.unet_config, None, names) == "flux-1-dev"
     root = model.diffusion_model
-    every = fam.unet_targets(root, mc.unet_config, options=TargetOptions(train_blocks="all"))
-    double = fam.unet_targets(root, mc.unet_config, options=TargetOptions(train_blocks="double"))
-    single = fam.unet_targets(root, mc.unet_config, options=TargetOptions(train_blocks="single"))
+    every = fam.unet_targets(root, mc.unet_config, options=NetworkConfig(train_text_encoder=True, train_blocks="all"))
+    double = fam.unet_targets(root, mc.unet_config, options=NetworkConfig(train_text_encoder=True, train_blocks="double"))
+    single = fam.unet_targets(root, mc.unet_config, options=NetworkConfig(train_text_encoder=True, train_blocks="single"))
     assert (len(every), len(double), len(single)) == (304, 190, 114)
     assert {t.name for t in every} == {t.name for t in double} | {t.name for t in single}
     got = {t.name for t in every}
@@ -182,9 +183,9 @@ def test_flux(comfy):
         assert n in got, n
     _unet_ok(model, every)
     te = _t5_clip(flux_te.flux_clip)
-    clip_only = fam.text_encoder_targets(te, TargetOptions())
+    clip_only = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True))
     assert len(clip_only) == 72 and all(t.name.startswith("lora_te1_") for t in clip_only)
-    with_t5 = fam.text_encoder_targets(te, TargetOptions(train_t5=True))
+    with_t5 = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True, train_t5=True))
     t5 = [t for t in with_t5 if t.name.startswith("lora_te3_")]
     assert len(t5) == 168
     assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q" in {t.name for t in t5}
@@ -217,10 +218,10 @@ def test_sd3(comfy, label, cfg, expected, variant):
     _unet_ok(model, targets)
     if label == "sd3-medium":
         te = _t5_clip(sd3_te.sd3_clip, clip_l=True, clip_g=True, t5=True)
-        base = fam.text_encoder_targets(te, TargetOptions())
+        base = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True))
         assert [sum(t.name.startswith(p + "_") for t in base) for p in ("lora_te1", "lora_te2", "lora_te3")] == \
             [72, 192, 0]
-        full = fam.text_encoder_targets(te, TargetOptions(train_t5=True))
+        full = fam.text_encoder_targets(te, NetworkConfig(train_text_encoder=True, train_t5=True))
         assert sum(t.name.startswith("lora_te3_") for t in full) == 168
         _clip_ok(te, full)
 

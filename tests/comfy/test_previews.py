@@ -23,9 +23,9 @@ def _graph(comfy, previews: bool, family: str = "sd15", train_te: bool = False):
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=ds, steps=4, save_name="prev")
     train, loader = graphs.one(p, "LoraLoop_TrainLoRA"), graphs.one(p, "LoraLoopTest_TinyModel")
     if previews:
-        p[train]["inputs"].update(vae=[loader, 2], preview_prompts="sks pattern 1\n# skipped\nsks pattern 2",
-                                  preview_negative="blurry", preview_steps=2, preview_cfg=2.0, preview_width=64,
-                                  preview_height=64, preview_seed=3, preview_every_n_steps=2)
+        graphs.train_options(p, train, preview_vae=[loader, 2], preview_prompts="sks pattern 1\n# skipped\nsks pattern 2",
+                             preview_negative="blurry", preview_steps=2, preview_cfg=2.0, preview_width=64,
+                             preview_height=64, preview_seed=3, preview_every_n_steps=2)
     if train_te:  # captions (and preview prompts) are encoded with the text-encoder LoRA being trained
         p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_text_encoder"] = True
         p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")
@@ -46,10 +46,10 @@ def _run(p, pid):
         ex, _ = comfy_env.run_prompt(p, pid, executor=comfy_env.new_executor())
     finally:
         cu.set_progress_bar_global_hook(None)
-    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
+
     from folder_paths import get_folder_paths
 
-    with safe_open(os.path.join(get_folder_paths("loras")[0], text[len("saved "):]), "pt") as f:
+    with safe_open(os.path.join(get_folder_paths("loras")[0], graphs.saved_lora(ex, p)), "pt") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
     return ex, previews, sd
 
@@ -82,9 +82,8 @@ def test_previews_need_a_vae(comfy):
     import execution
 
     p = _graph(comfy, True)
-    p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"].pop("vae")
-    valid = comfy_env.run_async(execution.validate_prompt, "no-vae", p, None)
-    ex = comfy_env.new_executor()
-    comfy_env.call(ex.execute, p, "no-vae", extra_data={}, execute_outputs=valid[2])
-    errors = [d for e, d in ex.status_messages if e == "execution_error"]
-    assert errors and "previews need a VAE" in errors[0]["exception_message"]
+    settings = graphs.one(p, "LoraLoop_PreviewSettings")
+    p[settings]["inputs"].pop("vae")
+    ok, err, _, node_errors = comfy_env.run_async(execution.validate_prompt, "no-vae", p, None)
+    assert not ok and settings in node_errors
+    assert any(e["extra_info"].get("input_name") == "vae" for e in node_errors[settings]["errors"]), node_errors

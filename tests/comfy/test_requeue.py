@@ -32,10 +32,10 @@ def _run(p, pid, ex, read=True):
     assert ex.success, ex.status_messages
     if not read:
         return seen, None
-    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
+
     from folder_paths import get_folder_paths
 
-    with safe_open(os.path.join(get_folder_paths("loras")[0], text[len("saved "):]), "pt") as f:
+    with safe_open(os.path.join(get_folder_paths("loras")[0], graphs.saved_lora(ex, p)), "pt") as f:
         return seen, {k: f.get_tensor(k) for k in f.keys()}
 
 

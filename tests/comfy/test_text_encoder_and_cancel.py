@@ -19,8 +19,7 @@ def _rel(a, b):
 
 
 def _saved(ex, p):
-    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
-    return text[len("saved "):]
+    return graphs.saved_lora(ex, p)
 
 
 def _te_graph(comfy, family, name):

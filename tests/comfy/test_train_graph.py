@@ -31,9 +31,7 @@ def _train_node(p):
 
 def _saved_name(ex, p) -> str:
     save_id = graphs.one(p, "LoraLoop_SaveLoRA")
-    text = ex.history_result["outputs"][save_id]["text"][0]
-    assert text.startswith("saved ")
-    return text[len("saved "):]
+    return graphs.saved_lora(ex, None, save_id)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

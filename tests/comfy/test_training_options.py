@@ -15,8 +15,7 @@ WORKFLOW = "train_then_generate_sd15.api.json"
 
 
 def _saved_path(comfy, ex, p):
-    text = ex.history_result["outputs"][graphs.one(p, "LoraLoop_SaveLoRA")]["text"][0]
-    return os.path.join(comfy["tmp"], "models", "loras", text[len("saved "):])
+    return os.path.join(comfy["tmp"], "models", "loras", graphs.saved_lora(ex, p))
 
 
 def _load(path):
@@ -40,16 +39,60 @@ def test_gradient_checkpointing_gives_the_same_lora(comfy):
     assert any(not torch.all(a[k] == 0) for k in a if k.endswith("lora_up.weight"))
 
 
-def test_save_lora_refuses_escaping_names(comfy):
+def test_save_lora_refuses_escaping_names_and_allows_subfolders(comfy):
+    import folder_paths
+
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "esc"), n=1)
-    for bad in ("../evil", "sub/evil", "..\\evil"):
+    loras = folder_paths.get_folder_paths("loras")[0]
+    outside = os.path.join(comfy["tmp"], "outside")
+    os.makedirs(outside, exist_ok=True)
+    os.symlink(outside, os.path.join(loras, "link_out"))
+    ex = comfy_env.new_executor()
+    for bad in ("../evil", "..\\evil", "/tmp/evil", "link_out/evil", "proj/../../evil"):
         p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1, save_name=bad)
-        ex = comfy_env.execute(p, "esc")
+        comfy_env.execute(p, "esc", executor=ex)
         assert not ex.success
         errors = [d for e, d in ex.status_messages if e == "execution_error"]
         assert errors and errors[0]["node_type"] == "LoraLoop_SaveLoRA", errors
-        assert not os.path.exists(os.path.join(comfy["tmp"], "models", "evil.safetensors"))
-        assert not os.path.exists(os.path.join(comfy["tmp"], "models", "loras", "sub"))
+        assert "outside" in errors[0]["exception_message"] or ".." in errors[0]["exception_message"] or \
+            "absolute" in errors[0]["exception_message"], errors[0]["exception_message"]
+        assert os.listdir(outside) == [] and not os.path.exists(os.path.join(comfy["tmp"], "models", "evil.safetensors"))
+    # a subfolder is created and listed by ComfyUI's LoRA loaders, like ComfyUI's own save nodes do
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1,
+                                save_name="project/sub/mine")
+    ex, _ = comfy_env.run_prompt(p, "sub", executor=ex)
+    assert graphs.saved_lora(ex, p) == "project/sub/mine.safetensors"
+    assert "project/sub/mine.safetensors" in folder_paths.get_filename_list("loras")
+
+
+def test_save_lora_into_an_unwritable_folder_keeps_the_network(comfy):
+    """A loras subfolder that cannot be written (read-only; as root, where permission bits do not apply, a file in
+    the way): a clear error naming it, and the trained network stays cached, so after fixing it running again
+    only saves."""
+    import folder_paths
+
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "ro"), n=1)
+    target = os.path.join(folder_paths.get_folder_paths("loras")[0], "readonly")
+    if os.geteuid() == 0:
+        open(target, "wb").close()
+    else:
+        os.makedirs(target)
+        os.chmod(target, 0o555)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=2,
+                                save_name="readonly/mine")
+    ex = comfy_env.execute(p, "ro")
+    assert not ex.success
+    errors = [d for e, d in ex.status_messages if e == "execution_error"]
+    msg = errors[0]["exception_message"]
+    assert errors[0]["node_type"] == "LoraLoop_SaveLoRA" and target in msg and "still in memory" in msg, msg
+    if os.path.isfile(target):
+        os.remove(target)
+    else:
+        os.chmod(target, 0o755)
+    ex, _ = comfy_env.run_prompt(p, "ro-fixed", executor=ex)
+    cached = [d for e, d in ex.status_messages if e == "execution_cached"]
+    assert graphs.one(p, "LoraLoop_TrainLoRA") in cached[-1]["nodes"]  # only saving re-ran
+    assert graphs.saved_lora(ex, p) == "readonly/mine.safetensors"
 
 
 def test_trains_over_fp8_base_weights(comfy):
@@ -86,8 +129,7 @@ def test_changing_captions_are_encoded_per_step(comfy):
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "shuffle"), n=2,
                              captions=["sks, red, square, pattern", "sks, blue, round, pattern"])
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="shuffle")
-    p[graphs.one(p, "LoraLoop_LoadDataset")]["inputs"].update(shuffle_caption=True, keep_tokens=1,
-                                                              caption_dropout_rate=0.3)
+    graphs.caption_options(p, shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.3)
     log = comfy["log"]
     n = len(log.records)
     ex, _ = comfy_env.run_prompt(p, "shuffle")

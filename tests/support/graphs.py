@@ -26,6 +26,13 @@ def one(prompt: dict, class_type: str) -> str:
     return ids[0]
 
 
+def saved_lora(ex, p: dict, save_id: str | None = None) -> str:
+    """The file name Save LoRA reports (relative to the loras folder) after the executor ``ex`` ran ``p``."""
+    out = ex.history_result["outputs"][save_id or one(p, "LoraLoop_SaveLoRA")]
+    assert out["text"][0].startswith("saved "), out["text"]
+    return out["lora_loop_saved"][0]["name"]
+
+
 def make_dataset(folder: str, n: int = 4, size: tuple[int, int] = (64, 64), seed: int = 0,
                  captions: list[str] | None = None) -> str:
     """Write ``n`` small images with distinct colour patterns and .txt captions into ``folder``."""
@@ -89,6 +96,64 @@ def tiny_train_graph(api: dict, *, family: str, dataset: str, steps: int = 6, lr
     for k in nodes_of(p, "SaveImage"):
         p[k] = {"class_type": "PreviewImage", "inputs": {"images": p[k]["inputs"]["images"]}}
     return p
+
+
+# Train LoRA's settings sockets and the node type that feeds each
+SETTINGS_SOCKETS = {"optimizer_settings": "LoraLoop_OptimizerSettings",
+                    "noise_loss_settings": "LoraLoop_NoiseLossSettings",
+                    "checkpoint_settings": "LoraLoop_CheckpointSettings",
+                    "preview_settings": "LoraLoop_PreviewSettings"}
+CAPTION_SOCKET = ("caption_settings", "LoraLoop_CaptionSettings")
+
+
+def _inputs_of(class_type: str) -> set[str]:
+    import nodes
+
+    it = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    return set(it.get("required", {})) | set(it.get("optional", {}))
+
+
+def _settings_node(p: dict, owner: str, socket: str, class_type: str) -> dict:
+    """The settings node connected to ``owner``'s ``socket`` (created, and connected, when missing)."""
+    link = p[owner]["inputs"].get(socket)
+    if isinstance(link, list):
+        return p[link[0]]["inputs"]
+    nid = f"{owner}_{socket}"
+    p[nid] = {"class_type": class_type, "inputs": {}}
+    p[owner]["inputs"][socket] = [nid, 0]
+    return p[nid]["inputs"]
+
+
+def train_options(p: dict, train_id: str | None = None, **options) -> dict:
+    """Set options on Train LoRA or, for those that live on a settings node, on that node (created and connected
+    when missing; a Previews node needs its ``vae``). Works from the live node schemas, so a test names each option
+    as users see it; the Previews node's inputs take a ``preview_`` prefix (``preview_steps``, ``preview_vae``).
+    Returns the Train LoRA inputs."""
+    train_id = train_id or one(p, "LoraLoop_TrainLoRA")
+    own = _inputs_of("LoraLoop_TrainLoRA")
+    for name, value in options.items():
+        if name.startswith("preview_"):  # the Previews node's own names (steps, seed, ...) clash with Train LoRA's
+            _settings_node(p, train_id, "preview_settings", SETTINGS_SOCKETS["preview_settings"])[name[8:]] = value
+            continue
+        if name in own:
+            p[train_id]["inputs"][name] = value
+            continue
+        for socket, class_type in SETTINGS_SOCKETS.items():
+            if name in _inputs_of(class_type):
+                _settings_node(p, train_id, socket, class_type)[name] = value
+                break
+        else:
+            raise KeyError(f"no LoRA Loop node has an input {name!r}")
+    return p[train_id]["inputs"]
+
+
+def caption_options(p: dict, **options) -> dict:
+    """Set caption / augmentation options on the Captions & Augmentation node of Load Dataset (created when
+    missing)."""
+    ds = one(p, "LoraLoop_LoadDataset")
+    node = _settings_node(p, ds, *CAPTION_SOCKET)
+    node.update(options)
+    return node
 
 
 def add_predict_branch(p: dict, model_ref, clip_ref, name: str, prefix: str, sigma: float = 2.0,

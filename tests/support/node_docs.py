@@ -1,7 +1,7 @@
-"""Generate the README's node reference from the live node schemas (tooltips are the contract).
+"""Generate the node reference (docs/nodes.md) from the live node schemas (tooltips are the contract).
 
 Usage: python tests/support/node_docs.py  -> rewrites the block between the NODE-REFERENCE markers in
-README.md. tests/comfy/test_readme.py checks the README block is current."""
+docs/nodes.md. tests/comfy/test_readme.py checks the block is current."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BEGIN, END = "<!-- NODE-REFERENCE:BEGIN -->", "<!-- NODE-REFERENCE:END -->"
+REFERENCE = os.path.join("docs", "nodes.md")
 
 
 def _fmt_default(v) -> str:
@@ -61,14 +62,14 @@ def main() -> None:
     import comfy_env
 
     comfy_env.boot()
-    path = os.path.join(ROOT, "README.md")
+    path = os.path.join(ROOT, REFERENCE)
     with open(path, encoding="utf-8") as f:
         readme = f.read()
     block = render()
     new = re.sub(re.escape(BEGIN) + r"\n.*?" + re.escape(END), lambda m: f"{BEGIN}\n{block}\n{END}", readme, flags=re.S)
     with open(path, "w", encoding="utf-8") as f:
         f.write(new)
-    print("README node reference updated")
+    print(f"{REFERENCE} node reference updated")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ resumed from its saved state (safetensors + JSON) equals the straight run bit fo
 files are named, pruned and written like kohya; Cancel mid-step leaves a consistent state."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -16,24 +15,22 @@ from trainer.checkpoints import (CheckpointConfig, CheckpointWriter, apply_state
 from trainer.config import TrainConfig
 from trainer.loop import Trainer
 from trainer.objectives import DiscreteObjective, ddpm_sigmas
+from trainer.record import record_of
 from trainer.state import StateError, load_state, save_state
+import tiny_trainer as _h
 
-_spec = importlib.util.spec_from_file_location("_loop_helpers", os.path.join(os.path.dirname(__file__), "test_loop.py"))
-_h = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_h)
-data = _h.data  # the pytest fixture (tiny dataset with latents and text conds)
 
 
 def _trainer(data, steps, **kw):
     model = _h.TinyModel()
-    net = _h._network(model)
+    net = _h.network(model)
     net.install({"unet": model.net})
     for p in net.parameters():
         p.requires_grad_(True)
     kw.setdefault("learning_rate", 3e-3)
     cfg = TrainConfig(max_train_steps=steps, **kw)
     tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=DiscreteObjective(ddpm_sigmas(), "eps"),
-                 text_encoder=_h._text)
+                 text_encoder=_h.text_encoder)
     return tr, net
 
 
@@ -108,23 +105,15 @@ def test_resume_refuses_past_steps_and_other_optimizer(data):
         apply_state(tr3, net3, state, "the file x")
 
 
-def _plain_save(network, folder, stem, step):
-    from trainer.savefile import atomic_save_safetensors
-
-    path = os.path.join(folder, stem + ".safetensors")
-    atomic_save_safetensors(network.kohya_state_dict(), path, {"ss_steps": str(step)})
-    return path
-
-
 def test_checkpoint_files_names_and_pruning(data, tmp_path):
     tr, net = _trainer(data, 7, seed=2)
-    w = CheckpointWriter(str(tmp_path), CheckpointConfig(output_name="run", save_every_n_steps=2, save_last_n=2),
-                         save_lora_file=_plain_save)
+    w = CheckpointWriter(str(tmp_path), CheckpointConfig(output_name="run", save_every_n_steps=2, save_last_n=2,
+                                                         save_dtype="fp32"))
     saved_at = {}
 
     def on_step(info):
         if w.due(info.step, info.epoch_end, info.epoch):
-            s = w.save(tr, net)
+            s = w.save(tr, net, record=record_of(tr, started_at=0.0))
             saved_at[info.step] = _sd(net)
             assert s.step == info.step
 
@@ -149,8 +138,7 @@ def test_checkpoint_files_names_and_pruning(data, tmp_path):
 def test_epoch_checkpoints(data, tmp_path):
     # 3 images, batch 1: an epoch is 3 steps
     tr, net = _trainer(data, 7, seed=2)
-    w = CheckpointWriter(str(tmp_path), CheckpointConfig(output_name="ep", save_every_n_epochs=1),
-                         save_lora_file=_plain_save)
+    w = CheckpointWriter(str(tmp_path), CheckpointConfig(output_name="ep", save_every_n_epochs=1))
     tr.run(on_step=lambda i: w.save(tr, net) if w.due(i.step, i.epoch_end, i.epoch) else None)
     assert [s.step for s in w.saved] == [3, 6]
 

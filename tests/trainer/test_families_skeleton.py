@@ -11,7 +11,7 @@ from torch import nn
 
 from trainer.families import FAMILIES, detect_family, get_family
 from trainer.families.unet_naming import DiffusersNamer
-from trainer.network import LoRANetwork
+from trainer.network import NetworkSpec, LoRANetwork
 
 
 # ----------------------------------------------------------------------------- skeleton (ComfyUI names)
@@ -181,7 +181,7 @@ def test_sd1_kohya_names_and_shapes():
     for name, (path, kind) in expect.items():
         assert (targets[name].path, targets[name].kind) == (path, kind), name
     # shapes of a rank-16 / conv-4 network match kohya.md §2.2
-    net = LoRANetwork.create([targets[n] for n in expect], {"unet": root}, 16, 8, conv_rank=4)
+    net = LoRANetwork.create([targets[n] for n in expect], {"unet": root}, NetworkSpec("sd1", 16, 8, 4, 1.0))
     sd = net.kohya_state_dict()
     assert sd["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape == (16, 320, 1, 1)
     assert sd["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape == (4, 320, 3, 3)
@@ -196,7 +196,7 @@ def test_sd2_attn2_context_and_linear_proj():
     targets = {t.name: t for t in fam.unet_targets(root, SD21)}
     net = LoRANetwork.create([targets["lora_unet_down_blocks_0_attentions_0_proj_in"],
                               targets["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"]],
-                             {"unet": root}, 16, 8)
+                             {"unet": root}, NetworkSpec("sd2", 16, 8))
     sd = net.kohya_state_dict()
     assert sd["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape == (16, 320)
     assert sd["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"].shape == (16, 1024)
@@ -235,7 +235,7 @@ def test_small_unet_install_roundtrip():
     root = UNetModel(cfg)
     fam = get_family("sd1")
     targets = fam.unet_targets(root, cfg, conv=True)
-    net = LoRANetwork.create(targets, {"unet": root}, 4, 4, conv_rank=2, seed=0)
+    net = LoRANetwork.create(targets, {"unet": root}, NetworkSpec("sdxl", 4, 4, 2, 1.0), seed=0)
     before = {k: v.clone() for k, v in root.state_dict().items()}
     x = torch.randn(1, 32, 8, 8)
     conv = root.get_submodule("input_blocks.1.0.in_layers.2")

@@ -3,7 +3,6 @@
 import numpy as np
 from PIL import Image
 
-from trainer.assemble import apply_group_settings
 from trainer.dataset import load_folder, load_toml
 
 NODE = dict(resolution=(512, 512), batch_size=2, enable_bucket=True, min_bucket_reso=256, max_bucket_reso=1024,
@@ -23,7 +22,7 @@ def test_toml_values_win_and_node_fills_the_rest(tmp_path):
         "[general]\nbucket_no_upscale = true\n\n"
         "[[datasets]]\nresolution = [768, 640]\n  [[datasets.subsets]]\n  image_dir = 'a'\n\n"
         "[[datasets]]\nbatch_size = 4\nenable_bucket = false\n  [[datasets.subsets]]\n  image_dir = 'b'\n")
-    ds = apply_group_settings(load_toml(str(tmp_path / "ds.toml")), NODE)
+    ds = load_toml(str(tmp_path / "ds.toml")).with_node_group_settings(NODE)
     g0, g1 = ds.groups
     assert g0.resolution == (768, 640) and g0.batch_size == 2 and g0.bucket_no_upscale is True
     assert g1.resolution == (512, 512) and g1.batch_size == 4 and g1.enable_bucket is False
@@ -33,6 +32,6 @@ def test_toml_values_win_and_node_fills_the_rest(tmp_path):
 
 def test_folder_takes_every_node_value(tmp_path):
     _images(tmp_path / "imgs")
-    ds = apply_group_settings(load_folder(str(tmp_path / "imgs")), dict(NODE, resolution=(1024, 1024)))
+    ds = load_folder(str(tmp_path / "imgs")).with_node_group_settings(dict(NODE, resolution=(1024, 1024)))
     (g,) = ds.groups
     assert g.resolution == (1024, 1024) and g.batch_size == 2

@@ -1,4 +1,4 @@
-"""DESIGN.md §2: trainer/ is plain torch; only trainer/comfy_adapter.py touches comfy.* (lazily), and
+"""trainer/ is plain torch; only the trainer/adapter/ package touches comfy.* (lazily, inside functions), and
 the whole trainer package imports without ComfyUI."""
 import ast
 import os
@@ -6,8 +6,16 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ADAPTER = os.path.join(ROOT, "trainer", "adapter")
 COMFY_MODULES = ("comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "nodes",
                  "execution")
+
+
+def _py_files(folder):
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(".py"):
+                yield os.path.join(dirpath, f)
 
 
 def _imports(path):
@@ -22,23 +30,35 @@ def _imports(path):
 
 def test_only_the_adapter_imports_comfyui():
     offenders = []
-    for dirpath, _, files in os.walk(os.path.join(ROOT, "trainer")):
-        for f in files:
-            if not f.endswith(".py") or f == "comfy_adapter.py":
-                continue
-            path = os.path.join(dirpath, f)
-            for name, node in _imports(path):
-                if name.split(".")[0] in COMFY_MODULES:
-                    offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} imports {name}")
+    for path in _py_files(os.path.join(ROOT, "trainer")):
+        if path.startswith(ADAPTER + os.sep):
+            continue
+        for name, node in _imports(path):
+            if name.split(".")[0] in COMFY_MODULES:
+                offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} imports {name}")
     assert offenders == []
 
 
 def test_adapter_imports_comfyui_lazily():
-    tree = ast.parse(open(os.path.join(ROOT, "trainer", "comfy_adapter.py"), encoding="utf-8").read())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
-    names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
-    assert not [n for n in names if n.split(".")[0] in COMFY_MODULES]
+    files = list(_py_files(ADAPTER))
+    assert len(files) >= 6  # one module per ComfyUI mechanism
+    lazy = 0
+    for path in files:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module and n.level == 0]
+        assert not [n for n in names if n.split(".")[0] in COMFY_MODULES], path
+        lazy += sum(1 for name, _ in _imports(path) if name.split(".")[0] in COMFY_MODULES)
+    assert lazy > 0  # the adapter does use ComfyUI (inside functions)
+
+
+def test_interrupt_check_lives_in_the_adapter():
+    # Cancel is recognised by ComfyUI's own exception class, in one place
+    for path in _py_files(os.path.join(ROOT, "trainer")):
+        src = open(path, encoding="utf-8").read()
+        if "InterruptProcessingException" in src:
+            assert path.startswith(ADAPTER + os.sep), path
 
 
 def test_trainer_imports_without_comfyui():

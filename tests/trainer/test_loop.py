@@ -2,118 +2,21 @@
 gradients reach only LoRA weights, NaN stops training with the last good weights kept."""
 from __future__ import annotations
 
-
 import pytest
 import torch
-from torch import nn
+from tiny_trainer import TinyDenoiser, TinyModel, installed, text_encoder
 
-from trainer.buckets import plan_buckets
 from trainer.config import TrainConfig
-from trainer.dataset import load_folder
-from trainer.encoded import LatentCache, encode_dataset
 from trainer.loop import Trainer, TrainingDiverged
-from trainer.network import LoRANetwork, Target
 from trainer.objectives import DiscreteObjective, ddpm_sigmas
-
-
-class TinyDenoiser(nn.Module):
-    """EPS model in ComfyUI's convention: denoise(x_t, sigma) returns x0 = x_t - sigma * eps_hat."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv_in = nn.Conv2d(4, 16, 3, padding=1)
-        self.proj = nn.Linear(16, 16)
-        self.ctx = nn.Linear(8, 16)
-        self.conv_out = nn.Conv2d(16, 4, 1)
-        for p in self.parameters():
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        self.requires_grad_(False)
-
-    def forward(self, x, sigma, ctx):
-        h = self.conv_in(x / torch.sqrt(sigma[:, None, None, None] ** 2 + 1))
-        h = h + self.ctx(ctx)[:, :, None, None]
-        h = self.proj(torch.tanh(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv_out(torch.tanh(h))
-
-
-class TinyModel:
-    device = torch.device("cpu")
-
-    def __init__(self):
-        self.net = TinyDenoiser()
-
-    def process_latent_in(self, raw):
-        return raw * 0.5
-
-    def batch_conds(self, conds, latent_shape, sizes):
-        return {"ctx": torch.stack(conds)}
-
-    def denoise(self, x_t, sigma, conds):
-        return x_t - sigma[:, None, None, None] * self.net(x_t, sigma, conds["ctx"])
-
-    def autocast(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def _text(captions):
-    out = []
-    for c in captions:
-        g = torch.Generator().manual_seed(sum(map(ord, c)))
-        out.append(torch.randn(8, generator=g))
-    return out
-
-
-@pytest.fixture()
-def data(tmp_path):
-    from PIL import Image
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-        (tmp_path / f"{i}.txt").write_text(f"caption {i}")
-    ds = load_folder(str(tmp_path))
-    ds = ds.with_group_params(resolution=(64, 64), min_bucket_reso=64, max_bucket_reso=128)
-    plan = plan_buckets(ds)
-    # "VAE": average-pool to 8x8 and a fixed linear map to 4 channels
-    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
-
-    def encode(px):
-        x = px.permute(0, 3, 1, 2)
-        x = nn.functional.avg_pool2d(x, 8)
-        return torch.einsum("bchw,oc->bohw", x, w)
-
-    enc = encode_dataset(ds, plan, vae_id="test", encode_pixels=encode, cache_dir=None, cache=LatentCache())
-    enc.text_conds = dict(zip(sorted({r.caption for r in ds.images}),
-                              _text(sorted({r.caption for r in ds.images}))))
-    return enc
-
-
-def _network(model: TinyModel, seed=0, rank=4):
-    targets = [Target("lora_unet_proj", "unet", "proj", "linear"), Target("lora_unet_ctx", "unet", "ctx", "linear"),
-               Target("lora_unet_conv_in", "unet", "conv_in", "conv3x3")]
-    return LoRANetwork.create(targets, {"unet": model.net}, rank, rank, conv_rank=rank, conv_alpha=rank, seed=seed)
-
-
-def _installed(model: TinyModel):
-    """A fresh network installed on ``model`` with trainable LoRA weights."""
-    net = _network(model)
-    net.install({"unet": model.net})
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return net
 
 
 def _run(data, steps=30, seed=0, lr=3e-3, **kw):
     model = TinyModel()
-    net = _installed(model)
+    net = installed(model)
     cfg = TrainConfig(max_train_steps=steps, learning_rate=lr, seed=seed, **kw)
     obj = DiscreteObjective(ddpm_sigmas(), "eps")
-    tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=_text)
+    tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=text_encoder)
     res = tr.run()
     net.remove()
     return net, res, model
@@ -140,10 +43,10 @@ def test_same_seed_is_bit_identical_and_base_untouched(data):
 
 def test_nan_stops_with_last_good_weights(data):
     model = TinyModel()
-    net = _installed(model)
+    net = installed(model)
     cfg = TrainConfig(max_train_steps=5, learning_rate=1e-3)
     obj = DiscreteObjective(ddpm_sigmas(), "eps")
-    tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=_text)
+    tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=obj, text_encoder=text_encoder)
     calls = {"n": 0}
     real = model.denoise
 
@@ -168,10 +71,10 @@ def test_nan_stops_with_last_good_weights(data):
 
 def test_should_stop_ends_within_one_step(data):
     model = TinyModel()
-    net = _installed(model)
+    net = installed(model)
     cfg = TrainConfig(max_train_steps=50, learning_rate=1e-3)
     tr = Trainer(model=model, network=net, data=data, cfg=cfg, objective=DiscreteObjective(ddpm_sigmas(), "eps"),
-                 text_encoder=_text)
+                 text_encoder=text_encoder)
     steps = []
     res = tr.run(on_step=lambda i: steps.append(i.step), should_stop=lambda: len(steps) >= 2)
     assert res.stopped_early and res.steps_done == 2
@@ -186,10 +89,10 @@ def test_fp16_autocast_uses_loss_scaling(data):
             return torch.autocast("cpu", dtype=torch.float16)
 
     model = Fp16Model()
-    net = _installed(model)
+    net = installed(model)
     before = {k: v.clone() for k, v in net.kohya_state_dict().items()}
     tr = Trainer(model=model, network=net, data=data, cfg=TrainConfig(max_train_steps=3, learning_rate=1e-3),
-                 objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=_text)
+                 objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=text_encoder)
     assert tr.scaler is not None and tr.scaler.is_enabled()
     res = tr.run()
     net.remove()
@@ -197,3 +100,35 @@ def test_fp16_autocast_uses_loss_scaling(data):
     after = net.kohya_state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("lora_up.weight"))
     assert all(v.dtype == torch.float32 for k, v in after.items() if k.endswith(".weight"))
+
+
+@pytest.mark.parametrize("optimizer,args,decay", [("AdamW", "", 0.01), ("Adam", "", 0.0), ("SGD", "", 0.0),
+                                                  ("SGDNesterov", "", 0.0), ("Adam", "weight_decay=0.05", 0.05)])
+def test_weight_decay_is_the_optimizers_own_unless_set(data, optimizer, args, decay):
+    model = TinyModel()
+    cfg = TrainConfig(max_train_steps=1, optimizer_type=optimizer, optimizer_args=args)
+    tr = Trainer(model=model, network=installed(model), data=data, cfg=cfg,
+                 objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=text_encoder)
+    assert all(g["weight_decay"] == decay for g in tr.optimizer.param_groups)
+    assert ("weight_decay" in tr.optimizer_repr) == bool(args)
+
+
+def test_schedule_parameters_reach_the_scheduler(data):
+    def lrs(**kw):
+        model = TinyModel()
+        cfg = TrainConfig(max_train_steps=8, learning_rate=1e-3, **kw)
+        tr = Trainer(model=model, network=installed(model), data=data, cfg=cfg,
+                     objective=DiscreteObjective(ddpm_sigmas(), "eps"), text_encoder=text_encoder)
+        return tr.run().lrs
+
+    cosine = lrs(lr_scheduler="cosine")
+    restarts = lrs(lr_scheduler="cosine_with_restarts", lr_scheduler_num_cycles=2)
+    assert restarts != cosine and restarts[4] == pytest.approx(1e-3)  # the second cycle starts at step 4
+    assert lrs(lr_scheduler="cosine_with_restarts") == pytest.approx(cosine)  # one cycle = cosine
+    linear = lrs(lr_scheduler="linear")
+    squared = lrs(lr_scheduler="polynomial", lr_scheduler_power=2.0)
+    assert squared == pytest.approx([lr ** 2 / 1e-3 for lr in linear])
+    with pytest.raises(ValueError, match="optimizer argument"):
+        TrainConfig(optimizer_args="weight_decay")
+    with pytest.raises(ValueError, match="lr_scheduler must be one of"):
+        TrainConfig(lr_scheduler="nope")

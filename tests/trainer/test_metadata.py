@@ -1,12 +1,19 @@
 """kohya ss_* / modelspec.* metadata (sd-scripts tests/library/test_sai_model_spec.py expectations ported)."""
 import base64
 import json
-from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from trainer.metadata import (SS_METADATA_MINIMUM_KEYS, build_metadata, dataset_summary, determine_resolution,
-                              metadata_for_network, modelspec_metadata, thumbnail_data_url)
+from trainer.buckets import plan_buckets
+from trainer.config import TrainConfig
+from trainer.dataset import load_folder, load_toml
+from trainer.metadata import (SS_METADATA_MINIMUM_KEYS, build_metadata, determine_resolution, metadata_for,
+                              modelspec_metadata, thumbnail_data_url)
+from trainer.network import UNET_ROOT, LoRANetwork, NetworkSpec, Target
+from trainer.record import DatasetSummary, TrainingRecord
 
 NET = {"rank": 16, "alpha": 8.0, "conv_rank": None, "conv_alpha": None, "family": "sdxl",
        "network_args": {"conv_dim": "4", "conv_alpha": "1.0"}}
@@ -140,93 +147,101 @@ def test_timestep_range_and_clip_skip():
     assert "modelspec.timestep_range" not in _meta("sd1", training={"min_timestep": 0, "max_timestep": 1000})
 
 
-# ---- from a network + training_info (duck-typed, no trainer internals needed) ------------------------
-@dataclass
-class _Cfg:
-    learning_rate: float = 1e-4
-    text_encoder_lr: float = 5e-5
-    lr_scheduler: str = "cosine"
-    seed: int = 3
-    max_train_steps: int = 10
-    min_timestep: int = 0
-    max_timestep: int = 1000
+# ---- from a real network and a real TrainingRecord (load_folder / load_toml datasets) ---------------------
+def _images(folder, names, caption=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        Image.fromarray(np.full((64, 48 if i % 2 else 64, 3), 30 * i, dtype=np.uint8)).save(folder / f"{n}.png")
+        if caption:
+            (folder / f"{n}.txt").write_text(f"sks dog, photo {i}", encoding="utf-8")
 
 
-@dataclass
-class _Group:
-    resolution: tuple = (512, 512)
-    batch_size: int = 2
-    enable_bucket: bool = True
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_no_upscale: bool = False
+def _network(family="sd1", **spec):
+    root = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    targets = [Target("lora_unet_0", UNET_ROOT, "0", "linear")]
+    return LoRANetwork.create(targets, {UNET_ROOT: root}, NetworkSpec(family=family, rank=8, alpha=4.0, **spec), seed=0)
 
 
-@dataclass
-class _Subset:
-    flip_aug: bool = True
+def _record(ds, **kw):
+    ds = ds.with_node_group_settings(dict(resolution=(64, 64), batch_size=2, min_bucket_reso=32, max_bucket_reso=128,
+                                          bucket_reso_steps=16))
+    plan = plan_buckets(ds)
+    cfg = TrainConfig(max_train_steps=10, lr_scheduler="cosine", seed=3, gradient_accumulation_steps=1)
+    values = dict(config=cfg, optimizer="torch.optim.adamw.AdamW", mixed_precision="no",
+                  gradient_checkpointing=False, prediction="eps", dataset=DatasetSummary.of(ds, plan), steps=10,
+                  epoch=1, started_at=10.0, finished_at=20.0, trains_text_encoder=False,
+                  model_name="sd15/v1-5-pruned-emaonly.safetensors")
+    values.update(kw)
+    return TrainingRecord(**values)
 
 
-class _DS:
-    groups = [_Group()]
-    subsets = [_Subset()]
-
-    def num_train_images(self): return 30
-    def num_reg_images(self): return 0
-    def tag_frequency(self): return {"img": {"a": 3}}
-    def dataset_dirs(self, reg=False): return {} if reg else {"img": {"n_repeats": 10, "img_count": 3}}
-
-
-class _Plan:
-    def bucket_info(self):
-        return {"buckets": {0: {"resolution": [512, 512], "count": 20}, 1: {"resolution": [576, 448], "count": 10}},
-                "mean_img_ar_error": 0.01}
-
-
-@dataclass
-class _Encoded:
-    dataset: object = field(default_factory=_DS)
-    plan: object = field(default_factory=_Plan)
-
-
-class _Net:
-    text_encoder_names: list = []
-
-    def __init__(self):
-        self.training_info = {"started_at": 10.0, "finished_at": 20.0, "steps": 10, "epoch": 1, "config": _Cfg(),
-                              "optimizer_repr": "torch.optim.adamw.AdamW(weight_decay=0.01)", "prediction": "eps",
-                              "dataset": _Encoded(), "family": "sd1"}
-
-    def metadata(self):
-        return {"rank": 8, "alpha": 4.0, "conv_rank": None, "conv_alpha": None, "family": "sd1", "network_args": {}}
-
-
-def test_metadata_for_network():
-    m = metadata_for_network(_Net(), output_name="out", save_precision="fp16")
+def test_metadata_from_a_real_folder_dataset(tmp_path):
+    _images(tmp_path / "data" / "10_sks dog", ["a", "b", "c"])
+    ds = load_folder(str(tmp_path / "data"))
+    m = metadata_for(_network(), _record(ds), output_name="out")
+    assert m["ss_num_train_images"] == "30" and m["ss_num_reg_images"] == "0"
+    # 30 samples in two buckets (64x64: 20, 48-wide: 10), batch 2 -> 15 batches; 10 steps -> 1 epoch
+    assert m["ss_num_batches_per_epoch"] == "15" and m["ss_num_epochs"] == "1" and m["ss_epoch"] == "1"
+    assert m["ss_cache_latents"] == "True" and m["ss_mixed_precision"] == "no"
+    assert m["ss_sd_model_name"] == "v1-5-pruned-emaonly.safetensors"
     assert m["ss_network_dim"] == "8" and m["ss_learning_rate"] == "0.0001" and m["ss_unet_lr"] == "0.0001"
     assert m["ss_text_encoder_lr"] == "None"  # TE not trained
-    assert m["ss_optimizer"].startswith("torch.optim.adamw.AdamW") and m["ss_lr_scheduler"] == "cosine"
-    assert m["ss_num_train_images"] == "30" and m["ss_num_batches_per_epoch"] == "15"
-    assert m["ss_batch_size_per_device"] == "2" and m["ss_flip_aug"] == "True"
-    assert json.loads(m["ss_dataset_dirs"]) == {"img": {"n_repeats": 10, "img_count": 3}}
+    assert m["ss_optimizer"] == "torch.optim.adamw.AdamW" and m["ss_lr_scheduler"] == "cosine"
+    assert m["ss_batch_size_per_device"] == "2" and m["ss_resolution"] == "(64, 64)"
+    assert json.loads(m["ss_dataset_dirs"]) == {"10_sks dog": {"n_repeats": 10, "img_count": 3}}
+    assert json.loads(m["ss_tag_frequency"])["10_sks dog"]["sks dog"] == 3
+    assert json.loads(m["ss_bucket_info"])["buckets"]["0"]["count"] + \
+        json.loads(m["ss_bucket_info"])["buckets"]["1"]["count"] == 30
     assert m["ss_steps"] == "10" and m["ss_base_model_version"] == "sd_v1"
-    assert m["modelspec.title"] == "out" and m["modelspec.resolution"] == "512x512"
-    assert "modelspec.timestep_range" not in m
+    assert m["modelspec.title"] == "out" and m["modelspec.resolution"] == "64x64"
+    assert "ss_datasets" not in m
+    none_keys = [k for k in ("ss_num_train_images", "ss_num_reg_images", "ss_num_epochs", "ss_cache_latents",
+                             "ss_num_batches_per_epoch", "ss_mixed_precision") if m[k] == "None"]
+    assert none_keys == []
+
+
+def test_metadata_epochs_follow_kohya_accounting(tmp_path):
+    # 4 images in two buckets (64x64 and 48x64), 2 each, batch 2 -> 2 batches per epoch
+    _images(tmp_path / "data", ["a", "b", "c", "d"])
+    ds = load_folder(str(tmp_path / "data"))
+    rec = _record(ds, config=TrainConfig(max_train_steps=7, gradient_accumulation_steps=1))
+    assert rec.dataset.num_batches_per_epoch == 2
+    assert metadata_for(_network(), rec)["ss_num_epochs"] == "4"  # ceil(7 / 2)
+    rec2 = _record(ds, config=TrainConfig(max_train_steps=7, gradient_accumulation_steps=2))
+    assert metadata_for(_network(), rec2)["ss_num_epochs"] == "7"  # ceil(7 / ceil(2 / 2))
+
+
+def test_metadata_from_a_toml_dataset_with_reg_images(tmp_path):
+    _images(tmp_path / "train", ["a", "b"])
+    _images(tmp_path / "reg", ["r1", "r2", "r3"], caption=False)
+    (tmp_path / "ds.toml").write_text(
+        "[[datasets]]\nbatch_size = 1\n"
+        "  [[datasets.subsets]]\n  image_dir = 'train'\n  num_repeats = 3\n"
+        "  [[datasets.subsets]]\n  image_dir = 'reg'\n  is_reg = true\n  class_tokens = 'dog'\n", encoding="utf-8")
+    ds = load_toml(str(tmp_path / "ds.toml"))
+    m = metadata_for(_network(), _record(ds))
+    assert m["ss_num_train_images"] == "6" and m["ss_num_reg_images"] == "3"
+    datasets = json.loads(m["ss_datasets"])
+    assert len(datasets) == 1 and datasets[0]["num_train_images"] == 6 and datasets[0]["num_reg_images"] == 3
+    assert [s["image_dir"] for s in datasets[0]["subsets"]] == ["train", "reg"]
+    assert datasets[0]["subsets"][1]["is_reg"] is True and datasets[0]["subsets"][1]["class_tokens"] == "dog"
+    assert json.loads(m["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 1, "img_count": 3}}
+
+
+def test_metadata_records_what_ran(tmp_path):
+    _images(tmp_path / "data", ["a", "b"])
+    ds = load_folder(str(tmp_path / "data"))
+    rec = _record(ds, config=TrainConfig(mixed_precision="auto", gradient_checkpointing=True),
+                  mixed_precision="bf16", gradient_checkpointing=False, trains_text_encoder=True)
+    m = metadata_for(_network(), rec)
+    assert m["ss_mixed_precision"] == "bf16" and m["ss_gradient_checkpointing"] == "False"
+    assert m["ss_text_encoder_lr"] == "5e-05"
 
 
 def test_metadata_for_untrained_network_and_errors():
-    class Bare:
-        def metadata(self):
-            return {"rank": 4, "alpha": 1.0, "family": "flux", "network_args": {"train_blocks": "single"}}
-
-    m = metadata_for_network(Bare(), output_name="x")
+    net = _network("flux", args=(("train_blocks", "single"),))
+    m = metadata_for(net, None, output_name="x")
     assert m["ss_network_module"] == "networks.lora_flux" and m["ss_steps"] == "None"
     assert json.loads(m["ss_network_args"]) == {"train_blocks": "single"}
-    assert dataset_summary(None) == {}
-
-    class NoFamily:
-        def metadata(self):
-            return {"rank": 4, "alpha": 1.0, "family": "", "network_args": {}}
-
     with pytest.raises(ValueError, match="family"):
-        metadata_for_network(NoFamily())
+        metadata_for(_network(""), None)

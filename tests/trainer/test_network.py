@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.network import LoRANetwork, Target
+from trainer.network import NetworkSpec, LoRANetwork, Target
 
 
 class Block(nn.Module):
@@ -46,7 +46,7 @@ TARGETS = [
 def _setup(seed=0):
     torch.manual_seed(seed)
     roots = {"unet": Block(), "te": TE()}
-    net = LoRANetwork.create(TARGETS, roots, rank=4, alpha=2, conv_rank=2, conv_alpha=1, seed=0, family="test")
+    net = LoRANetwork.create(TARGETS, roots, NetworkSpec("test", 4, 2, conv_rank=2, conv_alpha=1), seed=0)
     return roots, net
 
 
@@ -69,8 +69,8 @@ def test_state_dict_keys_shapes_dtypes():
     assert sd["lora_unet_to_q.alpha"].item() == 2.0 and sd["lora_unet_conv.alpha"].item() == 1.0
     half = net.kohya_state_dict(torch.float16)
     assert all(v.dtype == torch.float16 for v in half.values())
-    assert net.metadata() == {"rank": 4, "alpha": 2, "conv_rank": 2, "conv_alpha": 1, "family": "test",
-                              "network_args": {"conv_dim": "2", "conv_alpha": "1"}}
+    assert net.spec == NetworkSpec("test", 4, 2, 2, 1) and net.copy().spec is net.spec
+    assert net.spec.network_args == {"conv_dim": "2", "conv_alpha": "1"}
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
 
@@ -165,7 +165,7 @@ def test_load_round_trip_and_errors():
     roots, net = _setup()
     _randomize(net)
     sd = net.kohya_state_dict()
-    fresh = LoRANetwork.create(TARGETS, roots, rank=4, alpha=2, conv_rank=2, seed=9)
+    fresh = LoRANetwork.create(TARGETS, roots, NetworkSpec("test", 4, 2, 2, 1.0), seed=9)
     report = fresh.load_kohya_state_dict(sd)
     assert report.missing == [] and report.unexpected == []
     for k, v in fresh.kohya_state_dict().items():
@@ -194,7 +194,7 @@ def test_from_kohya_state_dict():
     assert loaded.names == [t.name for t in TARGETS if "te2" not in t.name]
     assert loaded.lora("lora_unet_proj_out").alpha_value == 4.0
     assert loaded.lora("lora_unet_to_q").scale == 0.5
-    assert loaded.rank == 4 and loaded.conv_rank == 2 and loaded.conv_alpha == 1.0
+    assert loaded.spec == NetworkSpec("test", 4, 2.0, 2, 1.0)
     x = torch.randn(2, 4, 8, 8)
     net.install(roots)
     net.lora("lora_unet_proj_out").set_alpha(4.0)
@@ -240,6 +240,8 @@ def test_copy_is_independent_and_not_installed():
 def test_conv3x3_needs_conv_rank():
     roots = {"unet": Block(), "te": TE()}
     with pytest.raises(ValueError, match="conv_rank"):
-        LoRANetwork.create(TARGETS, roots, rank=4)
+        LoRANetwork.create(TARGETS, roots, NetworkSpec("test", 4, 4.0))
     with pytest.raises(TypeError, match="declared"):
-        LoRANetwork.create([Target("lora_unet_conv", "unet", "conv", "linear")], roots, rank=4)
+        LoRANetwork.create([Target("lora_unet_conv", "unet", "conv", "linear")], roots, NetworkSpec("test", 4, 4.0))
+    with pytest.raises(ValueError, match="none of the 1 targets is a 3x3 conv"):  # the header would lie
+        LoRANetwork.create([Target("lora_unet_to_q", "unet", "to_q", "linear")], roots, NetworkSpec("t", 4, 4.0, 2, 1.0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .base import TE_ROOT, UNET_ROOT, Family, TargetOptions
+from .base import Family
 from .flux import FAMILY as FLUX
 from .sd1 import FAMILY as SD1
 from .sd2 import FAMILY as SD2
@@ -55,5 +55,4 @@ def get_family(name: str) -> Family:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "Family", "TargetOptions", "TE_ROOT", "UNET_ROOT", "detect_family", "get_family",
-           "supported_text"]
+__all__ = ["FAMILIES", "Family", "detect_family", "get_family", "supported_text"]

@@ -8,25 +8,11 @@ so ``isinstance`` works without importing ComfyUI.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import nn
 
-from ..network import Target
-
-UNET_ROOT = "unet"
-TE_ROOT = "te"
-
-
-@dataclass(frozen=True)
-class TargetOptions:
-    """Target selection options (any object with these attributes works, e.g. NetworkConfig)."""
-
-    train_text_encoder: bool = True
-    train_t5: bool = False
-    train_blocks: str = "all"
-
+from ..network import TE_ROOT, UNET_ROOT, Target
 
 def opt(options: Any, name: str, default: Any) -> Any:
     """Read ``name`` from an options object or mapping (``None`` -> default)."""
@@ -150,10 +136,13 @@ class Family:
     def text_encoder_targets(self, clip_model: nn.Module, options: Any = None) -> list[Target]:
         raise NotImplementedError
 
-    # ---- metadata
-    def objective(self, unet_config: Optional[dict] = None) -> str:
-        return self.default_objective
+    def network_args(self, targets: Sequence[Target]) -> dict[str, str]:
+        """Structural sd-scripts network args that describe ``targets`` (beyond conv_dim/conv_alpha, which
+        the network derives from its modules): derived from the modules, so the header never disagrees
+        with the tensors. ``train_t5xxl`` when T5 (``lora_te3``) modules are present."""
+        return {"train_t5xxl": "True"} if any(t.prefix == "lora_te3" for t in targets) else {}
 
+    # ---- metadata
     def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
         raise NotImplementedError
 

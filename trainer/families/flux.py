@@ -6,7 +6,7 @@ and ``SingleStreamBlock`` (linear1, linear2, modulation.lin): 19 x 10 + 38 x 3 =
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from torch import nn
 
@@ -41,6 +41,15 @@ class FluxFamily(Family):
         if opt(options, "train_t5", False):
             out += t5_targets(clip_model, "t5xxl", "lora_te3")
         return out
+
+    def network_args(self, targets: Sequence[Target]) -> dict[str, str]:
+        args = super().network_args(targets)
+        unet = {t.path.split(".", 1)[0] for t in targets if t.root == UNET_ROOT}
+        blocks = {"single_blocks": "single", "double_blocks": "double"}
+        present = [blocks[b] for b in sorted(unet) if b in blocks]
+        if len(present) == 1:
+            args["train_blocks"] = present[0]
+        return args
 
     def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
         return "flux1"

@@ -1,0 +1,31 @@
+"""The only part of the trainer that touches ``comfy.*`` (always imported lazily, inside functions).
+
+One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks one shows up in one file:
+
+- ``model``: family detection, the objective from ``model_sampling``, loading for training and the
+  denoiser the loop calls (``comfy/model_base.py``, ``comfy/model_sampling.py``, ``comfy/model_management.py``);
+- ``inject``: the bypass LoRA as a ``PatcherInjection`` on a clone (``comfy/model_patcher.py``);
+- ``autograd``: what makes ComfyUI's inference code trainable (inference tensors, fused kernels without a
+  backward, blocks that update their residual stream in place, gradient checkpointing);
+- ``encode``: VAE and CLIP encoding and cheap weight fingerprints;
+- ``preview``: sampling preview images with ComfyUI's own sampler (``comfy/sample.py``);
+- ``interrupt``: ComfyUI's Cancel (``comfy/model_management.py``);
+- ``verify``: reload a saved file through ComfyUI's LoRA loader and compare (``comfy/sd.py``, ``comfy/lora.py``).
+"""
+from .autograd import differentiable_kernels, gradient_checkpointing, protect_inplace_residuals
+from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
+from .inject import install_network, install_text_encoder_network
+from .interrupt import interrupted, is_interrupt, raise_if_interrupted
+from .model import (ComfyTrainModel, ObjectiveSpec, detect_family, diffusion_root,
+                    load_clip_for_training, load_for_training, model_config_names, objective_spec, unet_config)
+from .preview import sample_preview, sampler_names
+from .verify import VerifyReport, verify_saved_lora
+
+__all__ = [
+    "ComfyTrainModel", "ObjectiveSpec", "clip_fingerprint", "detect_family",
+    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "gradient_checkpointing",
+    "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
+    "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec",
+    "protect_inplace_residuals", "raise_if_interrupted", "sample_preview", "sampler_names", "unet_config",
+    "vae_fingerprint", "VerifyReport", "verify_saved_lora",
+]

@@ -1,0 +1,81 @@
+"""One declaration per option: a dataclass field with its default, help text and bounds.
+
+``option(...)`` is ``dataclasses.field`` with the metadata everything else is derived from: the node
+widgets and tooltips (``nodes/schema.py``), the generated node reference, the range check
+(:func:`check_options`, called from each config's ``__post_init__``) and, through the config objects,
+the saved file's metadata."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import MISSING, field
+from typing import Any, Callable, Iterable, Sequence, Union
+
+Choices = Union[Sequence[str], Callable[[], Sequence[str]], None]
+
+
+def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, min: float | None = None,
+           max: float | None = None, step: float | None = None, round: float | None = None,
+           choices: Choices = None, multiline: bool = False, widget: str | None = None) -> Any:
+    """A config field. ``min``/``max`` bound numbers (inclusive), ``choices`` lists the allowed strings (or a
+    callable that returns them, for lists only known at run time), ``step``/``round``/``multiline`` shape the
+    widget, ``widget`` names the node input when it differs from the field name."""
+    meta = {"help": help, "min": min, "max": max, "step": step, "round": round, "choices": choices,
+            "multiline": multiline, "widget": widget}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def field_of(cls, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def help_of(cls, name: str) -> str:
+    """The help text of a dataclass field (used as a node tooltip)."""
+    return field_of(cls, name).metadata.get("help", "")
+
+
+def default_of(cls, name: str) -> Any:
+    f = field_of(cls, name)
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def choices_of(cls, name: str) -> list[str] | None:
+    c = field_of(cls, name).metadata.get("choices")
+    if c is None:
+        return None
+    return list(c() if callable(c) else c)
+
+
+def check_options(obj: Any, names: Iterable[str] | None = None) -> None:
+    """Raise ValueError naming the option when a value is outside its declared bounds or choices."""
+    cls = type(obj)
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        meta, value = f.metadata, getattr(obj, f.name)
+        label = meta.get("widget") or f.name
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, (int, float)):
+            lo, hi = meta.get("min"), meta.get("max")
+            if lo is not None and value < lo or hi is not None and value > hi:
+                span = f"between {lo} and {hi}" if lo is not None and hi is not None else \
+                    f">= {lo}" if lo is not None else f"<= {hi}"
+                raise ValueError(f"{label} must be {span}, got {value}")
+        elif isinstance(value, str) and meta.get("choices") is not None:
+            c = meta["choices"]
+            if callable(c):
+                try:
+                    c = c()
+                except ImportError:  # a list only ComfyUI knows (its samplers), checked where ComfyUI runs
+                    continue
+            if value not in c:
+                raise ValueError(f"{label} must be one of {', '.join(map(str, c))}, got {value!r}")
