@@ -2,7 +2,8 @@
 
 ``ComfyServer.start()`` runs ``main.py --cpu`` from the ComfyUI checkout that
 ``comfy_env.find_comfyui()`` finds, with every folder (output, input, temp, user, database)
-in a temporary directory, and loads only this pack (symlinked as ``lora_loop``) plus the
+in a temporary directory (optionally serving another frontend's static folder through
+``--front-end-root``), and loads only this pack (symlinked as ``lora_loop``) plus the
 test-only pack ``tests/support/testing_pack`` through an ``--extra-model-paths-config`` YAML
 whose ``custom_nodes`` entry points at that directory (schema: ComfyUI ``utils/extra_config.py``;
 same approach as ComfyUI's ``tests/execution/test_execution.py``)."""
@@ -64,7 +65,9 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, root: str, startup_timeout: float = 180.0) -> "ComfyServer":
+    def start(cls, root: str, startup_timeout: float = 180.0, front_end_root: str | None = None) -> "ComfyServer":
+        """``front_end_root``: a frontend's static folder to serve (``main.py --front-end-root``) instead
+        of the comfyui-frontend-package installed in this Python."""
         tmp = tempfile.mkdtemp(prefix="lora_loop_browser_")
         for sub in ("out", "in", "temp", "user", "custom_nodes"):
             os.makedirs(os.path.join(tmp, sub), exist_ok=True)
@@ -85,6 +88,8 @@ class ComfyServer:
                "--temp-directory", os.path.join(tmp, "temp"), "--user-directory", os.path.join(tmp, "user"),
                "--database-url", "sqlite:///" + os.path.join(tmp, "user", "comfyui.db"),
                "--extra-model-paths-config", yaml_path, "--disable-auto-launch", "--disable-api-nodes"]
+        if front_end_root is not None:
+            cmd += ["--front-end-root", front_end_root]
         logf = open(server.log_path, "w", encoding="utf-8")
         env = dict(os.environ)
         # testing_pack imports helpers from tests/support; through the symlink its own

@@ -1,12 +1,28 @@
 """Fixtures for the browser tier: a real ComfyUI server (main.py --cpu) serving this pack's web/,
 and headless Debian Chromium driven by the Python playwright package (never `playwright install`).
 
+Every test that uses the server runs once per frontend (test ids ``[fe-<version>]``):
+
+* the frontend this Python has installed (the comfyui-frontend-package ComfyUI's requirements pin),
+  always;
+* each extra frontend folder: the entries of ``LORA_LOOP_FRONTEND_DIRS`` (os.pathsep-separated) or,
+  when that variable is unset, every folder under ``~/comfy/frontends/`` (set it empty for the
+  installed frontend only). A folder is a
+  ``pip install --no-deps --target <folder> comfyui-frontend-package==<version>`` install (or that
+  install's ``comfyui_frontend_package/static`` folder); the server serves its static folder through
+  ``main.py --front-end-root`` and the test id takes the version from the folder's package metadata.
+  A configured folder that holds no such install gives skipped tests naming the install command.
+
 Skips with a clear message when Chromium, playwright or a ComfyUI checkout is missing."""
 from __future__ import annotations
 
+import glob
+import importlib.metadata
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,6 +36,60 @@ from comfy_server import ComfyServer  # noqa: E402
 CHROMIUM_ENV = "LORA_LOOP_CHROMIUM"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 OUR_PATH = "/extensions/lora_loop/"
+FRONTEND_DIRS_ENV = "LORA_LOOP_FRONTEND_DIRS"
+DEFAULT_FRONTENDS = os.path.expanduser("~/comfy/frontends")
+FRONTEND_DIST = "comfyui-frontend-package"
+
+
+@dataclass(frozen=True)
+class Frontend:
+    version: str
+    static: str | None  # None: the frontend installed in this Python (ComfyUI's default web root)
+
+    @property
+    def id(self) -> str:
+        return f"fe-{self.version}"
+
+
+def _frontend_in(folder: str) -> Frontend | None:
+    """The frontend a pip --target folder (or its comfyui_frontend_package/static folder) holds."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    if os.path.basename(folder) == "static" and os.path.basename(os.path.dirname(folder)) == "comfyui_frontend_package":
+        folder = os.path.dirname(os.path.dirname(folder))
+    static = os.path.join(folder, "comfyui_frontend_package", "static")
+    if not os.path.isfile(os.path.join(static, "index.html")):
+        return None
+    for dist in importlib.metadata.distributions(path=[folder]):
+        if dist.metadata["Name"].lower().replace("_", "-") == FRONTEND_DIST:
+            return Frontend(dist.version, static)
+    return None
+
+
+def frontend_params() -> list:
+    try:
+        pinned = importlib.metadata.version(FRONTEND_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        pinned = "installed"
+    params = [pytest.param(Frontend(pinned, None), id=Frontend(pinned, None).id)]
+    env = os.environ.get(FRONTEND_DIRS_ENV)
+    if env is None:
+        folders = sorted(glob.glob(os.path.join(DEFAULT_FRONTENDS, "*", "")))
+    else:
+        folders = [f for f in env.split(os.pathsep) if f.strip()]
+    seen = {pinned}
+    for folder in folders:
+        fe = _frontend_in(folder)
+        if fe is None:
+            name = os.path.basename(os.path.normpath(folder))
+            wanted = name if re.fullmatch(r"\d+\.\d+\.\d+", name) else "<version>"
+            params.append(pytest.param(None, id=f"fe-missing-{name}", marks=pytest.mark.skip(
+                reason=f"no comfyui-frontend-package install in {folder}: run `python -m pip install --no-deps "
+                       f"--target {folder} comfyui-frontend-package=={wanted}`, or drop it from "
+                       f"{FRONTEND_DIRS_ENV if env is not None else DEFAULT_FRONTENDS}")))
+        elif fe.version not in seen:
+            seen.add(fe.version)
+            params.append(pytest.param(fe, id=fe.id))
+    return params
 
 
 def chromium_path() -> str | None:
@@ -46,12 +116,18 @@ def chromium_executable():
     return path
 
 
+@pytest.fixture(scope="session", params=frontend_params())
+def frontend(request) -> Frontend:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def comfy_server(chromium_executable):
+def comfy_server(chromium_executable, frontend):
     root = comfy_env.find_comfyui()
     if root is None:
         pytest.skip(comfy_env.SKIP_REASON)
-    server = ComfyServer.start(root)
+    server = ComfyServer.start(root, front_end_root=frontend.static)
+    server.frontend = frontend
     yield server
     server.stop()
 
@@ -99,6 +175,9 @@ def comfy_page(browser, comfy_server):
     page.wait_for_function("() => window.app && window.app.extensionManager && window.app.graph "
                            "&& Array.isArray(window.app.extensions) && window.app.extensions.length > 0",
                            timeout=120_000)
+    served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? null")
+    assert served == comfy_server.frontend.version, \
+        f"the page runs frontend {served}, the test asked for {comfy_server.frontend.version}"
     page.problems = problems
     yield page
     context.close()
