@@ -70,6 +70,9 @@ class NodeProgress(Progress):
                 self.prompt_id = ctx.prompt_id
         except Exception:
             pass
+        # replaces the previous run's "done in ..." at once, while the model loads for training
+        self.phase_text = "loading the model for training"
+        self._send()
 
     def _bar(self):
         if self.tqdm is None:
@@ -89,6 +92,7 @@ class NodeProgress(Progress):
         self.losses = list(losses)
         self.lrs = list(lrs)
         self._pending = [[s, l, r] for s, l, r in zip(self.steps, self.losses, self.lrs)]
+        self.phase_text = ""
         self.pbar.update_absolute(step, self.total)
         self._send()
 

@@ -85,8 +85,8 @@ class TrainLoRA(io.ComfyNode):
                 widget(TrainConfig, "optimizer_type"),
                 widget(TrainConfig, "lr_scheduler"),
                 widget(TrainConfig, "seed", control_after_generate=True),
-                widget(CheckpointConfig, "output_name"),
-                widget(TrainConfig, "gradient_checkpointing"),
+                widget(CheckpointConfig, "output_name", optional=True),
+                widget(TrainConfig, "gradient_checkpointing", optional=True),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied "

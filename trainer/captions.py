@@ -65,7 +65,9 @@ def read_caption(image_path: str, extension: str = ".txt") -> str | None:
     if not text.strip():
         logger.warning("caption file is empty, using class tokens or an empty caption instead: %s", path)
         return None
-    first = text.splitlines()[0].strip()
+    # kohya reads with open(..., "rt"): lines end at \n, \r\n or \r only (str.splitlines() would also split
+    # at \f, \v, \x1c-\x1e, \x85, \u2028 and \u2029, which kohya keeps in the caption)
+    first = text.replace("\r\n", "\n").replace("\r", "\n").split("\n", 1)[0].strip()
     if not first:
         logger.warning("caption file %s starts with an empty line; like kohya only the first line is used", path)
     return first
@@ -96,7 +98,7 @@ class CaptionOptions:
     def __post_init__(self) -> None:
         check_options(self)
         if not self.caption_separator:
-            raise ValueError("caption_separator must not be empty")
+            raise ValueError("caption_separator must not be empty; use e.g. ','")
 
 
 CAPTION_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(CaptionOptions))

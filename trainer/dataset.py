@@ -304,9 +304,13 @@ def load_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LoraDataset:
     """Load a kohya DreamBooth-style folder (see the module doc). One group, one or more subsets."""
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    path = _absolute(path, "dataset folder")
     if not os.path.isdir(path):
         raise ValueError(f"dataset folder not found: {path}")
+    try:
+        normalize_extension(caption_extension)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     subsets: list[SubsetConfig] = []
 
     def make(image_dir: str, repeats: int, tokens: str | None) -> SubsetConfig:
@@ -351,6 +355,9 @@ def load_folder(
 # kohya dataset TOML
 # ================================================================================================
 _BOOL, _INT, _FLOAT, _STR, _RES = "bool", "int", "float", "str", "resolution"
+
+#: TOML integers are 64-bit (the spec asks parsers to reject others; tomllib does not)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # key -> (type, levels). Levels: g = [general], d = [[datasets]], s = [[datasets.subsets]].
 _GD, _GDS, _S = "gd", "gds", "s"
@@ -424,31 +431,59 @@ def _allowed_at(level: str) -> list[str]:
     return sorted(k for k, (_, lv) in {**SUPPORTED_KEYS, **IGNORED_KEYS}.items() if level in lv)
 
 
+def _show(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for messages, shortened; never raises (an integer of more than 4300 digits cannot be
+    printed by Python)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} holding an integer too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _absolute(path: Any, what: str) -> str:
+    """``path`` with ~ expanded, made absolute; a ValueError naming it when it cannot be a path (NUL byte)."""
+    try:
+        return os.path.abspath(os.path.expanduser(str(path)))
+    except ValueError as e:
+        raise ValueError(f"{what} {_show(str(path))} is not a usable path ({e}); check the path") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_type(key: str, kind: str, value: Any, where: str) -> Any:
     def bad(expected: str) -> ValueError:
-        return ValueError(f"{where}: '{key}' must be {expected}, got {value!r}")
+        return ValueError(f"{where}: '{key}' must be {expected}, got {_show(value)}")
 
+    too_big = "a number that fits in 64 bits (TOML's integer range)"
     if kind == _BOOL:
         if not isinstance(value, bool):
             raise bad("true or false")
     elif kind == _INT:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _is_int(value):
             raise bad("an integer")
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise bad(too_big)
     elif kind == _FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        if _is_int(value) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise bad(too_big)
         value = float(value)
     elif kind == _STR:
         if not isinstance(value, str):
             raise bad("a string")
     elif kind == _RES:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if _is_int(value):
             value = (value, value)
-        elif (isinstance(value, (list, tuple)) and len(value) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
             value = (value[0], value[1])
         else:
             raise bad("an integer or [width, height]")
+        if not all(_INT64_MIN <= v <= _INT64_MAX for v in value):
+            raise bad(too_big)
     return value
 
 
@@ -524,20 +559,31 @@ def read_dataset_toml(path: str, *, defaults: Mapping[str, Any] | None = None) -
     level that sets it: subset -> dataset -> [general] -> ``defaults`` (the node inputs, kohya's command-line
     level) -> the dataclass default. ``defaults`` uses TOML key names (``train_batch_size`` and
     ``dataset_repeats`` are accepted as aliases). Every problem is a ValueError naming the file and key."""
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    path = _absolute(path, "dataset TOML")
     toml = _toml_module()
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        doc = toml.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ValueError(f"dataset TOML not found: {path}") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}); re-save it as UTF-8") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read the dataset TOML: {e.strerror or e}") from None
+    except ValueError as e:  # an embedded NUL byte
+        raise ValueError(f"dataset TOML {_show(path)} is not a usable path ({e}); check the path") from None
+    try:
+        doc = toml.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}); re-save it as UTF-8") from None
     except toml.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from None
+    except ValueError as e:  # tomllib lets int()'s digit limit through as a plain ValueError
+        if "integer string conversion" in str(e):
+            raise ValueError(f"{path}: not valid TOML: a number has too many digits ({e.args[0].split(':')[0]}); "
+                             "TOML integers are 64-bit, use a shorter number") from None
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid TOML: arrays or inline tables are nested too deeply; "
+                         "flatten them") from None
     base_dir = os.path.dirname(path)
 
     for key in doc:

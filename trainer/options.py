@@ -7,6 +7,7 @@ the saved file's metadata."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import MISSING, field
 from typing import Any, Callable, Iterable, Sequence, Union
 
@@ -54,14 +55,49 @@ def choices_of(cls, name: str) -> list[str] | None:
     return list(c() if callable(c) else c)
 
 
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(type, optional) of an annotation: ``str | None`` -> (str, True)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True
+    return hint, False
+
+
+def _check_type(label: str, kind: Any, optional: bool, value: Any) -> None:
+    if value is None:
+        if not optional:
+            raise ValueError(f"{label} must be set, got None")
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "a whole number"
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
+        want = "a number"
+    elif kind is str:
+        ok = isinstance(value, str)
+        want = "a text"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{label} must be {want}, got {value!r}")
+
+
 def check_options(obj: Any, names: Iterable[str] | None = None) -> None:
-    """Raise ValueError naming the option when a value is outside its declared bounds or choices."""
+    """Raise ValueError naming the option when a value has the wrong type (bool/int/float/str fields; NaN is
+    not a number here) or is outside its declared bounds or choices."""
     cls = type(obj)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if names is not None and f.name not in names:
             continue
         meta, value = f.metadata, getattr(obj, f.name)
         label = meta.get("widget") or f.name
+        _check_type(label, *_base_type(hints[f.name]), value)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, (int, float)):

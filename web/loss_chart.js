@@ -1,28 +1,38 @@
-// LoRA Loop live loss chart: a DOM widget with a <canvas> on every "Train LoRA" node.
+// LoRA Loop's frontend extension: the live loss chart on every Train LoRA node, what Save LoRA saved, the
+// outputs of a finished job reopened from the queue, and workflows made for an earlier LoRA Loop.
 //
 // Protocol (the Python side in nodes/ sends exactly this):
 // - live, throttled: PromptServer.instance.send_sync("lora_loop.progress", detail, client_id) with
 //   detail = {node, display_node, prompt_id, step, total, points: [[step, loss, lr], ...] (new since
-//   the previous event), elapsed, eta (seconds or null), status: "training"|"done"|"cancelled"|"error"}.
+//   the previous event), elapsed, eta (seconds or null), status: "training"|"done"|"cancelled"|"error",
+//   phase (what runs between steps, e.g. "sampling preview 1/2, step 3/20"), notes (what was saved)}.
 //   `node` / `display_node` are execution ids ("12", or "5:3" inside a subgraph).
-// - final: the node's UI output {lora_loop_chart: [{steps, loss, lr, total, elapsed, status}]}, which
-//   reaches node.onExecuted live and when a finished run is reopened from the queue/history.
+// - final: Train LoRA's UI output {lora_loop_chart: [{steps, loss, lr, total, elapsed, status, notes}]} and
+//   Save LoRA's {lora_loop_saved: [{name, size, text}]}. They reach node.onExecuted live, the
+//   onNodeOutputsUpdated hook when the frontend restores outputs (switching workflow tabs), and are
+//   fetched from /history/<prompt id> when a finished job is opened from the queue ("Job <id>.json").
 //
-// The widget is display-only: it is never serialized into the workflow or the prompt.
+// The widgets are display-only: they are never serialized into the workflow or the prompt.
 // This file lives in web/, served at /extensions/<pack folder>/loss_chart.js, hence "../../scripts".
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { ChartState } from "./lib/chart_core.js";
 import { drawChart } from "./lib/draw.js";
 import { findNodeByExecutionId } from "./lib/exec_id.js";
+import { describe as describeMigration, migrateGraph } from "./lib/legacy.js";
 
 const EXTENSION_NAME = "lora_loop.lossChart";
 const NODE_CLASS = "LoraLoop_TrainLoRA";
+const SAVE_CLASS = "LoraLoop_SaveLoRA";
 const EVENT = "lora_loop.progress";
 const OUTPUT_KEY = "lora_loop_chart";
+const SAVED_KEY = "lora_loop_saved";
 const WIDGET_NAME = "lora_loop_chart";
 const CHART = Symbol.for("lora_loop.chart"); // per-node chart handle
+const SAVED = Symbol.for("lora_loop.saved"); // per-node "what was saved" element
 const MIN_HEIGHT = 160;
+const LAYOUTS_URL = new URL("./lib/legacy_layouts.json", import.meta.url);
+const JOB_PATH = /Job ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/i;
 
 /** Theme colours from the frontend's CSS variables, with the draw.js defaults as fallback. */
 function themeColors(el) {
@@ -58,9 +68,19 @@ class NodeChart {
       textOverflow: "ellipsis",
       color: "var(--descrip-text, #aaa)",
     });
+    this.noteEl = document.createElement("div");
+    this.noteEl.className = "lora-loop-chart-note";
+    this.noteEl.dataset.testid = "lora-loop-chart-note";
+    Object.assign(this.noteEl.style, {
+      font: "11px sans-serif",
+      padding: "0 4px 2px",
+      whiteSpace: "normal",
+      overflowWrap: "anywhere",
+      color: "var(--descrip-text, #aaa)",
+    });
     this.canvas = document.createElement("canvas");
     Object.assign(this.canvas.style, { flex: "1 1 auto", width: "100%", minHeight: "0", display: "block" });
-    this.el.append(this.headerEl, this.canvas);
+    this.el.append(this.headerEl, this.noteEl, this.canvas);
     this._frame = 0;
     this._observer = typeof ResizeObserver === "function" ? new ResizeObserver(() => this.scheduleDraw()) : null;
     this._observer?.observe(this.el);
@@ -75,6 +95,9 @@ class NodeChart {
     this.el.dataset.total = String(s.total);
     this.el.dataset.status = s.status;
     this.headerEl.textContent = s.header();
+    this.headerEl.title = s.header();
+    this.noteEl.textContent = s.note();
+    this.noteEl.style.display = s.note() ? "block" : "none";
     this.scheduleDraw();
   }
 
@@ -118,14 +141,6 @@ function attachChart(node) {
   });
   widget.serialize = false; // LGraphNode.serialize (workflow widgets_values) checks widget.serialize
   node[CHART] = chart;
-
-  const onExecuted = node.onExecuted;
-  node.onExecuted = function (output) {
-    const result = onExecuted?.apply(this, arguments);
-    const final = output?.[OUTPUT_KEY]?.[0];
-    if (final && chart.state.rebuild(final)) chart.refresh();
-    return result;
-  };
   const onRemoved = node.onRemoved;
   node.onRemoved = function () {
     chart.dispose();
@@ -134,10 +149,75 @@ function attachChart(node) {
   return chart;
 }
 
+/** A read-only text under Save LoRA's widgets: what was saved (and what verify found). */
+function attachSavedText(node) {
+  if (node[SAVED]) return node[SAVED];
+  const el = document.createElement("div");
+  el.className = "lora-loop-saved";
+  el.dataset.testid = "lora-loop-saved";
+  Object.assign(el.style, {
+    font: "12px sans-serif",
+    padding: "4px",
+    whiteSpace: "pre-wrap",
+    overflowWrap: "anywhere",
+    color: "var(--input-text, #ddd)",
+    boxSizing: "border-box",
+  });
+  el.textContent = "not saved yet";
+  const widget = node.addDOMWidget("lora_loop_saved", "lora_loop_saved", el, { serialize: false, getMinHeight: () => 36 });
+  widget.serialize = false;
+  node[SAVED] = el;
+  return el;
+}
+
+/** Show a node's UI output (Train LoRA's chart record, Save LoRA's saved file). */
+function applyOutput(node, output) {
+  const final = output?.[OUTPUT_KEY]?.[0];
+  if (final && node[CHART]?.state.rebuild(final)) node[CHART].refresh();
+  const saved = output?.[SAVED_KEY]?.[0];
+  if (saved && node[SAVED]) node[SAVED].textContent = saved.text ?? `saved ${saved.name}`;
+}
+
+function graphRoot() {
+  return app.rootGraph ?? app.graph;
+}
+
+/** Node for an output key: an execution id ("5:3") in 1.35, a node locator ("<subgraph uuid>:3") in 1.5x. */
+function nodeForKey(key) {
+  const root = graphRoot();
+  const node = findNodeByExecutionId(root, key);
+  if (node) return node;
+  const [graphId, localId] = String(key).split(":");
+  const sub = root?.subgraphs?.get?.(graphId);
+  return sub?.getNodeById?.(localId) ?? sub?.getNodeById?.(Number(localId)) ?? null;
+}
+
+function applyOutputs(outputs) {
+  for (const [key, output] of Object.entries(outputs ?? {})) {
+    const node = nodeForKey(key);
+    if (node && (node[CHART] || node[SAVED])) applyOutput(node, output);
+  }
+}
+
+/** A finished job opened from the queue ("Job <prompt id>.json"): show its outputs on our nodes. */
+async function replayJob() {
+  const path = app.extensionManager?.workflow?.activeWorkflow?.path ?? "";
+  const m = JOB_PATH.exec(path);
+  if (!m) return;
+  try {
+    const res = await api.fetchApi(`/history/${m[1]}`);
+    if (!res.ok) return;
+    const entry = (await res.json())?.[m[1]];
+    applyOutputs(entry?.outputs);
+  } catch (err) {
+    console.warn("[lora_loop] could not read the job's outputs from /history", err);
+  }
+}
+
 function onProgress(event) {
   const detail = event?.detail;
   if (!detail) return;
-  const graph = app.rootGraph ?? app.graph;
+  const graph = graphRoot();
   let node = null;
   for (const id of [detail.node, detail.display_node]) {
     if (id === undefined || id === null) continue;
@@ -150,12 +230,62 @@ function onProgress(event) {
   chart.refresh();
 }
 
+// ---- workflows made for an earlier LoRA Loop -------------------------------------------------------
+const legacy = { layouts: null, defs: {} };
+
+async function loadLegacyLayouts() {
+  try {
+    const res = await fetch(LAYOUTS_URL);
+    legacy.layouts = await res.json();
+    const types = new Set([...Object.keys(legacy.layouts.nodes), ...Object.values(legacy.layouts.sockets)]);
+    await Promise.all([...types].map(async (t) => {
+      const r = await api.fetchApi(`/object_info/${t}`);
+      if (r.ok) Object.assign(legacy.defs, await r.json());
+    }));
+  } catch (err) {
+    console.warn("[lora_loop] could not load the earlier node layouts; old workflows are not converted", err);
+  }
+}
+
+function migrateOnLoad(graphData) {
+  if (!legacy.layouts || !graphData) return;
+  const report = migrateGraph(graphData, legacy.layouts, legacy.defs);
+  if (!report.length) return;
+  const message = describeMigration(report, (t) => legacy.defs[t]?.display_name ?? t);
+  console.warn(`[lora_loop] ${report.length} node(s) of an earlier LoRA Loop were updated.`, message ?? "nothing was lost");
+  if (message) {
+    app.extensionManager?.toast?.add?.({ severity: "warn", summary: "LoRA Loop: update this workflow", detail: message });
+  }
+}
+
 app.registerExtension({
   name: EXTENSION_NAME,
-  setup() {
+  async setup() {
     api.addEventListener(EVENT, onProgress);
+    await loadLegacyLayouts();
+  },
+  beforeConfigureGraph(graphData) {
+    migrateOnLoad(graphData);
+  },
+  afterConfigureGraph() {
+    setTimeout(replayJob, 0); // the active workflow's path is set after configuring (1.35)
+  },
+  afterLoadGraph() {
+    replayJob(); // 1.5x
+  },
+  onNodeOutputsUpdated(outputs) {
+    applyOutputs(outputs);
   },
   nodeCreated(node) {
     if (node?.comfyClass === NODE_CLASS) attachChart(node);
+    if (node?.comfyClass === SAVE_CLASS) attachSavedText(node);
+    if (node?.comfyClass === NODE_CLASS || node?.comfyClass === SAVE_CLASS) {
+      const onExecuted = node.onExecuted;
+      node.onExecuted = function (output) {
+        const result = onExecuted?.apply(this, arguments);
+        applyOutput(this, output);
+        return result;
+      };
+    }
   },
 });

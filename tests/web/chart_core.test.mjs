@@ -234,6 +234,42 @@ describe("axes", () => {
     assert.deepEqual(valueRange([NaN, 2, 4]), { min: 2, max: 4 });
     const f = valueRange([1e-4, 1e-4]);
     assert.ok(f.min < 1e-4 && f.max > 1e-4);
+    assert.equal(f.flat, 1e-4);
     assert.equal(valueRange([NaN]), null);
+  });
+});
+
+describe("ChartState phases and notes", () => {
+  test("a phase between steps shows in the header before the ETA, and goes with the next step", () => {
+    const c = new ChartState();
+    c.applyEvent(ev({ step: 4, points: [[4, 0.25, 1e-4]], eta: 119 }));
+    c.applyEvent(ev({ step: 4, points: [], phase: "sampling preview 2/4, step 7/20", eta: 100 }));
+    assert.equal(c.header(), "step 4/100 · loss 0.2500 · lr 1.0e-4 · sampling preview 2/4, step 7/20 · ETA 1:40");
+    c.applyEvent(ev({ step: 5, points: [[5, 0.2, 1e-4]], eta: 90 }));
+    assert.equal(c.header(), "step 5/100 · loss 0.2000 · lr 1.0e-4 · ETA 1:30");
+  });
+
+  test("what Cancel saved stays readable after the run", () => {
+    const c = new ChartState();
+    c.applyEvent(ev({ step: 10, points: [[10, 0.1, 1e-4]] }));
+    c.applyEvent(ev({ step: 10, status: "cancelled", elapsed: 96, phase: "saved step 10: a.safetensors",
+                      notes: ["checkpoint: my_lora_checkpoints/x.safetensors (13.0 MB)", "saved step 10: a.safetensors"] }));
+    assert.equal(c.header(), "step 10/100 · loss 0.1000 · lr 1.0e-4 · cancelled in 1:36");
+    assert.equal(c.note(), "saved step 10: a.safetensors");
+    const r = new ChartState();
+    r.rebuild({ steps: [1, 2], loss: [0.5, 0.4], lr: [1e-4, 1e-4], total: 2, status: "done", notes: ["n1"] });
+    assert.equal(r.note(), "n1");
+  });
+
+  test("a new run's first event replaces the previous run's 'done in'", () => {
+    const c = new ChartState();
+    c.rebuild({ steps: [1, 2], loss: [0.5, 0.4], lr: [1e-4, 1e-4], total: 2, elapsed: 654, status: "done" });
+    assert.ok(c.header().includes("done in 10:54"));
+    c.applyEvent(ev({ prompt_id: "p2", step: 0, total: 4, points: [], phase: "loading the model for training" }));
+    assert.equal(c.header(), "step 0/4 · loading the model for training · ETA 0:10");
+    c.applyEvent(ev({ prompt_id: "p2", step: 2, total: 4, points: [[1, 0.5, 1e-4], [2, 0.4, 1e-4]], eta: 5 }));
+    c.applyEvent(ev({ prompt_id: "p2", step: 3, total: 4, points: [[3, 0.3, 1e-4]], eta: 5 }));
+    assert.equal(c.store.count, 3); // a continuation re-sends the earlier points
+    assert.ok(c.header().startsWith("step 3/4"));
   });
 });

@@ -72,3 +72,24 @@ test("non-finite losses break the line instead of drawing NaN coordinates", () =
   assert.deepEqual(raw.map((p) => p[2]), ["M", "M", "L"]);
   for (const [x, y] of raw) assert.ok(Number.isFinite(x) && Number.isFinite(y));
 });
+
+test("a constant learning rate gets one axis label", () => {
+  const c = new ChartState({ smoothing: 0 });
+  c.applyEvent({ prompt_id: "p", step: 20, total: 20, points: Array.from({ length: 20 }, (_, i) => [i + 1, 1 / (i + 1), 1e-4]) });
+  const ctx = recordingContext();
+  const colors = { lr: "LR" };
+  const texts = [];
+  const fill = ctx.fillText;
+  ctx.fillText = (t, x, y) => { texts.push([String(t), ctx.fillStyle]); fill(t, x, y); };
+  drawChart(ctx, 400, 200, c, colors);
+  assert.deepEqual(texts.filter(([, color]) => color === "LR").map(([t]) => t), ["1.0e-4"]);
+  // a changing one gets ticks
+  const d = new ChartState({ smoothing: 0 });
+  d.applyEvent({ prompt_id: "p", step: 20, total: 20, points: Array.from({ length: 20 }, (_, i) => [i + 1, 1, 1e-4 * (1 - i / 20)]) });
+  const ctx2 = recordingContext();
+  const texts2 = [];
+  const fill2 = ctx2.fillText;
+  ctx2.fillText = (t, x, y) => { texts2.push([String(t), ctx2.fillStyle]); fill2(t, x, y); };
+  drawChart(ctx2, 400, 200, d, colors);
+  assert.ok(texts2.filter(([, color]) => color === "LR").length >= 2);
+});

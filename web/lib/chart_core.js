@@ -179,13 +179,7 @@ export class ChartState {
   /** @param {{capacity?: number, smoothing?: number}} [opts] */
   constructor(opts = {}) {
     this.opts = opts;
-    this.store = new SeriesStore(opts);
-    this.promptId = null;
-    this.step = 0;
-    this.total = 0;
-    this.elapsed = null;
-    this.eta = null;
-    this.status = "idle";
+    this.reset();
   }
 
   reset() {
@@ -196,6 +190,8 @@ export class ChartState {
     this.elapsed = null;
     this.eta = null;
     this.status = "idle";
+    this.phase = ""; // what runs between steps ("sampling preview 1/2, step 3/20") or what the run kept
+    this.notes = []; // what the user should see afterwards (checkpoints written, what Cancel saved)
   }
 
   /**
@@ -211,7 +207,7 @@ export class ChartState {
     const promptId = detail.prompt_id ?? null;
     if (promptId !== this.promptId) {
       const first = points.length ? Number(points[0][0]) : Number(detail.step);
-      if (this.promptId !== null && !(first > this.store.lastStep)) this.reset();
+      if (this.store.count > 0 && !(first > this.store.lastStep)) this.reset();
       this.promptId = promptId;
     }
     let added = 0;
@@ -222,6 +218,8 @@ export class ChartState {
     this.elapsed = finiteOrNull(detail.elapsed);
     this.eta = finiteOrNull(detail.eta);
     if (typeof detail.status === "string") this.status = detail.status;
+    this.phase = typeof detail.phase === "string" ? detail.phase : "";
+    if (Array.isArray(detail.notes)) this.notes = detail.notes.map(String);
     return added;
   }
 
@@ -244,10 +242,15 @@ export class ChartState {
     this.elapsed = finiteOrNull(final.elapsed);
     this.eta = null;
     this.status = typeof final.status === "string" ? final.status : "done";
+    this.phase = "";
+    this.notes = Array.isArray(final.notes) ? final.notes.map(String) : [];
     return true;
   }
 
-  /** "step 123/500 · loss 0.1234 · lr 1.0e-4 · ETA 2:03" (parts without data are left out). */
+  /**
+   * "step 123/500 · loss 0.1234 · lr 1.0e-4 · ETA 2:03" (parts without data are left out); a phase
+   * between steps shows before the ETA ("· sampling preview 1/2, step 3/20 · ETA 1:59").
+   */
   header() {
     const parts = [];
     parts.push(this.total > 0 ? `step ${this.step}/${this.total}` : `step ${this.step}`);
@@ -255,11 +258,17 @@ export class ChartState {
     if (last && Number.isFinite(last.loss)) parts.push(`loss ${formatLoss(last.loss)}`);
     if (last && Number.isFinite(last.lr)) parts.push(`lr ${formatLr(last.lr)}`);
     if (this.status === "training") {
+      if (this.phase) parts.push(this.phase);
       if (this.eta !== null) parts.push(`ETA ${formatDuration(this.eta)}`);
     } else if (this.status !== "idle") {
       parts.push(this.elapsed !== null ? `${this.status} in ${formatDuration(this.elapsed)}` : this.status);
     }
     return parts.join(" · ");
+  }
+
+  /** The latest note ("saved on Cancel: ..."), or "" when there is none. */
+  note() {
+    return this.notes.length ? this.notes[this.notes.length - 1] : "";
   }
 }
 
@@ -358,7 +367,10 @@ export function lossRange(values, { quantile = 0.98, headroom = 0.1 } = {}) {
   return { min: Math.max(lo >= 0 ? 0 : -Infinity, lo - span * headroom), max: top + span * headroom, clipped };
 }
 
-/** [min, max] of the finite values (null when none); a flat series gets a small pad. */
+/**
+ * [min, max] of the finite values (null when none); a flat series gets a small pad and reports its
+ * one value as `flat`.
+ */
 export function valueRange(values) {
   let lo = Infinity;
   let hi = -Infinity;
@@ -370,7 +382,7 @@ export function valueRange(values) {
   if (lo === Infinity) return null;
   if (lo === hi) {
     const pad = lo === 0 ? 1 : Math.abs(lo) * 0.1;
-    return { min: lo - pad, max: hi + pad };
+    return { min: lo - pad, max: hi + pad, flat: lo };
   }
   return { min: lo, max: hi };
 }

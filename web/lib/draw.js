@@ -1,6 +1,6 @@
 // Canvas 2D rendering of a ChartState (plain canvas API, no libraries, no DOM lookups): raw loss
 // faint, smoothed loss solid, learning rate on a secondary (right) axis.
-import { formatTick, lossRange, niceTicks, valueRange } from "./chart_core.js";
+import { formatLr, formatTick, lossRange, niceTicks, valueRange } from "./chart_core.js";
 
 /** Default colours; the extension overrides them from the frontend theme when it can. */
 export const DEFAULT_COLORS = {
@@ -61,8 +61,13 @@ export function drawChart(ctx, width, height, state, colors = {}) {
   if (lrr) {
     ctx.textAlign = "left";
     ctx.fillStyle = c.lr;
-    const lt = niceTicks(lrr.min, lrr.max, 3);
-    for (const t of lt.ticks) if (t >= lrr.min && t <= lrr.max) ctx.fillText(formatTick(t, lt.step), PAD.left + plotW + 4, yLr(t));
+    if (lrr.flat !== undefined) {
+      // a constant learning rate: one label at its value (ticks around it would read "1e-4, 1e-4, 9e-5")
+      ctx.fillText(formatLr(lrr.flat), PAD.left + plotW + 4, yLr(lrr.flat));
+    } else {
+      const lt = niceTicks(lrr.min, lrr.max, 3);
+      for (const t of lt.ticks) if (t >= lrr.min && t <= lrr.max) ctx.fillText(formatTick(t, lt.step), PAD.left + plotW + 4, yLr(t));
+    }
   }
   ctx.fillStyle = c.text;
   ctx.textAlign = "center";

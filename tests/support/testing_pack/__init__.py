@@ -4,6 +4,8 @@ Nodes (all ``LoraLoopTest_*``):
 
 * ``TinyModel(family, seed) -> MODEL, CLIP, VAE``: tiny real-architecture models from ``tiny_models.build``,
   cached per ``(family, seed)`` so re-queues get the SAME objects (like a checkpoint loader served from cache).
+  Its optional ``ckpt_name`` plays a checkpoint loader's file-name widget (tiny models cannot be loaded from a
+  file: ComfyUI's model detection only knows full-size configs).
 * ``ModelPredict(model, positive, seed, width, height, sigma) -> LATENT``: ``model.model.apply_model`` (the
   denoised x0 prediction) on fixed seeded noise, with conds prepared by ComfyUI's own sampler helpers.
 * ``NoiseImages(width, height, batch_size, seed) -> IMAGE``: deterministic smooth random images (training data).
@@ -72,11 +74,13 @@ class TinyModel(io.ComfyNode):
             node_id="LoraLoopTest_TinyModel", display_name="Tiny Model (LoRA Loop tests)", category=CATEGORY,
             inputs=[io.Combo.Input("family", options=list(tiny_models.FAMILIES), default="sd15"),
                     io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
-                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True)],
+                    io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True),
+                    # a checkpoint loader's file-name widget: what Train LoRA traces for ss_sd_model_name
+                    io.String.Input("ckpt_name", default="", optional=True)],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
 
     @classmethod
-    def execute(cls, family, seed, weight_dtype="default") -> io.NodeOutput:
+    def execute(cls, family, seed, weight_dtype="default", ckpt_name="") -> io.NodeOutput:
         key = (family, int(seed), weight_dtype)
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = tiny_models.build(family, int(seed), dtype=WEIGHT_DTYPES[weight_dtype])
