@@ -106,10 +106,14 @@ SETTINGS_SOCKETS = {"optimizer_settings": "LoraLoop_OptimizerSettings",
 CAPTION_SOCKET = ("caption_settings", "LoraLoop_CaptionSettings")
 
 
-def _inputs_of(class_type: str) -> set[str]:
-    import nodes
+def _inputs_of(class_type: str, object_info: dict | None = None) -> set[str]:
+    """Input names of a node type: from a server's /object_info when given, else from the ComfyUI in-process."""
+    if object_info is not None:
+        it = object_info[class_type]["input"]
+    else:
+        import nodes
 
-    it = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+        it = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
     return set(it.get("required", {})) | set(it.get("optional", {}))
 
 
@@ -124,13 +128,14 @@ def _settings_node(p: dict, owner: str, socket: str, class_type: str) -> dict:
     return p[nid]["inputs"]
 
 
-def train_options(p: dict, train_id: str | None = None, **options) -> dict:
+def train_options(p: dict, train_id: str | None = None, *, object_info: dict | None = None, **options) -> dict:
     """Set options on Train LoRA or, for those that live on a settings node, on that node (created and connected
     when missing; a Previews node needs its ``vae``). Works from the live node schemas, so a test names each option
     as users see it; the Previews node's inputs take a ``preview_`` prefix (``preview_steps``, ``preview_vae``).
-    Returns the Train LoRA inputs."""
+    ``object_info``: a server's /object_info (browser tier), else the in-process ComfyUI is asked. Returns the
+    Train LoRA inputs."""
     train_id = train_id or one(p, "LoraLoop_TrainLoRA")
-    own = _inputs_of("LoraLoop_TrainLoRA")
+    own = _inputs_of("LoraLoop_TrainLoRA", object_info)
     for name, value in options.items():
         if name.startswith("preview_"):  # the Previews node's own names (steps, seed, ...) clash with Train LoRA's
             _settings_node(p, train_id, "preview_settings", SETTINGS_SOCKETS["preview_settings"])[name[8:]] = value
@@ -139,7 +144,7 @@ def train_options(p: dict, train_id: str | None = None, **options) -> dict:
             p[train_id]["inputs"][name] = value
             continue
         for socket, class_type in SETTINGS_SOCKETS.items():
-            if name in _inputs_of(class_type):
+            if name in _inputs_of(class_type, object_info):
                 _settings_node(p, train_id, socket, class_type)[name] = value
                 break
         else:
