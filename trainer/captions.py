@@ -9,7 +9,7 @@ line only, stripped. Differences, chosen so one bad file never stops a run silen
 * bytes that are not UTF-8 raise :class:`CaptionError` naming the file (kohya raises too); the
   dataset scanner turns that into a skipped image with the reason, it does not guess an encoding.
 
-Processing (:func:`process_caption`) reproduces ``BaseDataset.process_caption`` (kohya.md §3.4)
+Processing (:func:`process_caption`) reproduces sd-scripts' ``BaseDataset.process_caption`` (``library/train_util.py``)
 with an explicit ``random.Random`` instead of the global RNG. Wildcards and token warm-up are not
 implemented.
 """

@@ -11,8 +11,9 @@ One strategy object per model family, so the training loop stays free of if-chai
     loss_b = per_sample_loss(pred, target) * objective.loss_weight(sigma, min_snr_gamma)
 
 ``x0`` is the latent *after* the model's ``process_latent_in``. All formulas follow ComfyUI's
-``model_sampling`` parameterisations (reference/comfyui.md §5.4) and sd-scripts' sampling options
-(reference/kohya.md §4.3, §4.4, §5.1):
+``model_sampling`` parameterisations (``comfy/model_sampling.py``: EPS, V_PREDICTION, CONST) and sd-scripts'
+sampling options (``library/train_util.py`` timestep sampling and noise offset, ``library/custom_train_functions.py``
+``apply_snr_weight``, ``library/flux_train_utils.py`` ``get_noisy_model_input_and_timesteps``):
 
 * :class:`DiscreteObjective` (EPS / V_PREDICTION; SD1.x, SD2.x, SDXL): integer timesteps
   ``t ~ randint(min_timestep, max_timestep)``, ``sigma = sigmas[t]`` on the model's exact DDPM grid,

@@ -4,10 +4,10 @@ A state is saved as two files next to each other:
 
 * ``<prefix>.tensors`` (safetensors format; the extension keeps it out of ComfyUI's LoRA lists): every
   tensor (LoRA weights under ``lora/<kohya key>``, optimizer
-  per-parameter state such as ``optimizer/state/0/exp_avg``, RNG states as uint8 tensors, ...).
+  per-parameter state such as ``optimizer/state/0/exp_avg``, ...).
   Its header metadata carries ``lora_loop.state_id``.
 * ``<prefix>.json``: everything else (step/epoch/batch position, optimizer param groups,
-  scheduler state, python ``random`` state, config), with ``{"__tensor__": key}`` placeholders
+  scheduler state, seed, config), with ``{"__tensor__": key}`` placeholders
   for tensors, ``{"__tuple__": [...]}`` for tuples, ``{"__dict__": [[k, v], ...]}`` for dicts whose
   keys are not plain strings (the optimizer's integer param ids) and ``{"__float__": "nan"}`` for
   non-finite floats. Floats are written with ``repr`` precision, so values come back bitwise.
@@ -25,7 +25,6 @@ import logging
 import math
 import numbers
 import os
-import random
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Tuple
@@ -43,12 +42,7 @@ __all__ = [
     "StateError",
     "to_flat",
     "from_flat",
-    "optimizer_state_to_flat",
-    "optimizer_state_from_flat",
-    "capture_rng",
-    "restore_rng",
     "config_mismatches",
-    "check_config",
     "state_paths",
     "save_state",
     "load_state",
@@ -73,7 +67,9 @@ class TrainState:
     lora: Dict[str, torch.Tensor] = field(default_factory=dict, metadata={"help": "kohya LoRA state dict"})
     optimizer: Dict[str, Any] = field(default_factory=dict, metadata={"help": "torch optimizer state_dict()"})
     scheduler: Dict[str, Any] = field(default_factory=dict, metadata={"help": "LR scheduler state_dict()"})
-    rng: Dict[str, Any] = field(default_factory=dict, metadata={"help": "see capture_rng()"})
+    rng: Dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "{'seed': ...}: the loop draws all randomness from generators seeded by (seed, step, micro-step), "
+                "so no generator state has to be stored"})
     config: Dict[str, Any] = field(default_factory=dict, metadata={"help": "training config that must match on resume"})
     extra: Dict[str, Any] = field(default_factory=dict, metadata={"help": "anything else (loss history, counters); tensors allowed"})
 
@@ -156,67 +152,9 @@ def _referenced(data: Any, out: set) -> set:
     return out
 
 
-def optimizer_state_to_flat(state_dict: Mapping[str, Any], prefix: str = "optimizer") -> Tuple[Dict[str, torch.Tensor], Any]:
-    """``Optimizer.state_dict()`` -> (tensors, JSON-able structure)."""
-    tensors: Dict[str, torch.Tensor] = {}
-    return tensors, to_flat(dict(state_dict), prefix, tensors)
-
-
-def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], data: Any) -> Dict[str, Any]:
-    """Inverse of :func:`optimizer_state_to_flat`; feed the result to ``opt.load_state_dict``."""
-    sd = from_flat(data, tensors, "optimizer")
-    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
-        raise StateError("optimizer state must be a dict with 'state' and 'param_groups'")
-    return sd
-
-
 # --------------------------------------------------------------------------------------------
-# RNG and config
+# config
 # --------------------------------------------------------------------------------------------
-
-def capture_rng(
-    generators: Optional[Mapping[str, torch.Generator]] = None,
-    py_random: Optional[random.Random] = None,
-    include_global: bool = True,
-) -> Dict[str, Any]:
-    """Snapshot RNG states: named ``torch.Generator`` s, a ``random.Random`` (or the module-level
-    one when ``py_random`` is None and ``include_global``), and with ``include_global`` also
-    torch's global CPU RNG and (if initialised) the CUDA RNGs (used by e.g. dropout)."""
-    out: Dict[str, Any] = {"generators": {k: g.get_state() for k, g in (generators or {}).items()}}
-    if py_random is not None:
-        out["python"] = py_random.getstate()
-    elif include_global:
-        out["python"] = random.getstate()
-    if include_global:
-        out["torch_cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["torch_cuda"] = list(torch.cuda.get_rng_state_all())
-    return out
-
-
-def restore_rng(
-    rng: Mapping[str, Any],
-    generators: Optional[Mapping[str, torch.Generator]] = None,
-    py_random: Optional[random.Random] = None,
-) -> None:
-    """Restore what :func:`capture_rng` saved. Every named generator passed must be in ``rng``."""
-    saved = rng.get("generators", {})
-    for name, gen in (generators or {}).items():
-        if name not in saved:
-            raise StateError(f"the saved state has no RNG state for generator {name!r} (has: {sorted(saved)})")
-        gen.set_state(saved[name].to(torch.uint8))
-    if "python" in rng and rng["python"] is not None:
-        (py_random.setstate if py_random is not None else random.setstate)(rng["python"])
-    if "torch_cpu" in rng:
-        torch.set_rng_state(rng["torch_cpu"].to(torch.uint8))
-    if "torch_cuda" in rng and torch.cuda.is_available():
-        states = rng["torch_cuda"]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in states])
-        else:
-            log.warning("saved CUDA RNG states are for %d devices, this machine has %d; not restored",
-                        len(states), torch.cuda.device_count())
-
 
 def config_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any],
                       ignore: Iterable[str] = ()) -> List[str]:
@@ -237,17 +175,6 @@ def config_mismatches(saved: Mapping[str, Any], current: Mapping[str, Any],
         elif norm(saved[key]) != norm(current[key]):
             out.append(f"{key}: saved {saved[key]!r}, now {current[key]!r}")
     return out
-
-
-def check_config(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = (),
-                 source: str = "the saved state") -> None:
-    """Raise :class:`StateError` listing the settings that differ from ``source``."""
-    diff = config_mismatches(saved, current, ignore)
-    if diff:
-        raise StateError(
-            f"cannot resume from {source}: these settings differ from the ones it was trained with:\n  "
-            + "\n  ".join(diff) + "\nRestore them, or start a new run instead of resuming."
-        )
 
 
 # --------------------------------------------------------------------------------------------

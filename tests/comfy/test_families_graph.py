@@ -23,7 +23,7 @@ from comfy_fixtures import comfy  # noqa: F401
 SDXL_WF = "train_then_generate_sdxl.api.json"
 FLUX_WF = "train_then_generate_flux.api.json"
 
-# family -> expectations (kohya.md §1.5, §1.6, §2.3)
+# family -> expectations (sd-scripts networks/lora_flux.py, lora_sd3.py; metadata as train_network.py writes it)
 FAMILIES = {
     "sdxl": dict(workflow=SDXL_WF, te={"lora_te1", "lora_te2"}, unet_prefixes=("lora_unet_input_blocks_",
                  "lora_unet_middle_block_", "lora_unet_output_blocks_"), module="networks.lora",

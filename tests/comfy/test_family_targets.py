@@ -4,7 +4,7 @@ For every family: the kohya module counts, and every generated name is a key tha
 ``comfy.lora.model_lora_keys_unet`` / ``model_lora_keys_clip`` maps to exactly the module the Target
 points at - i.e. a file with these names loads with zero "lora key not loaded".
 
-Expected counts (kohya.md §1.2/§1.5/§1.6):
+Expected counts (what sd-scripts' networks/lora.py, lora_flux.py and lora_sd3.py create_modules build):
 * SD1.5 / SD2.x U-Net: 16 transformers x 12 = 192 (LierLa); + 22 resnets x 3 + 14 shortcuts + 3 down + 3 up = 278.
 * SDXL U-Net: 70 transformer blocks x 10 + 11 x 2 proj = 722; + 17 x 3 + 11 skip + 2 op + 2 conv = 788.
 * TEs: CLIP-L 12 x 6 = 72, SD2 OpenCLIP-H 23 x 6 = 138, CLIP-G 32 x 6 = 192, T5-XXL 24 x 7 = 168.

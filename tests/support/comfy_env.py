@@ -1,6 +1,6 @@
 """Find and boot a real ComfyUI for the ComfyUI-backed test tiers (no mocks).
 
-Search order (DESIGN.md §5): ``COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this
+Search order: ``COMFYUI_PATH``; the ComfyUI whose ``custom_nodes/`` holds this
 pack; ``~/comfy/ComfyUI``. ``boot()`` imports ComfyUI once per process in CPU mode with all
 model/output folders redirected to a temporary directory, and loads this pack (plus the
 test-only pack under ``tests/support/testing_pack``) through ComfyUI's own loader."""
@@ -85,7 +85,7 @@ def boot(load_pack: bool | None = None) -> dict:
         raise RuntimeError(SKIP_REASON)
     if root not in sys.path:
         sys.path.insert(0, root)
-    import utils.extra_config  # noqa: F401  (must precede `import nodes`, comfyui.md §7.1)
+    import utils.extra_config  # noqa: F401  (must precede `import nodes`, as in ComfyUI's main.py)
     from comfy.cli_args import args
 
     args.cpu = True
@@ -172,7 +172,8 @@ def run_prompt(prompt: dict, prompt_id: str = "p1", executor=None):
 def execute_watching(prompt: dict, prompt_id: str, total: int, executor=None, cancel_at: int | None = None):
     """Execute ``prompt`` (success not required) recording the values of the progress bar with ``total``
     steps (Train LoRA's); with ``cancel_at``, press Cancel (interrupt_current_processing) when that bar
-    reaches it. Returns ``(executor, values seen)``."""
+    reaches it. Like ComfyUI's server, every progress update raises once Cancel was pressed. Returns
+    ``(executor, values seen)``."""
     boot()
     import comfy.model_management as mm
     import comfy.utils as cu
@@ -180,6 +181,7 @@ def execute_watching(prompt: dict, prompt_id: str, total: int, executor=None, ca
     seen: list[int] = []
 
     def hook(value, bar_total, preview, prompt_id=None, node_id=None):
+        mm.throw_exception_if_processing_interrupted()  # as ComfyUI's server hook does (main.py hijack_progress)
         if bar_total == total:
             seen.append(value)
             if value == cancel_at:

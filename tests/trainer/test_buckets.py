@@ -1,4 +1,5 @@
-"""Bucketing against the acceptance values in kohya.md §3.5."""
+"""Bucketing against sd-scripts: library/model_util.py make_bucket_resolutions and library/train_util.py
+BucketManager.select_bucket (bucket lists, assignments and resize/crop values)."""
 import pytest
 import torch
 from PIL import Image

@@ -161,7 +161,7 @@ def test_sd1_kohya_names_and_shapes():
     fam = get_family("sd1")
     root = _meta_unet(SD15)
     targets = {t.name: t for t in fam.unet_targets(root, SD15, conv=True)}
-    expect = {  # kohya.md §2.2 / comfyui.md §4.2
+    expect = {  # sd-scripts' diffusers-style names -> ComfyUI paths (comfy/utils.py unet_to_diffusers)
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
             ("input_blocks.1.1.transformer_blocks.0.attn1.to_q", "linear"),
         "lora_unet_down_blocks_0_attentions_0_proj_in": ("input_blocks.1.1.proj_in", "conv"),
@@ -180,7 +180,7 @@ def test_sd1_kohya_names_and_shapes():
     }
     for name, (path, kind) in expect.items():
         assert (targets[name].path, targets[name].kind) == (path, kind), name
-    # shapes of a rank-16 / conv-4 network match kohya.md §2.2
+    # shapes of a rank-16 / conv-4 network as sd-scripts' networks/lora.py LoRAModule builds them
     net = LoRANetwork.create([targets[n] for n in expect], {"unet": root}, NetworkSpec("sd1", 16, 8, 4, 1.0))
     sd = net.kohya_state_dict()
     assert sd["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape == (16, 320, 1, 1)

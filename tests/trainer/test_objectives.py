@@ -28,7 +28,7 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-# kohya.md §4.4: t, snr, min-SNR gamma=5 (eps), gamma=5 (v)
+# sd-scripts library/custom_train_functions.py apply_snr_weight: t, snr, min-SNR gamma=5 (eps), gamma=5 (v)
 KOHYA_TABLE = [
     (0, 1175.47, 0.004254, 0.00425),
     (100, 8.4539, 0.59144, 0.52888),

@@ -60,7 +60,7 @@ class SD3Family(Family):
         return (1024, 1024)
 
     def prediction_type(self, objective: Optional[str] = None) -> Optional[str]:
-        return "epsilon"  # what sd-scripts writes for SD3 LoRAs (kohya.md §2.3)
+        return "epsilon"  # what sd-scripts writes for SD3 LoRAs (library/train_util.py get_sai_model_spec)
 
 
 FAMILY = SD3Family()

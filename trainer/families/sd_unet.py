@@ -10,7 +10,8 @@ from .base import UNET_ROOT, Family, collect_targets, kohya_name
 from .unet_naming import DiffusersNamer
 
 # kohya UNET_TARGET_REPLACE_MODULE (Transformer2DModel) and ..._CONV2D_3X3 (ResnetBlock2D, Downsample2D,
-# Upsample2D) as ComfyUI classes. Tuples, never extended in place (kohya's class-list leak, kohya.md §1.2).
+# Upsample2D) as ComfyUI classes. Tuples, never extended in place (sd-scripts' networks/lora.py
+# create_network extends LoRANetwork.UNET_TARGET_REPLACE_MODULE in place, which leaks into later networks).
 LIERLA_PARENTS = ("SpatialTransformer",)
 C3LIER_PARENTS = ("SpatialTransformer", "ResBlock", "Downsample", "Upsample")
 
