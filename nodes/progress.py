@@ -31,6 +31,16 @@ def server():
     return getattr(PromptServer, "instance", None)
 
 
+SAVE_EVENT = "lora_loop.saving"
+
+
+def send_event(event: str, payload: dict) -> None:
+    """A websocket event to the frontend (no-op without a server)."""
+    srv = server()
+    if srv is not None:
+        srv.send_sync(event, payload, getattr(srv, "client_id", None))
+
+
 def show_text(node_id: str | None, text: str) -> None:
     """Text shown on the node itself (frontend 'progress_text'), where the chart extension is not needed."""
     srv = server()

@@ -6,7 +6,7 @@ import json
 import logging
 
 from ._api import CATEGORY, LoraNetwork, io
-from .progress import show_text
+from .progress import SAVE_EVENT, send_event
 
 log = logging.getLogger(__name__)
 UI_KEY = "lora_loop_saved"
@@ -70,18 +70,20 @@ class SaveLoRA(io.ComfyNode):
         if verify and model is None:
             raise ValueError("Save LoRA: verify needs the model input: connect Train LoRA's model (and clip) outputs, "
                              "or turn verify off")
-        show_text(uid, f"saving {filename}...")
+        def status(text: str) -> None:  # shown in the node's "saved" box (web/loss_chart.js)
+            send_event(SAVE_EVENT, {"node": uid, "display_node": uid, "text": text})
+
+        status(f"saving {filename}...")
         saved = save_lora(network, loras_folder(), filename, save_dtype, if_exists, network.record, extra,
                           subfolders=True)
         lines = [f"saved {saved.describe()}"]
         if verify:
             from ..trainer.adapter import verify_saved_lora
 
-            show_text(uid, lines[0] + "\nverifying through ComfyUI's LoRA loader...")
+            status(lines[0] + "\nverifying through ComfyUI's LoRA loader...")
             report = verify_saved_lora(model, clip, network, saved.path)
             log.info("Save LoRA: %s", report.describe())
             lines.append(report.describe())
         text = "\n".join(lines)
-        show_text(uid, text)
         return io.NodeOutput(saved.name, ui={"text": [text], UI_KEY: [{"name": saved.name, "size": saved.size,
                                                                       "text": text}]})

@@ -25,6 +25,7 @@ const EXTENSION_NAME = "lora_loop.lossChart";
 const NODE_CLASS = "LoraLoop_TrainLoRA";
 const SAVE_CLASS = "LoraLoop_SaveLoRA";
 const EVENT = "lora_loop.progress";
+const SAVE_EVENT = "lora_loop.saving"; // {node, display_node, text}: Save LoRA is saving / verifying
 const OUTPUT_KEY = "lora_loop_chart";
 const SAVED_KEY = "lora_loop_saved";
 const WIDGET_NAME = "lora_loop_chart";
@@ -214,6 +215,18 @@ async function replayJob() {
   }
 }
 
+function onSaving(event) {
+  const detail = event?.detail;
+  for (const id of [detail?.node, detail?.display_node]) {
+    if (id === undefined || id === null) continue;
+    const node = findNodeByExecutionId(graphRoot(), id);
+    if (node?.[SAVED]) {
+      node[SAVED].textContent = String(detail.text ?? "");
+      return;
+    }
+  }
+}
+
 function onProgress(event) {
   const detail = event?.detail;
   if (!detail) return;
@@ -262,6 +275,7 @@ app.registerExtension({
   name: EXTENSION_NAME,
   async setup() {
     api.addEventListener(EVENT, onProgress);
+    api.addEventListener(SAVE_EVENT, onSaving);
     await loadLegacyLayouts();
   },
   beforeConfigureGraph(graphData) {

@@ -20,7 +20,8 @@ TIMEOUT_MS = 30_000
 PAGE_HELPERS = r"""
 () => {
   const api = window.app.api ?? window.comfyAPI.api.api;
-  window.__events = { progress: [], text: [], start: [] };
+  window.__events = { progress: [], text: [], start: [], saving: [] };
+  api.addEventListener("lora_loop.saving", (e) => window.__events.saving.push(e.detail));
   api.addEventListener("lora_loop.progress", (e) => window.__events.progress.push(e.detail));
   api.addEventListener("progress_text", (e) => window.__events.text.push(e.detail));
   api.addEventListener("execution_start", (e) => window.__events.start.push(e.detail));
@@ -169,6 +170,8 @@ def test_a_real_run_says_what_it_does_and_what_it_saved(comfy_page, comfy_server
                            timeout=TIMEOUT_MS)
     saved = page.evaluate("() => window.__ll.saved().textContent")
     assert "KB" in saved and "modules" in saved and "verify: 0 unloaded keys" in saved, saved
+    saving = [e["text"] for e in page.evaluate("() => window.__events.saving")]
+    assert saving[0] == "saving new_user_run..." and "verifying through ComfyUI's LoRA loader" in saving[-1], saving
     page.evaluate("() => { window.app.canvas.centerOnNode(window.__ll.node('LoraLoop_SaveLoRA')); "
                   "window.app.canvas.setDirty(true, true); }")
     page.wait_for_function("() => window.__ll.saved().isConnected && window.__ll.saved().offsetHeight > 10",

@@ -73,9 +73,15 @@ def test_ui_file_matches_api_twin(comfy, ex):
 
 def test_examples_use_only_core_and_pack_nodes(comfy):
     import nodes
+    from workflow_convert import VIRTUAL_NODES
 
     for ex in EXAMPLES:
-        for n in _ui(ex)["nodes"]:
-            t = n["type"]
-            assert t in nodes.NODE_CLASS_MAPPINGS, t
+        types = [n["type"] for n in _ui(ex)["nodes"]]
+        for t in types:
+            assert t in nodes.NODE_CLASS_MAPPINGS or t in VIRTUAL_NODES, t
             assert not t.startswith("LoraLoopTest_"), t
+        assert types.count("MarkdownNote") == 1, "every template says what it does, how to test it quickly and " \
+                                                  "what a GPU run takes"
+        note = next(n for n in _ui(ex)["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+        for part in ("Quick test on a CPU", "On a GPU", "Change"):
+            assert part in note, (ex["ui"], part)

@@ -11,6 +11,9 @@ import os
 import sys
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# frontend-only nodes (never sent to the server): the note each template carries
+VIRTUAL_NODES = {"MarkdownNote", "Note"}
+NOTE_ID = 100
 # The frontend adds a "control after generate" widget after INT inputs that ask for it, and after any INT
 # input named seed / noise_seed; its value is stored in widgets_values right after the seed.
 SEED_NAMES = ("seed", "noise_seed")
@@ -47,8 +50,11 @@ def _default(spec):
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(t)
 
 
-def api_to_ui(api: dict, layout: dict[str, tuple[float, float]] | None = None) -> dict:
-    """Build a LiteGraph workflow from an API prompt (ids must be integers as strings)."""
+def api_to_ui(api: dict, layout: dict[str, tuple] | None = None, note: str | None = None,
+              view: dict | None = None) -> dict:
+    """Build a LiteGraph workflow from an API prompt (ids must be integers as strings). ``layout``: node id ->
+    (x, y) or (x, y, width, height); ``note``: Markdown for a note node at the top left; ``view``: the canvas
+    scale and offset the workflow opens with."""
     ui_nodes, links = [], []
     link_id = 0
     out_links: dict[tuple[str, int], list[int]] = {}
@@ -75,9 +81,11 @@ def api_to_ui(api: dict, layout: dict[str, tuple[float, float]] | None = None) -
                     widgets.append("fixed")
             elif not (len(spec) > 1 and spec[1].get("optional")):
                 ui_inputs.append({"name": name, "type": spec[0], "link": None})
-        x, y = (layout or {}).get(nid, (50 + 330 * (order[nid] % 5), 50 + 420 * (order[nid] // 5)))
+        place = (layout or {}).get(nid, (50 + 330 * (order[nid] % 5), 50 + 420 * (order[nid] // 5)))
+        x, y = place[:2]
+        size = list(place[2:4]) if len(place) >= 4 else [300, 120]
         ui_nodes.append({
-            "id": int(nid), "type": node["class_type"], "pos": [x, y], "size": [300, 120], "flags": {},
+            "id": int(nid), "type": node["class_type"], "pos": [x, y], "size": size, "flags": {},
             "order": order[nid], "mode": 0, "inputs": ui_inputs,
             "outputs": [{"name": n, "type": t, "slot_index": i, "links": []} for i, (t, n) in
                         enumerate(zip(outputs, names))],
@@ -88,8 +96,15 @@ def api_to_ui(api: dict, layout: dict[str, tuple[float, float]] | None = None) -
     by_id = {n["id"]: n for n in ui_nodes}
     for (src, slot), ids in out_links.items():
         by_id[int(src)]["outputs"][slot]["links"] = ids
-    return {"last_node_id": max(by_id), "last_link_id": link_id, "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+    if note:
+        ui_nodes.insert(0, {"id": NOTE_ID, "type": "MarkdownNote", "pos": [20, 40], "size": [320, 300], "flags": {},
+                            "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [],
+                            "properties": {}, "widgets_values": [note], "title": "About this template",
+                            "color": "#432", "bgcolor": "#653"})
+    view = view or {"scale": 0.8, "offset": [0, 0]}
+    return {"last_node_id": max(n["id"] for n in ui_nodes), "last_link_id": link_id, "nodes": ui_nodes,
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": view["scale"], "offset": list(view["offset"])}}, "version": 0.4}
 
 
 def ui_to_api(ui: dict) -> dict:
@@ -97,7 +112,7 @@ def ui_to_api(ui: dict) -> dict:
     links = {l[0]: l for l in ui["links"]}
     api = {}
     for node in sorted(ui["nodes"], key=lambda n: n["id"]):
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in VIRTUAL_NODES:
             continue
         inputs, _, _ = _node_def(node["type"])
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
@@ -133,7 +148,7 @@ def main() -> None:
     for ex in EXAMPLES:
         with open(os.path.join(root, "tests", "workflows", ex["api"]), encoding="utf-8") as f:
             api = json.load(f)
-        ui = api_to_ui(api, ex.get("layout"))
+        ui = api_to_ui(api, ex.get("layout"), ex.get("note"), ex.get("view"))
         path = os.path.join(root, "example_workflows", ex["ui"])
         with open(path, "w", encoding="utf-8") as f:
             json.dump(ui, f, indent=1)
