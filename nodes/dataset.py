@@ -8,9 +8,10 @@ from ..trainer.captions import CaptionOptions
 from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
 from ..trainer.options import help_of
 from . import legacy
-from ._api import CATEGORY, CaptionSettingsIO, LoraDataset as LoraDatasetIO, io
+from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
 from .progress import show_text
 from .schema import widget
+from .settings import BY_NAME, receiver_input
 
 log = logging.getLogger(__name__)
 GROUP_WIDGETS = ("batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
@@ -87,9 +88,7 @@ class LoadDataset(io.ComfyNode):
                 io.String.Input("class_tokens", default="",
                                 tooltip=help_of(SubsetConfig, "class_tokens") + " Folders named '<N>_<tokens>' use "
                                         "their tokens."),
-                CaptionSettingsIO.Input("caption_settings", optional=True,
-                                        tooltip="From a Captions & Augmentation node (tag shuffling, kept tokens, "
-                                                "dropout, flip). Unconnected: captions are used as written."),
+                receiver_input(BY_NAME["captions"]),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The images and captions (LORA_DATASET); unreadable files are "

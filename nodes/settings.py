@@ -1,29 +1,24 @@
 """Settings nodes: small optional nodes by topic that plug into Train LoRA (or Load Dataset) through typed
-sockets, so Train LoRA keeps only what most runs change. Each widget is a config field (``nodes/schema``);
-the value a settings node outputs is a :class:`Settings` the receiving node unpacks into its configs."""
+sockets, so Train LoRA keeps only what most runs change. A topic is data (:class:`Topic`: its node, its socket
+and the config fields it carries); one factory makes its node. Each widget is a config field (``nodes/schema``);
+the value a settings node outputs is a :class:`Settings` the receiving node unpacks into its configs. A later
+option goes into its topic's ``fields``; a new topic is one more ``Topic``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..trainer.captions import CAPTION_OPTION_NAMES, CaptionOptions
 from ..trainer.checkpoints import CheckpointConfig
 from ..trainer.config import TrainConfig
 from ..trainer.dataset import SubsetConfig
+from ..trainer.options import validate
 from ..trainer.previews import PreviewConfig
 from ._api import (CATEGORY, CaptionSettingsIO, CheckpointSettingsIO, NoiseLossSettingsIO, OptimizerSettingsIO,
                    PreviewSettingsIO, TrainState, io)
 from .schema import values_of, widgets
 
-# Which TrainConfig fields live on which node (Train LoRA keeps the rest: see nodes/train.py MAIN_FIELDS).
-OPTIMIZER_FIELDS = ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
-                    "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision")
-NOISE_LOSS_FIELDS = ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type",
-                     "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "guidance_scale")
-CHECKPOINT_FIELDS = ("save_every_n_steps", "save_every_n_epochs", "save_last_n", "save_dtype", "resume_from")
-PREVIEW_FIELDS = tuple(f for f in PreviewConfig.__dataclass_fields__)
-CAPTION_FIELDS = CAPTION_OPTION_NAMES
-SUBSET_AUGMENT_FIELDS = ("flip_aug",)
+SETTINGS_CATEGORY = f"{CATEGORY}/settings"
 
 
 @dataclass(frozen=True)
@@ -39,119 +34,103 @@ class Settings:
         return f"Settings({self.topic}: {len(self.values)} values)"
 
 
-SETTINGS_CATEGORY = f"{CATEGORY}/settings"
+@dataclass(frozen=True)
+class Topic:
+    name: str                                   # Settings.topic
+    node_id: str
+    display_name: str
+    socket: Any                                 # the io.Custom type of its output / the receiver's input
+    input_name: str                             # the receiving node's input (and this node's output name)
+    receiver: str                               # "Train LoRA" / "Load Dataset"
+    description: str
+    fields: tuple[tuple[type, tuple[str, ...]], ...]     # (config class, its fields on this node)
+    objects: tuple[Callable[[], Any], ...] = ()  # extra (object) inputs, each a function making the input
+    unconnected: str = "all defaults"           # what the receiver does without it (its input's tooltip)
 
 
-class OptimizerSettings(io.ComfyNode):
-    @classmethod
+TOPICS = (
+    Topic("optimizer", "LoraLoop_OptimizerSettings", "Optimizer Settings (LoRA Loop)", OptimizerSettingsIO,
+          "optimizer_settings", "Train LoRA",
+          "Warm-up, schedule parameters, text-encoder learning rate, gradient clipping and accumulation, optimizer "
+          "arguments and mixed precision.",
+          ((TrainConfig, ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
+                          "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision")),)),
+    Topic("noise_loss", "LoraLoop_NoiseLossSettings", "Noise & Loss (LoRA Loop)", NoiseLossSettingsIO,
+          "noise_loss_settings", "Train LoRA",
+          "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3/FLUX) timestep "
+          "sampling and guidance.",
+          ((TrainConfig, ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type",
+                          "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "guidance_scale")),)),
+    Topic("checkpoints", "LoraLoop_CheckpointSettings", "Checkpoints & Resume (LoRA Loop)", CheckpointSettingsIO,
+          "checkpoint_settings", "Train LoRA",
+          "Periodic checkpoints (LoRA + resumable state) into <loras>/<output_name>_checkpoints, how many to keep, "
+          "and explicit resume from a state file or a TRAIN_STATE.",
+          ((CheckpointConfig, ("save_every_n_steps", "save_every_n_epochs", "save_last_n", "save_dtype",
+                               "resume_from")),),
+          objects=(lambda: TrainState.Input(
+              "train_state", optional=True,
+              tooltip="A TRAIN_STATE from another Train LoRA: continue that run (LoRA weights, optimizer, LR "
+                      "schedule position, step, data position) up to 'steps'. The same optimizer and LoRA network "
+                      "are required; other changed settings apply from the resumed step on. Wins over "
+                      "resume_from."),),
+          unconnected="no periodic checkpoints; Cancel still saves the last completed step, and a re-queue "
+                      "continues"),
+    Topic("previews", "LoraLoop_PreviewSettings", "Previews (LoRA Loop)", PreviewSettingsIO,
+          "preview_settings", "Train LoRA",
+          "Sample preview images with ComfyUI's own sampler while training (the latest shown on Train LoRA, all of "
+          "them in its 'previews' output). Needs the VAE here and the CLIP on Train LoRA. Previews never change "
+          "the trained LoRA.",
+          ((PreviewConfig, tuple(PreviewConfig.__dataclass_fields__)),),
+          objects=(lambda: io.Vae.Input("vae", tooltip="The VAE of the checkpoint: decodes the previews."),),
+          unconnected="no previews"),
+    Topic("captions", "LoraLoop_CaptionSettings", "Captions & Augmentation (LoRA Loop)", CaptionSettingsIO,
+          "caption_settings", "Load Dataset",
+          "How captions are processed each time an image is used (kohya tag shuffling, kept tokens, separators, "
+          "prefix/suffix, dropout) and image augmentation. A dataset TOML's own values win (kohya precedence).",
+          ((CaptionOptions, CAPTION_OPTION_NAMES), (SubsetConfig, ("flip_aug",))),
+          unconnected="captions are used as written"),
+)
+BY_NAME = {t.name: t for t in TOPICS}
+
+
+def fields_of(topic: str) -> tuple[str, ...]:
+    """The config fields a topic's node carries."""
+    return tuple(n for _, names in BY_NAME[topic].fields for n in names)
+
+
+def receiver_input(topic: Topic):
+    """The receiving node's optional socket for ``topic``."""
+    title = topic.display_name.replace(" (LoRA Loop)", "")
+    article = "an" if title[0].lower() in "aeiou" else "a"
+    return topic.socket.Input(topic.input_name, optional=True,
+                              tooltip=f"From {article} {title} node: {topic.description.split('.')[0].lower()}. "
+                                      f"Unconnected: {topic.unconnected}.")
+
+
+def _node(topic: Topic) -> type:
     def define_schema(cls):
         return io.Schema(
-            node_id="LoraLoop_OptimizerSettings", display_name="Optimizer Settings (LoRA Loop)",
-            category=SETTINGS_CATEGORY, is_experimental=True,
-            description="Warm-up, schedule parameters, text-encoder learning rate, gradient clipping and "
-                        "accumulation, optimizer arguments and mixed precision. Connect to Train LoRA's "
-                        "optimizer_settings; without it every value is its default.",
-            inputs=widgets(TrainConfig, OPTIMIZER_FIELDS, optional=True),
-            outputs=[OptimizerSettingsIO.Output(display_name="optimizer_settings",
-                                                tooltip="Connect to Train LoRA's optimizer_settings input.")],
-        )
+            node_id=topic.node_id, display_name=topic.display_name, category=SETTINGS_CATEGORY,
+            is_experimental=True,
+            description=f"{topic.description} Connect to {topic.receiver}'s {topic.input_name}; without it: "
+                        f"{topic.unconnected}.",
+            inputs=[make() for make in topic.objects]
+            + [w for cfg, names in topic.fields for w in widgets(cfg, names, optional=True)],
+            outputs=[topic.socket.Output(display_name=topic.input_name,
+                                         tooltip=f"Connect to {topic.receiver}'s {topic.input_name} input.")])
 
-    @classmethod
-    def execute(cls, **inputs) -> io.NodeOutput:
-        values = values_of(TrainConfig, OPTIMIZER_FIELDS, inputs)
-        TrainConfig(**values)  # bounds and optimizer_args are checked here, at this node
-        return io.NodeOutput(Settings("optimizer", values))
+    def execute(cls, vae=None, train_state=None, **inputs):
+        values: dict[str, Any] = {}
+        for cfg, names in topic.fields:
+            group = values_of(cfg, names, inputs)
+            validate(cfg, group)  # a bad value is reported at this node, naming the option
+            values.update(group)
+        return io.NodeOutput(Settings(topic.name, values, vae=vae, train_state=train_state))
 
-
-class NoiseLossSettings(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="LoraLoop_NoiseLossSettings", display_name="Noise & Loss (LoRA Loop)",
-            category=SETTINGS_CATEGORY, is_experimental=True,
-            description="Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' "
-                        "(SD3/FLUX) timestep sampling and guidance. Connect to Train LoRA's noise_loss_settings.",
-            inputs=widgets(TrainConfig, NOISE_LOSS_FIELDS, optional=True),
-            outputs=[NoiseLossSettingsIO.Output(display_name="noise_loss_settings",
-                                                tooltip="Connect to Train LoRA's noise_loss_settings input.")],
-        )
-
-    @classmethod
-    def execute(cls, **inputs) -> io.NodeOutput:
-        values = values_of(TrainConfig, NOISE_LOSS_FIELDS, inputs)
-        TrainConfig(**values)
-        return io.NodeOutput(Settings("noise_loss", values))
+    name = topic.node_id.split("_", 1)[1]
+    return type(name, (io.ComfyNode,), {"define_schema": classmethod(define_schema),
+                                        "execute": classmethod(execute), "__module__": __name__,
+                                        "__doc__": topic.description})
 
 
-class CheckpointSettings(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="LoraLoop_CheckpointSettings", display_name="Checkpoints & Resume (LoRA Loop)",
-            category=SETTINGS_CATEGORY, is_experimental=True,
-            description="Periodic checkpoints (LoRA + resumable state) into <loras>/<output_name>_checkpoints, how "
-                        "many to keep, and explicit resume from a state file or a TRAIN_STATE. Without it Train "
-                        "LoRA still saves on Cancel and continues on re-queue.",
-            inputs=widgets(CheckpointConfig, CHECKPOINT_FIELDS, optional=True) + [
-                TrainState.Input("train_state", optional=True,
-                                 tooltip="A TRAIN_STATE from another Train LoRA: continue that run (LoRA weights, "
-                                         "optimizer, LR schedule position, step, data position) up to 'steps'. "
-                                         "The same optimizer and LoRA network are required; other changed settings "
-                                         "apply from the resumed step on. Wins over resume_from."),
-            ],
-            outputs=[CheckpointSettingsIO.Output(display_name="checkpoint_settings",
-                                                 tooltip="Connect to Train LoRA's checkpoint_settings input.")],
-        )
-
-    @classmethod
-    def execute(cls, train_state=None, **inputs) -> io.NodeOutput:
-        values = values_of(CheckpointConfig, CHECKPOINT_FIELDS, inputs)
-        CheckpointConfig(**values)
-        return io.NodeOutput(Settings("checkpoints", values, train_state=train_state))
-
-
-class PreviewSettings(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="LoraLoop_PreviewSettings", display_name="Previews (LoRA Loop)",
-            category=SETTINGS_CATEGORY, is_experimental=True,
-            description="Sample preview images with ComfyUI's own sampler while training (shown live on Train LoRA "
-                        "and returned as its 'previews' output). Needs the VAE here and the CLIP on Train LoRA. "
-                        "Previews never change the trained LoRA.",
-            inputs=[io.Vae.Input("vae", tooltip="The VAE of the checkpoint: decodes the previews.")] +
-                   widgets(PreviewConfig, PREVIEW_FIELDS, optional=True),
-            outputs=[PreviewSettingsIO.Output(display_name="preview_settings",
-                                              tooltip="Connect to Train LoRA's preview_settings input.")],
-        )
-
-    @classmethod
-    def execute(cls, vae, **inputs) -> io.NodeOutput:
-        values = values_of(PreviewConfig, PREVIEW_FIELDS, inputs)
-        PreviewConfig(**values)
-        return io.NodeOutput(Settings("previews", values, vae=vae))
-
-
-class CaptionSettings(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="LoraLoop_CaptionSettings", display_name="Captions & Augmentation (LoRA Loop)",
-            category=SETTINGS_CATEGORY, is_experimental=True,
-            description="How captions are processed each time an image is used (kohya tag shuffling, kept tokens, "
-                        "separators, prefix/suffix, dropout) and image augmentation. Connect to Load Dataset's "
-                        "caption_settings; a dataset TOML's own values win (kohya precedence).",
-            inputs=widgets(CaptionOptions, CAPTION_FIELDS, optional=True) + widgets(SubsetConfig, SUBSET_AUGMENT_FIELDS, optional=True),
-            outputs=[CaptionSettingsIO.Output(display_name="caption_settings",
-                                              tooltip="Connect to Load Dataset's caption_settings input.")],
-        )
-
-    @classmethod
-    def execute(cls, **inputs) -> io.NodeOutput:
-        values = values_of(CaptionOptions, CAPTION_FIELDS, inputs)
-        CaptionOptions(**values)
-        values.update(values_of(SubsetConfig, SUBSET_AUGMENT_FIELDS, inputs))
-        return io.NodeOutput(Settings("captions", values))
-
-
-SETTINGS_NODES = [OptimizerSettings, NoiseLossSettings, CheckpointSettings, PreviewSettings, CaptionSettings]
+SETTINGS_NODES = [_node(t) for t in TOPICS]

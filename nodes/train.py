@@ -16,17 +16,16 @@ from ..trainer.config import TrainConfig
 from ..trainer.continuation import ContinuationRegistry
 from ..trainer.previews import PreviewConfig
 from . import legacy
-from ._api import (CATEGORY, CheckpointSettingsIO, LoraDataset, LoraNetwork, NoiseLossSettingsIO,
-                   OptimizerSettingsIO, PreviewSettingsIO, TrainState, io)
+from ._api import CATEGORY, LoraDataset, LoraNetwork, TrainState, io
 from .graph import upstream_model_file
 from .progress import NodeProgress
 from .schema import values_of, widget
+from .settings import BY_NAME, receiver_input
 
 log = logging.getLogger(__name__)
 
 MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "gradient_checkpointing")
-SETTINGS_INPUTS = {"optimizer_settings": "optimizer", "noise_loss_settings": "noise_loss",
-                   "checkpoint_settings": "checkpoints", "preview_settings": "previews"}
+TOPICS = [BY_NAME[t] for t in ("optimizer", "noise_loss", "checkpoints", "previews")]  # its settings sockets
 TITLE = "Train LoRA (LoRA Loop)"
 REGISTRY = ContinuationRegistry()
 
@@ -65,21 +64,7 @@ class TrainLoRA(io.ComfyNode):
                               tooltip="CLIP from Inject LoRA. Required when the text encoder is trained, for "
                                       "previews, and when Encode Dataset had no CLIP or captions change per epoch "
                                       "(shuffle, dropout)."),
-                OptimizerSettingsIO.Input("optimizer_settings", optional=True,
-                                          tooltip="From an Optimizer Settings node (warm-up, schedule parameters, "
-                                                  "text-encoder lr, clipping, accumulation, optimizer args, mixed "
-                                                  "precision). Unconnected: all defaults."),
-                NoiseLossSettingsIO.Input("noise_loss_settings", optional=True,
-                                          tooltip="From a Noise & Loss node (offset noise, Min-SNR, timestep range, "
-                                                  "loss type, flow-model timestep sampling, FLUX guidance). "
-                                                  "Unconnected: all defaults."),
-                CheckpointSettingsIO.Input("checkpoint_settings", optional=True,
-                                           tooltip="From a Checkpoints & Resume node (periodic checkpoints, how many "
-                                                   "to keep, resume from a state). Unconnected: no periodic "
-                                                   "checkpoints; Cancel still saves the last completed step."),
-                PreviewSettingsIO.Input("preview_settings", optional=True,
-                                        tooltip="From a Previews node (prompts, sampler, size, how often). "
-                                                "Unconnected: no previews."),
+            ] + [receiver_input(t) for t in TOPICS] + [
                 widget(TrainConfig, "max_train_steps"),
                 widget(TrainConfig, "learning_rate"),
                 widget(TrainConfig, "optimizer_type"),
@@ -108,8 +93,7 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, network, dataset, clip=None, optimizer_settings=None, noise_loss_settings=None,
-                checkpoint_settings=None, preview_settings=None, **widgets) -> io.NodeOutput:
+    def execute(cls, model, network, dataset, clip=None, **inputs) -> io.NodeOutput:
         import torch
 
         from ..trainer.checkpoints import CheckpointWriter, load_checkpoint_state
@@ -117,11 +101,11 @@ class TrainLoRA(io.ComfyNode):
         from .save import loras_folder
 
         uid = str(cls.hidden.unique_id) if cls.hidden.unique_id is not None else None
-        given = {"optimizer_settings": optimizer_settings, "noise_loss_settings": noise_loss_settings,
-                 "checkpoint_settings": checkpoint_settings, "preview_settings": preview_settings}
+        given = {t.input_name: inputs.pop(t.input_name, None) for t in TOPICS}
+        widgets = inputs
         legacy.check("LoraLoop_TrainLoRA", TITLE, uid, cls.hidden.prompt, cls.hidden.extra_pnginfo,
                      {k: v is not None for k, v in given.items()})
-        opt, noise, ckpts, prev = (_settings(given[k], t, k) for k, t in SETTINGS_INPUTS.items())
+        opt, noise, ckpts, prev = (_settings(given[t.input_name], t.name, t.input_name) for t in TOPICS)
         train_values = values_of(TrainConfig, MAIN_FIELDS, widgets)
         for s in (opt, noise):
             if s is not None:

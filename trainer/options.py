@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import MISSING, field
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 Choices = Union[Sequence[str], Callable[[], Sequence[str]], None]
 
@@ -90,12 +90,28 @@ def _check_type(label: str, kind: Any, optional: bool, value: Any) -> None:
 def check_options(obj: Any, names: Iterable[str] | None = None) -> None:
     """Raise ValueError naming the option when a value has the wrong type (bool/int/float/str fields; NaN is
     not a number here) or is outside its declared bounds or choices."""
-    cls = type(obj)
+    wanted = None if names is None else set(names)
+    check_values(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+                             if wanted is None or f.name in wanted})
+
+
+def validate(cls, values: Mapping[str, Any]) -> None:
+    """Check some of ``cls``'s options on their own (a settings node carries a few fields of a config): build the
+    config when every other field has a default (so its cross-field checks run too), else check each value."""
+    if all(f.name in values or f.default is not MISSING or f.default_factory is not MISSING  # type: ignore[misc]
+           for f in dataclasses.fields(cls)):
+        cls(**values)
+    else:
+        check_values(cls, values)
+
+
+def check_values(cls, values: Mapping[str, Any]) -> None:
+    """``check_options`` for field values given by name."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if names is not None and f.name not in names:
+        if f.name not in values:
             continue
-        meta, value = f.metadata, getattr(obj, f.name)
+        meta, value = f.metadata, values[f.name]
         label = meta.get("widget") or f.name
         _check_type(label, *_base_type(hints[f.name]), value)
         if isinstance(value, bool) or value is None:

@@ -43,42 +43,29 @@ function themeColors(el) {
   return Object.fromEntries(Object.entries(colors).filter(([, v]) => v));
 }
 
+/** A <div> with our class, a data-testid of the same name and the given style. */
+function element(name, style) {
+  const el = document.createElement("div");
+  el.className = name;
+  el.dataset.testid = name;
+  Object.assign(el.style, style);
+  return el;
+}
+
+const SMALL_TEXT = { font: "11px sans-serif", color: "var(--descrip-text, #aaa)" };
+
 /** One chart: its element tree, state and redraw scheduling. */
 class NodeChart {
   constructor() {
     this.state = new ChartState();
-    this.el = document.createElement("div");
-    this.el.className = "lora-loop-chart";
-    this.el.dataset.testid = "lora-loop-chart";
-    Object.assign(this.el.style, {
-      display: "flex",
-      flexDirection: "column",
-      width: "100%",
-      height: "100%",
-      minHeight: `${MIN_HEIGHT}px`,
-      boxSizing: "border-box",
-      overflow: "hidden",
+    this.el = element("lora-loop-chart", {
+      display: "flex", flexDirection: "column", width: "100%", height: "100%", minHeight: `${MIN_HEIGHT}px`,
+      boxSizing: "border-box", overflow: "hidden",
     });
-    this.headerEl = document.createElement("div");
-    this.headerEl.className = "lora-loop-chart-header";
-    Object.assign(this.headerEl.style, {
-      font: "11px sans-serif",
-      padding: "2px 4px",
-      whiteSpace: "nowrap",
-      overflow: "hidden",
-      textOverflow: "ellipsis",
-      color: "var(--descrip-text, #aaa)",
+    this.headerEl = element("lora-loop-chart-header", {
+      ...SMALL_TEXT, padding: "2px 4px", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis",
     });
-    this.noteEl = document.createElement("div");
-    this.noteEl.className = "lora-loop-chart-note";
-    this.noteEl.dataset.testid = "lora-loop-chart-note";
-    Object.assign(this.noteEl.style, {
-      font: "11px sans-serif",
-      padding: "0 4px 2px",
-      whiteSpace: "normal",
-      overflowWrap: "anywhere",
-      color: "var(--descrip-text, #aaa)",
-    });
+    this.noteEl = element("lora-loop-chart-note", { ...SMALL_TEXT, padding: "0 4px 2px", overflowWrap: "anywhere" });
     this.canvas = document.createElement("canvas");
     Object.assign(this.canvas.style, { flex: "1 1 auto", width: "100%", minHeight: "0", display: "block" });
     this.el.append(this.headerEl, this.noteEl, this.canvas);
@@ -153,16 +140,9 @@ function attachChart(node) {
 /** A read-only text under Save LoRA's widgets: what was saved (and what verify found). */
 function attachSavedText(node) {
   if (node[SAVED]) return node[SAVED];
-  const el = document.createElement("div");
-  el.className = "lora-loop-saved";
-  el.dataset.testid = "lora-loop-saved";
-  Object.assign(el.style, {
-    font: "12px sans-serif",
-    padding: "4px",
-    whiteSpace: "pre-wrap",
-    overflowWrap: "anywhere",
-    color: "var(--input-text, #ddd)",
-    boxSizing: "border-box",
+  const el = element("lora-loop-saved", {
+    font: "12px sans-serif", padding: "4px", whiteSpace: "pre-wrap", overflowWrap: "anywhere",
+    color: "var(--input-text, #ddd)", boxSizing: "border-box",
   });
   el.textContent = "not saved yet";
   const widget = node.addDOMWidget("lora_loop_saved", "lora_loop_saved", el, { serialize: false, getMinHeight: () => 36 });

@@ -50,7 +50,9 @@ def test_requeue_with_more_steps_continues(comfy):
     ex = comfy_env.new_executor()
     seen4, _ = _run(_graph(comfy, 4), "rq-4", ex)
     assert seen4 == [1, 2, 3, 4]
+    n = len(comfy["log"].records)
     seen8, continued = _run(_graph(comfy, 8), "rq-8", ex)
+    assert [r for r in comfy["log"].records[n:] if "steps raised from 4 to 8: continuing from step 4" in r]
     # the resumed bar starts at 4, and only steps 5..8 were trained
     assert seen8 == [4, 5, 6, 7, 8], seen8
     assert _same(continued, straight), "4 + 4 continued steps differ from a straight 8-step run"
@@ -83,6 +85,8 @@ def test_requeue_after_cancel_continues_to_the_same_result(comfy):
     ex = comfy_env.new_executor()
     comfy_env.execute_watching(cosine(6), "rqc-cancel", 6, executor=ex, cancel_at=2)
     assert "execution_interrupted" in [e for e, _ in ex.status_messages]
+    n = len(comfy["log"].records)
     seen, resumed = _run(cosine(6), "rqc-again", ex)
+    assert [r for r in comfy["log"].records[n:] if "continuing the cancelled run from step" in r]
     assert seen[0] in (2, 3) and seen[-1] == 6 and 1 not in seen, seen
     assert _same(resumed, straight), "Cancel + re-queue differs from the uninterrupted run"

@@ -123,6 +123,22 @@ def test_header_has_real_dataset_values_and_the_checkpoint_name(comfy):
             v == "None"] == []
 
 
+def test_the_model_file_is_traced_through_the_shipped_graphs(comfy):
+    graph = _pack(".nodes.graph")
+    for name, expected in (("train_then_generate_sd15.api.json", "v1-5-pruned-emaonly.safetensors"),
+                           ("train_then_generate_sdxl.api.json", "sd_xl_base_1.0.safetensors"),
+                           ("train_then_generate_flux.api.json", "flux1-dev.safetensors")):
+        p = graphs.load_api(name)
+        assert graph.upstream_model_file(p, graphs.one(p, "LoraLoop_TrainLoRA")) == expected, name
+    p = graphs.load_api(WORKFLOW)
+    p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["model"] = ["1", 0]
+    p["ll"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "x",
+                                                      "strength_model": 1.0, "strength_clip": 1.0}}
+    p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["model"] = ["ll", 0]  # through another LoRA loader too
+    assert graph.upstream_model_file(p, graphs.one(p, "LoraLoop_TrainLoRA")) == "v1-5-pruned-emaonly.safetensors"
+    assert graph.upstream_model_file({}, "6") is None and graph.upstream_model_file(None, None) is None
+
+
 def test_conv_dim_on_a_family_without_conv_targets_is_an_error(comfy):
     p = graphs.tiny_train_graph(graphs.load_api("train_then_generate_flux.api.json"), family="flux",
                                 dataset=_dataset(comfy, "header"), steps=1, save_name="conv_flux")

@@ -210,3 +210,12 @@ def test_scheduler_resume_non_strict_uses_new_schedule():
     assert longer.lora_loop_config["total_steps"] == 20
     lrs = _run(opt2, longer, 3)
     assert [x[0] for x in lrs] == pytest.approx([lr_lambda("linear", k, 20) for k in (4, 5, 6)])
+
+
+def test_lr_scheduler_help_lists_what_the_combo_offers():
+    from trainer.config import TrainConfig
+    from trainer.options import choices_of, help_of
+
+    assert choices_of(TrainConfig, "lr_scheduler") == list(SCHEDULES)
+    text = help_of(TrainConfig, "lr_scheduler")
+    assert all(s in text for s in SCHEDULES), text
