@@ -6,15 +6,14 @@ import os
 
 from ..trainer.captions import CaptionOptions
 from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
-from ..trainer.options import help_of
 from . import legacy
 from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
 from .progress import show_text
-from .schema import widget
+from .schema import values_of, widget
 from .settings import BY_NAME, receiver_input
 
 log = logging.getLogger(__name__)
-GROUP_WIDGETS = ("batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+GROUP_WIDGETS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                  "bucket_no_upscale")
 
 
@@ -85,9 +84,7 @@ class LoadDataset(io.ComfyNode):
                 widget(SubsetConfig, "caption_extension",
                        extra_tooltip="For a TOML it is the fallback when no level sets it."),
                 widget(SubsetConfig, "num_repeats", extra_tooltip="Folders named '<N>_<tokens>' use N instead."),
-                io.String.Input("class_tokens", default="",
-                                tooltip=help_of(SubsetConfig, "class_tokens") + " Folders named '<N>_<tokens>' use "
-                                        "their tokens."),
+                widget(SubsetConfig, "class_tokens", extra_tooltip="Folders named '<N>_<tokens>' use their tokens."),
                 receiver_input(BY_NAME["captions"]),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
@@ -147,21 +144,18 @@ class BucketImages(io.ComfyNode):
             is_experimental=True,
             inputs=[
                 LoraDatasetIO.Input("dataset", tooltip="The dataset from Load Dataset."),
-                io.Int.Input("resolution", default=512, min=64, max=8192, step=64,
-                             tooltip=help_of(GroupConfig, "resolution") + " 512 for SD1.x, 768 for SD2-v, 1024 for "
-                                     "SDXL/SD3/FLUX."),
             ] + [widget(GroupConfig, n) for n in GROUP_WIDGETS],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The dataset with its bucket plan (LORA_DATASET).")],
         )
 
     @classmethod
-    def execute(cls, dataset, resolution, **group) -> io.NodeOutput:
+    def execute(cls, dataset, **group) -> io.NodeOutput:
         from ..trainer.buckets import plan_buckets
 
         if not isinstance(dataset, LoraDataset):
             raise TypeError("Bucket Images needs the dataset from Load Dataset")
-        ds = dataset.with_node_group_settings(dict(resolution=(resolution, resolution), **group))
+        ds = dataset.with_node_group_settings(values_of(GroupConfig, GROUP_WIDGETS, group))
         plan = plan_buckets(ds)
         ds.plan = plan
         info = plan.bucket_info()

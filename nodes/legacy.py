@@ -27,7 +27,7 @@ def _settings_defaults(node_type: str) -> dict[str, Any]:
     return {i.id: getattr(i, "default", None) for i in cls.GET_SCHEMA().inputs}
 
 
-def _workflow_node(extra_pnginfo, unique_id: str) -> dict | None:
+def _workflow_node(extra_pnginfo, unique_id: str, node_type: str) -> dict | None:
     wf = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
     if not isinstance(wf, dict):
         return None
@@ -35,7 +35,7 @@ def _workflow_node(extra_pnginfo, unique_id: str) -> dict | None:
     local = str(unique_id).split(":")[-1]
     for g in graphs:
         for n in g.get("nodes") or []:
-            if str(n.get("id")) == local:
+            if str(n.get("id")) == local and n.get("type") == node_type:
                 return n
     return None
 
@@ -51,16 +51,19 @@ def check(node_type: str, title: str, unique_id: str | None, prompt: Any, extra_
     """Raise ValueError when this node's workflow still sets moved settings that no connected settings node
     carries. ``connected``: settings socket name -> whether something is connected to it."""
     doc = layouts()
-    moved = {}
+    moved, links = {}, {}
     for layout in doc["nodes"].get(node_type, []):
         moved.update(layout["moved"])
-    if not moved or unique_id is None:
+        links.update(layout.get("moved_links", {}))
+    if not (moved or links) or unique_id is None:
         return
     given: dict[str, Any] = {}
     api_inputs = ((prompt or {}).get(str(unique_id)) or {}).get("inputs") if isinstance(prompt, dict) else None
     if isinstance(api_inputs, dict):
         given.update({k: v for k, v in api_inputs.items() if k in moved and not isinstance(v, list)})
-    node = _workflow_node(extra_pnginfo, unique_id)
+        given.update({k: doc["link"] for k, v in api_inputs.items() if k in links and isinstance(v, list)})
+    moved.update(links)
+    node = _workflow_node(extra_pnginfo, unique_id, node_type)
     if node is not None:
         given.update((node.get("properties") or {}).get("lora_loop_moved") or {})
     lost = []
@@ -75,7 +78,8 @@ def check(node_type: str, title: str, unique_id: str | None, prompt: Any, extra_
         return
     nodes = {}
     for old, value, socket, new in lost:
-        nodes.setdefault(socket, []).append(f"{new}={value!r}")
+        nodes.setdefault(socket, []).append(f"{new} connected (as '{old}' was)" if value == doc["link"]
+                                            else f"{new}={value!r}")
     how = "; ".join(f"add a '{_display(doc['sockets'][s])}' node with {', '.join(v)} and connect it to {title}'s "
                     f"'{s}' input" for s, v in nodes.items())
     raise ValueError(

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 EVENT = "lora_loop.progress"
 UI_KEY = "lora_loop_chart"
+NOTES_SHOWN = 5  # the latest notes travel with each event (the chart shows the last one)
 
 
 def _clock(seconds: float | None) -> str:
@@ -124,7 +125,8 @@ class NodeProgress(Progress):
             self._send()
 
     def phase(self, text: str, eta: float | None = None) -> None:
-        """A long phase between steps: shown on the node, in the chart header and on the console line."""
+        """A long phase between steps: shown on the node, in the chart header and on the console line (a new
+        phase at once, its sub-steps at most every ``throttle_s``)."""
         first = text.split(",")[0] != self.phase_text.split(",")[0]
         self.phase_text = text
         if eta is not None:
@@ -133,7 +135,8 @@ class NodeProgress(Progress):
             log.info("LoRA Loop: %s", text.split(",")[0])
         if self.tqdm is not None:
             self.tqdm.set_postfix_str(text, refresh=True)
-        self._send()
+        if first or time.perf_counter() - self._last_send >= self.throttle_s:
+            self._send()
 
     def preview(self, step: int, images) -> None:
         """Show preview images live on the node (ComfyUI's progress-bar preview)."""
@@ -153,7 +156,7 @@ class NodeProgress(Progress):
 
     def finish(self, status: str, message: str = "") -> None:
         self.status = status
-        self.phase_text = message
+        self.phase_text = ""
         self.eta = 0.0
         if message:
             self.notes.append(message)
@@ -183,11 +186,11 @@ class NodeProgress(Progress):
         payload = {"node": self.node_id, "display_node": self.node_id, "prompt_id": self.prompt_id,
                    "step": self.steps[-1] if self.steps else self.start_step, "total": self.total, "points": points,
                    "elapsed": time.perf_counter() - self._t0, "eta": self.eta, "status": self.status,
-                   "phase": self.phase_text, "notes": list(self.notes)}
+                   "phase": self.phase_text, "notes": self.notes[-NOTES_SHOWN:]}
         srv.send_sync(EVENT, payload, getattr(srv, "client_id", None))
         show_text(self.node_id, self.status_line())
 
     def final_ui(self) -> dict:
         return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
                           "elapsed": time.perf_counter() - self._t0, "status": self.status,
-                          "start": self.start_step, "notes": list(self.notes)}]}
+                          "start": self.start_step, "notes": self.notes[-NOTES_SHOWN:]}]}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+from ..trainer.export import SaveConfig
 from ._api import CATEGORY, LoraNetwork, io
 from .progress import SAVE_EVENT, send_event
+from .schema import widget
 
 log = logging.getLogger(__name__)
 UI_KEY = "lora_loop_saved"
@@ -32,21 +34,8 @@ class SaveLoRA(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 LoraNetwork.Input("network", tooltip="The trained LORA_NETWORK from Train LoRA."),
-                io.String.Input("filename", default="my_lora",
-                                tooltip="File name inside the first models/loras folder; '.safetensors' is added. "
-                                        "Subfolders are allowed ('project/my_lora', created when missing); '..', "
-                                        "absolute paths and symlinks leading outside the loras folder are refused."),
-                io.Combo.Input("save_dtype", options=["fp16", "bf16", "fp32"], default="fp16",
-                               tooltip="Precision of the saved weights (kohya save_precision). fp16 halves the file; "
-                                       "fp32 keeps the trained weights exactly."),
-                io.Combo.Input("if_exists", options=["increment", "error", "overwrite"], default="increment",
-                               tooltip="When the file exists: increment = write name_00001.safetensors (next free "
-                                       "number), error = stop with an error, overwrite = replace it."),
-                io.Boolean.Input("verify", default=False, optional=True,
-                                 tooltip="After saving, load the file through ComfyUI's LoRA loader onto the base "
-                                         "MODEL (and CLIP) and compare with the trained network: reports keys the "
-                                         "loader did not load and the largest relative prediction difference. "
-                                         "Needs the model input (and clip, to compare predictions)."),
+                widget(SaveConfig, "filename"), widget(SaveConfig, "save_dtype"), widget(SaveConfig, "if_exists"),
+                widget(SaveConfig, "verify", optional=True),
                 io.Model.Input("model", optional=True,
                                tooltip="For verify: Train LoRA's model output (or the checkpoint's MODEL)."),
                 io.Clip.Input("clip", optional=True,
@@ -62,6 +51,7 @@ class SaveLoRA(io.ComfyNode):
     def execute(cls, network, filename, save_dtype, if_exists, verify=False, model=None, clip=None) -> io.NodeOutput:
         from ..trainer.export import save_lora
 
+        SaveConfig(filename, save_dtype, if_exists, verify)
         uid = cls.hidden.unique_id
         extra = {}
         pnginfo = cls.hidden.extra_pnginfo
@@ -74,8 +64,16 @@ class SaveLoRA(io.ComfyNode):
             send_event(SAVE_EVENT, {"node": uid, "display_node": uid, "text": text})
 
         status(f"saving {filename}...")
-        saved = save_lora(network, loras_folder(), filename, save_dtype, if_exists, network.record, extra,
-                          subfolders=True)
+        try:
+            saved = save_lora(network, loras_folder(), filename, save_dtype, if_exists, network.record, extra,
+                              subfolders=True)
+        except OSError as e:
+            status(f"NOT saved: {e.strerror or e}")
+            raise OSError(e.errno, f"{e.strerror or e}; the trained network is still in memory: fix it and run "
+                                   "again, only saving re-runs") from e
+        except ValueError as e:
+            status(f"NOT saved: {e}")
+            raise
         lines = [f"saved {saved.describe()}"]
         if verify:
             from ..trainer.adapter import verify_saved_lora

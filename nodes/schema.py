@@ -2,21 +2,17 @@
 type, default, help, bounds, choices) and the widget, its tooltip and the value parsing come from there."""
 from __future__ import annotations
 
-import dataclasses
 import typing
 from typing import Any, Iterable
 
-from ..trainer.options import choices_of, default_of, field_of
+from ..trainer.options import base_type, choices_of, default_of, field_of
 from ._api import io
 
 
-def _kind(cls, name: str) -> tuple[type, bool]:
-    """(base type, optional) of a field: ``str | None`` -> (str, True)."""
-    hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args and len(args) < len(typing.get_args(hint)):
-        return args[0], True
-    return hint, False
+def _kind(cls, name: str) -> tuple[Any, bool]:
+    """(base type, optional) of a field: ``str | None`` -> (str, True); ``tuple[int, int]`` -> (tuple, False)."""
+    kind, nullable = base_type(typing.get_type_hints(cls)[name])
+    return typing.get_origin(kind) or kind, nullable
 
 
 def input_id(cls, name: str) -> str:
@@ -36,9 +32,9 @@ def widget(cls, name: str, *, optional: bool = False, tooltip: str | None = None
     iid = input_id(cls, name)
     if kind is bool:
         return io.Boolean.Input(iid, default=bool(default), **common, **extra)
-    if kind is int:
-        return io.Int.Input(iid, default=int(default), min=meta.get("min"), max=meta.get("max"),
-                            step=meta.get("step"), **common, **extra)
+    if kind is int or kind is tuple:  # a square (w, h) pair is one INT widget (Bucket Images' resolution)
+        return io.Int.Input(iid, default=int(default[0] if kind is tuple else default), min=meta.get("min"),
+                            max=meta.get("max"), step=meta.get("step"), **common, **extra)
     if kind is float:
         return io.Float.Input(iid, default=float(default), min=meta.get("min"), max=meta.get("max"),
                               step=meta.get("step"), round=meta.get("round"), **common, **extra)
@@ -69,9 +65,7 @@ def values_of(cls, names: Iterable[str], inputs: dict[str, Any]) -> dict[str, An
         kind, nullable = _kind(cls, name)
         if nullable and kind is str and v == "":
             v = None
+        if kind is tuple and isinstance(v, int):
+            v = (v, v)
         out[name] = v
     return out
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]

@@ -12,7 +12,7 @@ from ..trainer.captions import CAPTION_OPTION_NAMES, CaptionOptions
 from ..trainer.checkpoints import CheckpointConfig
 from ..trainer.config import TrainConfig
 from ..trainer.dataset import SubsetConfig
-from ..trainer.options import validate
+from ..trainer.options import check_values
 from ..trainer.previews import PreviewConfig
 from ._api import (CATEGORY, CaptionSettingsIO, CheckpointSettingsIO, NoiseLossSettingsIO, OptimizerSettingsIO,
                    PreviewSettingsIO, TrainState, io)
@@ -93,11 +93,6 @@ TOPICS = (
 BY_NAME = {t.name: t for t in TOPICS}
 
 
-def fields_of(topic: str) -> tuple[str, ...]:
-    """The config fields a topic's node carries."""
-    return tuple(n for _, names in BY_NAME[topic].fields for n in names)
-
-
 def receiver_input(topic: Topic):
     """The receiving node's optional socket for ``topic``."""
     title = topic.display_name.replace(" (LoRA Loop)", "")
@@ -123,7 +118,7 @@ def _node(topic: Topic) -> type:
         values: dict[str, Any] = {}
         for cfg, names in topic.fields:
             group = values_of(cfg, names, inputs)
-            validate(cfg, group)  # a bad value is reported at this node, naming the option
+            check_values(cfg, group)  # a bad value is reported at this node, naming the option
             values.update(group)
         return io.NodeOutput(Settings(topic.name, values, vae=vae, train_state=train_state))
 

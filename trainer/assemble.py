@@ -54,8 +54,15 @@ def _check_header(net: LoRANetwork, metadata: dict | None, source: str) -> None:
         log.warning("%s: ss_network_args is not a JSON object (%r); ignored", source, raw)
         return
     real = net.spec.network_args
+
+    def same(a, b) -> bool:  # "1" and "1.0" are the same alpha
+        try:
+            return a == b or (a is not None and b is not None and float(a) == float(b))
+        except ValueError:
+            return str(a).lower() == str(b).lower()
+
     keys = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl")
-    diff = {k: (claimed.get(k), real.get(k)) for k in keys if claimed.get(k) != real.get(k)}
+    diff = {k: (claimed.get(k), real.get(k)) for k in keys if not same(claimed.get(k), real.get(k))}
     for k in ("ss_network_dim", "ss_network_alpha"):
         want = {"ss_network_dim": net.spec.rank, "ss_network_alpha": net.spec.alpha}[k]
         if k in (metadata or {}) and want is not None:

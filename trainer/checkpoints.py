@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .export import SAVE_DTYPES, save_lora
 from .loop import Position, Trainer
 from .options import check_options, option
 from .state import TENSORS_EXT, StateError, TrainState, config_mismatches, load_state, save_state, state_paths
@@ -52,7 +53,7 @@ class CheckpointConfig:
                                  "whichever run wrote them (older ones and their state files are deleted); 0 = keep "
                                  "all.", min=0, max=100_000)
     save_dtype: str = option("fp16", "Precision of the checkpoint LoRA files (the -state files always keep fp32).",
-                             choices=("fp16", "bf16", "fp32"))
+                             choices=tuple(SAVE_DTYPES))
     resume_from: str = option("", "Path of a '-state.json' file (or its checkpoint .safetensors) from a "
                                   "<name>_checkpoints folder, absolute or relative to the loras folder: continue that "
                                   "run up to 'steps'. Empty = off. Only safetensors + JSON are read (no pickle).")
@@ -71,12 +72,24 @@ def checkpoint_stem(name: str, step: int) -> str:
     return f"{name}-step{step:0{STEP_DIGITS}d}"
 
 
-def checkpoint_folder(loras_dir: str, name: str) -> str:
-    """``<loras>/<name>_checkpoints``; ``name`` may hold subfolders (``project/my_lora``)."""
+def run_name(name: str) -> str:
+    """The file-name part of an output name (``project/my_lora`` or ``project\\my_lora`` -> ``my_lora``)."""
     from .savefile import validate_filename
 
+    return validate_filename(name, subfolders=True).rpartition("/")[2]
+
+
+def checkpoint_folder(loras_dir: str, name: str) -> str:
+    """``<loras>/<name>_checkpoints``; ``name`` may hold subfolders (``project/my_lora``), which must stay inside
+    the loras folder (a symlink leading outside is refused)."""
+    from .savefile import inside, validate_filename
+
     rel = validate_filename(name, subfolders=True)
-    return os.path.join(loras_dir, *f"{rel}_checkpoints".split("/"))
+    folder = os.path.join(loras_dir, *f"{rel}_checkpoints".split("/"))
+    if not inside(os.path.realpath(os.path.abspath(loras_dir)), folder):
+        raise ValueError(f"output_name {name!r}: {folder} resolves outside the loras folder {loras_dir} (symlink?); "
+                         "choose another name")
+    return folder
 
 
 # ------------------------------------------------------------------------------------------ capture
@@ -120,7 +133,7 @@ def capture_state(trainer: Trainer, network, extra: dict | None = None) -> Train
     return TrainState(
         step=int(trainer.step), epoch=int(trainer.position.epoch), batch_index=int(trainer.position.batch_index),
         lora=_cpu_clone(network.kohya_state_dict()), optimizer=_cpu_clone(trainer.optimizer.state_dict()),
-        scheduler=_cpu_clone(sched), rng={"generators": {}, "seed": int(trainer.cfg.seed)},
+        scheduler=_cpu_clone(sched), rng={"seed": int(trainer.cfg.seed)},
         config=config_fingerprint(trainer, network), extra=info)
 
 
@@ -202,7 +215,7 @@ _STEP_RE = re.compile(r"-step(\d{%d,})\.safetensors$" % STEP_DIGITS)
 
 def checkpoints_in(folder: str, name: str) -> list[Saved]:
     """The checkpoints of ``name`` in ``folder`` (whichever run wrote them), oldest written first."""
-    base = os.path.basename(name)
+    base = run_name(name)
     found = []
     try:
         entries = os.listdir(folder)
@@ -228,8 +241,13 @@ class CheckpointWriter:
 
     def __init__(self, loras_dir: str, cfg: CheckpointConfig):
         self.cfg = cfg
+        self.loras_dir = loras_dir
         self.folder = checkpoint_folder(loras_dir, cfg.output_name)
         self.saved: list[Saved] = []
+
+    def relative(self, saved: Saved) -> str:
+        """A checkpoint's name relative to the loras folder (what LoRA loaders list)."""
+        return os.path.relpath(saved.lora_path, self.loras_dir).replace(os.sep, "/")
 
     def due(self, step: int, epoch_end: bool, epoch: int) -> bool:
         c = self.cfg
@@ -244,13 +262,11 @@ class CheckpointWriter:
     def save(self, trainer: Trainer, network, reason: str = "checkpoint", record=None) -> Saved:
         """Write the LoRA (metadata from ``record``, a TrainingRecord) and the resumable state of
         ``trainer``'s current step; both atomically."""
-        from .export import save_lora
-
         step = trainer.step
         if self.last is not None and self.last.step == step:
             return self.last
         os.makedirs(self.folder, exist_ok=True)
-        stem = checkpoint_stem(os.path.basename(self.cfg.output_name), step)
+        stem = checkpoint_stem(run_name(self.cfg.output_name), step)
         lora = save_lora(network, self.folder, stem, self.cfg.save_dtype, "overwrite", record)
         prefix = os.path.join(self.folder, stem + STATE_SUFFIX)
         save_state(capture_state(trainer, network, {"started_at": getattr(record, "started_at", None)}), prefix)

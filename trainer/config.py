@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import check_options, help_of, option  # noqa: F401  (help_of: re-exported for nodes)
+from .options import check_options, option
 
 
 def _optimizer_names() -> list[str]:
@@ -21,6 +21,12 @@ def _schedules() -> tuple[str, ...]:
     from .optim import SCHEDULES
 
     return SCHEDULES
+
+
+def _optimizer_args(text: str) -> dict[str, Any]:
+    from .optim import parse_optimizer_args
+
+    return parse_optimizer_args(text)
 
 
 def _flow_samplings() -> tuple[str, ...]:
@@ -94,7 +100,7 @@ class TrainConfig:
                                                  "gradient_accumulation_steps).", min=1, max=1024)
     optimizer_args: str = option("", "Extra optimizer arguments, sd-scripts style: 'weight_decay=0.1 "
                                      "betas=0.9,0.99' (kohya optimizer_args). Weight decay is the optimizer's own "
-                                     "default unless set here (AdamW 0.01, Adam and SGD 0).")
+                                     "default unless set here (AdamW 0.01, Adam and SGD 0).", check=_optimizer_args)
     mixed_precision: str = option("auto", "auto: bf16 autocast on GPUs that support it (fp16 otherwise), fp32 on "
                                           "CPU. no/bf16/fp16 force it. LoRA weights and optimizer state stay fp32 "
                                           "(kohya mixed_precision). The file records what ran.",
@@ -129,9 +135,10 @@ class TrainConfig:
         if not ok:
             raise ValueError(f"need 0 <= min_timestep ({self.min_timestep}) < max_timestep ({self.max_timestep}) <= 1000 "
                              "(or min == max <= 999 to train one timestep)")
-        self.optimizer_kwargs()  # a malformed optimizer_args fails here, naming the argument
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps > 0:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} with lr_scheduler 'constant': a constant "
+                             "schedule has no warm-up (sd-scripts' rule); choose 'constant_with_warmup' or set "
+                             "lr_warmup_steps to 0")
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        from .optim import parse_optimizer_args
-
-        return parse_optimizer_args(self.optimizer_args)
+        return _optimizer_args(self.optimizer_args)

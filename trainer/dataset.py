@@ -54,7 +54,8 @@ class GroupConfig:
     """Resolution, batch and bucket settings shared by subsets (kohya ``[[datasets]]``)."""
 
     resolution: tuple[int, int] = option((512, 512), "Training resolution (width, height); buckets keep roughly "
-                                                     "this area.")
+                                                     "this area. 512 for SD1.x, 768 for SD2-v, 1024 for "
+                                                     "SDXL/SD3/FLUX.", min=64, max=8192, step=64)
     batch_size: int = option(1, "Images per batch (a batch never mixes buckets).", min=1, max=256)
     enable_bucket: bool = option(True, "Group images into aspect-ratio buckets instead of centre-cropping all to "
                                        "`resolution` (kohya's default is False).")

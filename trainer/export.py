@@ -9,12 +9,34 @@ from typing import Mapping
 import torch
 
 from .metadata import metadata_for
+from .options import check_options, option
 from .record import TrainingRecord
-from .savefile import atomic_save_safetensors, resolve_output_path
+from .savefile import IF_EXISTS, atomic_save_safetensors, resolve_output_path
 
 log = logging.getLogger(__name__)
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    """Save LoRA's options."""
+
+    filename: str = option("my_lora", "File name inside the first models/loras folder; '.safetensors' is added. "
+                                      "Subfolders are allowed ('project/my_lora', created when missing); '..', "
+                                      "absolute paths and symlinks leading outside the loras folder are refused.")
+    save_dtype: str = option("fp16", "Precision of the saved weights (kohya save_precision). fp16 halves the file; "
+                                     "fp32 keeps the trained weights exactly.", choices=tuple(SAVE_DTYPES))
+    if_exists: str = option("increment", "When the file exists: increment = write name_00001.safetensors (next "
+                                         "free number), error = stop with an error, overwrite = replace it.",
+                            choices=IF_EXISTS)
+    verify: bool = option(False, "After saving, load the file through ComfyUI's LoRA loader onto the base MODEL (and "
+                                 "CLIP) and compare with the trained network: reports keys the loader did not load "
+                                 "and the largest relative prediction difference. Needs the model input (and clip, "
+                                 "to compare predictions).")
+
+    def __post_init__(self):
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -52,8 +74,7 @@ def save_lora(network, folder: str, filename: str, save_dtype: str = "fp16", if_
         atomic_save_safetensors(tensors, path, meta)
     except OSError as e:
         raise OSError(e.errno, f"could not write the LoRA to {path} ({e.strerror or e}). Check that "
-                               f"{os.path.dirname(path)} is a writable folder and the disk has space; the trained "
-                               "network is still in memory: fix it and run again, only saving re-runs") from e
+                               f"{os.path.dirname(path)} is a writable folder and the disk has space") from e
     saved = SavedLoRA(path, os.path.relpath(path, os.path.abspath(folder)).replace(os.sep, "/"),
                       os.path.getsize(path), len(network))
     log.info("saved LoRA %s (%s, %d modules, %s)", path, human_size(saved.size), saved.modules, save_dtype)

@@ -16,12 +16,14 @@ Choices = Union[Sequence[str], Callable[[], Sequence[str]], None]
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, min: float | None = None,
            max: float | None = None, step: float | None = None, round: float | None = None,
-           choices: Choices = None, multiline: bool = False, widget: str | None = None) -> Any:
+           choices: Choices = None, multiline: bool = False, widget: str | None = None,
+           check: Callable[[Any], Any] | None = None) -> Any:
     """A config field. ``min``/``max`` bound numbers (inclusive), ``choices`` lists the allowed strings (or a
-    callable that returns them, for lists only known at run time), ``step``/``round``/``multiline`` shape the
-    widget, ``widget`` names the node input when it differs from the field name."""
+    callable that returns them, for lists only known at run time), ``check`` is a parser that raises ValueError
+    for a bad value, ``step``/``round``/``multiline`` shape the widget, ``widget`` names the node input when it
+    differs from the field name."""
     meta = {"help": help, "min": min, "max": max, "step": step, "round": round, "choices": choices,
-            "multiline": multiline, "widget": widget}
+            "multiline": multiline, "widget": widget, "check": check}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,7 +57,7 @@ def choices_of(cls, name: str) -> list[str] | None:
     return list(c() if callable(c) else c)
 
 
-def _base_type(hint: Any) -> tuple[Any, bool]:
+def base_type(hint: Any) -> tuple[Any, bool]:
     """(type, optional) of an annotation: ``str | None`` -> (str, True)."""
     args = typing.get_args(hint)
     if type(None) in args:
@@ -95,25 +97,18 @@ def check_options(obj: Any, names: Iterable[str] | None = None) -> None:
                              if wanted is None or f.name in wanted})
 
 
-def validate(cls, values: Mapping[str, Any]) -> None:
-    """Check some of ``cls``'s options on their own (a settings node carries a few fields of a config): build the
-    config when every other field has a default (so its cross-field checks run too), else check each value."""
-    if all(f.name in values or f.default is not MISSING or f.default_factory is not MISSING  # type: ignore[misc]
-           for f in dataclasses.fields(cls)):
-        cls(**values)
-    else:
-        check_values(cls, values)
-
-
 def check_values(cls, values: Mapping[str, Any]) -> None:
-    """``check_options`` for field values given by name."""
+    """``check_options`` for field values given by name, each on its own (a settings node carries a few fields
+    of a config; checks that involve several fields run where the whole config is built)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
         meta, value = f.metadata, values[f.name]
         label = meta.get("widget") or f.name
-        _check_type(label, *_base_type(hints[f.name]), value)
+        _check_type(label, *base_type(hints[f.name]), value)
+        if meta.get("check") is not None and value is not None:
+            meta["check"](value)
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, (int, float)):

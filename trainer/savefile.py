@@ -92,7 +92,8 @@ def validate_filename(filename: str, subfolders: bool = False) -> str:
     return "/".join(parts)
 
 
-def _inside(folder_real: str, path: str) -> bool:
+def inside(folder_real: str, path: str) -> bool:
+    """Whether ``path`` (symlinks resolved) lies strictly inside the real folder ``folder_real``."""
     real = os.path.realpath(path)
     try:
         return os.path.commonpath([folder_real, real]) == folder_real and real != folder_real
@@ -124,12 +125,12 @@ def resolve_output_path(
     root_abs = os.path.abspath(folder)
     folder_real = os.path.realpath(root_abs)
     folder_abs = os.path.join(root_abs, *sub.split("/")) if sub else root_abs
-    if sub and not _inside(folder_real, folder_abs):
+    if sub and not inside(folder_real, folder_abs):
         raise ValueError(f"{folder_abs!r} resolves outside the output folder {root_abs!r} (symlink?); choose "
                          "another name")
 
     def check(path: str) -> str:
-        if not _inside(folder_real, path):
+        if not inside(folder_real, path):
             raise ValueError(
                 f"{path!r} resolves outside the output folder {root_abs!r} (symlink?); choose another name"
             )

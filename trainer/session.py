@@ -5,7 +5,6 @@ through ``adapter``."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,11 +89,22 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
     """Train ``network`` (a copy) on ``data``. ``resume``: continue from a TrainState. ``checkpoints``:
     periodic saves, and the save on Cancel / divergence. ``preview`` + ``vae``: sample images during
     training. ``on_state`` receives the final state (also after Cancel) for re-queue continuation.
-    ``model_name``: the checkpoint file ComfyUI loaded (for the file header)."""
+    ``model_name``: the checkpoint file ComfyUI loaded (for the file header). ``progress`` always hears how
+    the run ended (``finish``), also when it fails before the first step."""
     if not isinstance(data, EncodedDataset):
         raise TypeError("Train LoRA needs the dataset from Encode Dataset (latents), got "
                         f"{type(data).__name__}; connect Load Dataset -> Bucket Images -> Encode Dataset")
     progress = progress or Progress()
+    outcome = {"status": "error", "message": ""}
+    try:
+        return _train(model, clip, network, data, cfg, progress, checkpoints, resume, resume_source, preview,
+                      vae, on_state, model_name, outcome)
+    finally:
+        progress.finish(outcome["status"], outcome["message"])
+
+
+def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resume_source, preview, vae, on_state,
+           model_name, outcome) -> SessionResult:
     family = ca.detect_family(model)
     if network.family and network.family != family.name:
         raise ValueError(f"the LoRA network was built for {network.family} but the MODEL is {family.name}; "
@@ -119,11 +129,11 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
               preview_cfg=preview.cfg if preview is not None else 1.0,
               save_every=checkpoints.cfg.save_every_n_steps if checkpoints is not None else 0)
     trainer: Trainer | None = None
-    preview_clock = {"t": 0.0, "done": 0}
+    preview_clock = {"t": 0.0}
 
     def on_image_step(i: int, n: int, done: int, total: int) -> None:
         now = time.perf_counter()
-        if done > 0:
+        if done > 0 or i > 0:  # a sampler step, or the previous image's decode: both are preview time
             eta.add_sampler_steps(now - preview_clock["t"], 1)
         preview_clock["t"] = now
         step = trainer.step if trainer is not None else 0
@@ -158,26 +168,31 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
                              unet_config=ca.unet_config(model), config_class_names=tuple(ca.model_config_names(model)),
                              model_name=model_name)
 
-        def save(reason: str) -> Saved | None:
+        def save(reason: str, periodic: bool = False) -> Saved | None:
             if checkpoints is None or trainer.step <= start_step:
                 return checkpoints.last if checkpoints is not None else None
             progress.phase(f"saving checkpoint (step {trainer.step})", None)
             t0 = time.perf_counter()
-            saved = checkpoints.save(trainer, net, reason, record())
+            try:
+                saved = checkpoints.save(trainer, net, reason, record())
+            except OSError as e:
+                if not periodic:
+                    raise
+                # a full or read-only folder must not end the run: the steps go on, the next save tries again
+                log.error("LoRA Loop: could not write the checkpoint of step %d: %s", trainer.step, e)
+                progress.note(f"checkpoint of step {trainer.step} NOT written: {e}")
+                return None
             eta.add_save(time.perf_counter() - t0)
-            progress.note(f"{reason}: {saved_name(saved)}")
+            rel = checkpoints.relative(saved)
+            progress.note(f"{reason}: {rel} ({human_size(saved.size)})" if saved.size else f"{reason}: {rel}")
             return saved
 
-        def kept(saved: Saved | None) -> str:
-            """What the user keeps after Cancel / divergence, for the node."""
-            if saved is None:
-                return ("stopped before the first step of this run: nothing new to save" if trainer.step <= start_step
-                        else f"step {trainer.step} was not saved (no checkpoint folder)")
-            return f"saved step {saved.step}: {saved_name(saved)}"
-
-        def saved_name(saved: Saved) -> str:
-            rel = os.path.relpath(saved.lora_path, os.path.dirname(checkpoints.folder)).replace(os.sep, "/")
-            return f"{rel} ({human_size(saved.size)})" if saved.size else rel
+        def nothing_saved(saved: Saved | None) -> str:
+            """What the user keeps when no checkpoint was written (the checkpoint's own note says it otherwise)."""
+            if saved is not None:
+                return ""
+            return ("stopped before the first step of this run: nothing new to save" if trainer.step <= start_step
+                    else f"step {trainer.step} was not saved (no checkpoint folder)")
 
         clock = {"t": time.perf_counter()}
 
@@ -185,7 +200,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
             eta.add_step(time.perf_counter() - clock["t"])
             progress.on_step(info, eta.remaining(info.step))
             if checkpoints is not None and checkpoints.due(info.step, info.epoch_end, info.epoch):
-                save("checkpoint")
+                save("checkpoint", periodic=True)
             if runner is not None and runner.due(info.step, info.total):
                 run_previews(info.step)
             clock["t"] = time.perf_counter()
@@ -195,7 +210,6 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
             imgs = runner.run(step, net)
             progress.preview(step, imgs)
 
-        status, message = "error", ""
         result = None
         try:
             root = ca.diffusion_root(mp)
@@ -205,36 +219,33 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
                 result = trainer.run(on_step=on_step, should_stop=progress.should_stop)
                 if runner is not None and not result.stopped_early and runner.due(trainer.step, trainer.step):
                     run_previews(trainer.step)  # resumed with nothing left to train: still show the end
-            status = "cancelled" if result.stopped_early else "done"
+            outcome["status"] = "cancelled" if result.stopped_early else "done"
             if result.stopped_early:
-                saved = save("saved on Cancel")
-                message = kept(saved)
+                outcome["message"] = nothing_saved(save("saved on Cancel"))
         except TrainingDiverged as e:
             saved = save("saved the last good step before the loss diverged")
             where = (f" The last good checkpoint is {saved.lora_path} (state: {saved.state_prefix}.json; set "
                      "resume_from to it after lowering the learning rate)." if saved is not None
                      else " No checkpoint was written (it diverged at the first step of this run)."
                      if checkpoints is not None else "")
-            message = "loss diverged; " + kept(saved)
+            outcome["message"] = "loss diverged" + (f"; {nothing_saved(saved)}" if saved is None else "")
             raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
             if ca.is_interrupt(e):
-                status = "cancelled"
+                outcome["status"] = "cancelled"
                 try:
-                    saved = save("saved on Cancel")
-                    message = kept(saved)
+                    outcome["message"] = nothing_saved(save("saved on Cancel"))
                     if on_state is not None and trainer.step > start_step:
                         on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
                 except Exception:
                     log.exception("LoRA Loop: could not save the state at Cancel")
-                    message = "could not save a checkpoint at Cancel (see the console)"
+                    outcome["message"] = "could not save a checkpoint at Cancel (see the console)"
             raise
         finally:
             for p in net.parameters():
                 p.requires_grad_(False)
                 p.grad = None
             net.eval()
-            progress.finish(status, message)
         state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early), "started_at": started})
     if on_state is not None and (trainer.step > start_step or resume is not None):
         on_state(state)
@@ -246,4 +257,3 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
                          losses=result.losses, lrs=result.lrs, record=rec, loop=result, state=state,
                          start_step=start_step, images=runner.batch() if runner is not None else None,
                          checkpoints=list(checkpoints.saved) if checkpoints is not None else [])
-

@@ -19,7 +19,7 @@ import { api } from "../../scripts/api.js";
 import { ChartState } from "./lib/chart_core.js";
 import { drawChart } from "./lib/draw.js";
 import { findNodeByExecutionId } from "./lib/exec_id.js";
-import { describe as describeMigration, migrateGraph } from "./lib/legacy.js";
+import { clearMoved, describe as describeMigration, migrateGraph } from "./lib/legacy.js";
 
 const EXTENSION_NAME = "lora_loop.lossChart";
 const NODE_CLASS = "LoraLoop_TrainLoRA";
@@ -251,6 +251,31 @@ function migrateOnLoad(graphData) {
   }
 }
 
+/**
+ * A new node of ours starts with its seeds "fixed" (the frontend's default, "randomize", would change the training
+ * seed on every Run, so a re-queue would retrain from scratch instead of continuing). Loaded workflows keep their
+ * own value: configure() runs after nodeCreated.
+ */
+function fixSeedControl(node) {
+  if (!String(node?.comfyClass ?? "").startsWith("LoraLoop_")) return;
+  for (const w of node.widgets ?? []) if (w.name === "control_after_generate") w.value = "fixed";
+}
+
+/** Connecting a settings node to a migrated node clears the moved values it now carries (legacy.js). */
+function watchSettingsSockets(node) {
+  if (!legacy.layouts?.nodes?.[node?.comfyClass]) return;
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (type, index, connected) {
+    const result = onConnectionsChange?.apply(this, arguments);
+    const input = this.inputs?.[index];
+    const linked = input?.link !== null && input?.link !== undefined; // a real link, not a slot being (re)built
+    if (type === (window.LiteGraph?.INPUT ?? 1) && connected && linked && legacy.layouts.sockets[input.name]) {
+      clearMoved(this, input.name, legacy.layouts);
+    }
+    return result;
+  };
+}
+
 app.registerExtension({
   name: EXTENSION_NAME,
   async setup() {
@@ -271,6 +296,8 @@ app.registerExtension({
     applyOutputs(outputs);
   },
   nodeCreated(node) {
+    fixSeedControl(node);
+    watchSettingsSockets(node);
     if (node?.comfyClass === NODE_CLASS) attachChart(node);
     if (node?.comfyClass === SAVE_CLASS) attachSavedText(node);
     if (node?.comfyClass === NODE_CLASS || node?.comfyClass === SAVE_CLASS) {

@@ -108,6 +108,7 @@ def test_old_workflow_opens_with_its_values_and_says_how_to_update(comfy_page, c
         (1000, 0.0001, "AdamW", "constant", 0, "my_lora"), v
     assert v["gradient_checkpointing"] is False
     assert "vae" not in res["inputs"] and "train_state" not in res["inputs"]
+    assert {"optimizer_settings", "noise_loss_settings", "checkpoint_settings", "preview_settings"} <= set(res["inputs"])
     assert res["moved"]["preview_prompts"].startswith("a photo of sks dog") and res["moved"]["save_every_n_steps"] == 250
     assert res["sentMoved"] == res["moved"]  # what the backend check reads (extra_pnginfo.workflow)
     assert "noise_offset" not in res["prompt"]
@@ -115,9 +116,30 @@ def test_old_workflow_opens_with_its_values_and_says_how_to_update(comfy_page, c
                            ".some(t => t.innerText.includes('earlier LoRA Loop'))", timeout=TIMEOUT_MS)
     toast = page.evaluate("() => Array.from(document.querySelectorAll('.p-toast-message, [role=alert]'))"
                           ".map(t => t.innerText).find(t => t.includes('earlier LoRA Loop'))")
-    for part in ("Previews (LoRA Loop)", "preview_settings", "Checkpoints & Resume (LoRA Loop)", "save_every_n_steps=250"):
+    for part in ("Previews (LoRA Loop)", "preview_settings", "Checkpoints & Resume (LoRA Loop)", "save_every_n_steps=250",
+                 "vae connected"):
         assert part in toast, (part, toast)
+    # following the message: a Previews node connected to preview_settings takes those values off the node
+    left = page.evaluate("""() => {
+        const train = window.app.rootGraph.nodes.find((x) => x.comfyClass === "LoraLoop_TrainLoRA");
+        const prev = window.LiteGraph.createNode("LoraLoop_PreviewSettings");
+        window.app.rootGraph.add(prev);
+        prev.connect(0, train, train.inputs.findIndex((i) => i.name === "preview_settings"));
+        return Object.keys(train.properties.lora_loop_moved ?? {});
+    }""")
+    assert "save_every_n_steps" in left and not [n for n in left if n.startswith("preview_") or n == "vae"], left
     assert page.problems.ours() == [], page.problems.ours()
+
+
+def test_new_nodes_keep_their_seed_fixed(comfy_page, comfy_server):
+    """The frontend would randomise a seed after every Run, which retrains instead of continuing."""
+    _require_pack(comfy_server)
+    values = comfy_page.evaluate("""() => ["LoraLoop_TrainLoRA", "LoraLoop_PreviewSettings"].map((t) => {
+        const n = window.LiteGraph.createNode(t);
+        window.app.rootGraph.add(n);
+        return n.widgets.filter((w) => w.name === "control_after_generate").map((w) => w.value);
+    })""")
+    assert values == [["fixed"], ["fixed"]], values
 
 
 def _training_prompt(server, name: str, steps: int, previews: bool, seed: int = 0) -> dict:
@@ -161,7 +183,8 @@ def test_a_real_run_says_what_it_does_and_what_it_saved(comfy_page, comfy_server
     phases = [e["phase"] for e in events if e.get("phase")]
     assert "loading the model for training" in phases, phases
     sampling = [p for p in phases if p.startswith("sampling preview")]
-    assert "sampling preview 1/2, step 1/2" in sampling and "sampling preview 2/2, step 2/2" in sampling, sampling
+    # each image's start is sent at once; its sampler steps at most every 0.25 s (these tiny ones are faster)
+    assert "sampling preview 1/2, step 0/2" in sampling and "sampling preview 2/2, step 0/2" in sampling, sampling
     assert any(e.get("eta") is not None for e in events if e.get("phase", "").startswith("sampling preview"))
     texts = [t.get("text", "") for t in page.evaluate("() => window.__events.text")]
     assert any("sampling preview" in t for t in texts), texts  # the status line on the node (progress_text)
@@ -206,8 +229,8 @@ def test_cancel_says_which_checkpoint_it_wrote(comfy_page, comfy_server):
     comfy_server.wait_history(prompt_id, timeout=120)
     page.wait_for_function("() => window.__ll.chart().state.status === 'cancelled'", timeout=TIMEOUT_MS)
     note = page.evaluate("() => document.querySelector('[data-testid=\"lora-loop-chart-note\"]').textContent")
-    assert note.startswith("saved step ") and "new_user_cancel_checkpoints/new_user_cancel-step" in note, note
-    step = int(note.split("saved step ")[1].split(":")[0])
+    assert note.startswith("saved on Cancel: new_user_cancel_checkpoints/new_user_cancel-step"), note
+    step = int(note.split("-step")[1].split(".")[0])
     from comfy_server import http_json
 
     listed = http_json(comfy_server.url + "/models/loras")  # what every LoRA loader lists

@@ -128,18 +128,52 @@ def test_cancel_while_sampling_previews(comfy):
     assert chart["start"] == 2 and chart["status"] == "done"
 
 
+def test_a_checkpoint_that_cannot_be_written_does_not_end_the_run(comfy, monkeypatch):
+    """A full or read-only checkpoint folder at one periodic save: the error is logged, training goes on to the
+    end, and the later checkpoints and the final file are written."""
+    savefile = _pack(".trainer.savefile")
+    real = savefile.atomic_save_safetensors
+    failed = []
+
+    def full_disk_once(tensors, path, metadata=None):
+        if "_checkpoints" in path and not failed:
+            failed.append(path)
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata)
+
+    for mod in (savefile, _pack(".trainer.export"), _pack(".trainer.state")):
+        monkeypatch.setattr(mod, "atomic_save_safetensors", full_disk_once)
+    p = _graph(comfy, "fullck", steps=6, save_every_n_steps=2)
+    n = len(comfy["log"].records)
+    ex, _ = comfy_env.run_prompt(p, "full-ckpt")
+    assert failed and graphs.saved_lora(ex, p).startswith("fullck")
+    assert [r for r in comfy["log"].records[n:] if "could not write the checkpoint of step 2" in r]
+    chart = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]
+    assert len(chart["loss"]) == 6 and any("NOT written" in note for note in chart["notes"]), chart["notes"]
+    names = sorted(f for f in os.listdir(os.path.join(_loras(), "fullck_checkpoints")) if f.endswith(".safetensors"))
+    assert names == ["fullck-step00000004.safetensors", "fullck-step00000006.safetensors"], names
+    _no_partial_files(os.path.join(_loras(), "fullck_checkpoints"))
+
+
 def test_three_runs_in_one_process_do_not_grow_memory(comfy):
     """The same training three times (fresh executors, so nothing is served from cache): the process's RSS after
     the third run is within 5% of the RSS after the first."""
+    import weakref
+
     proc = psutil.Process()
-    rss = []
+    rss, trained = [], []
     for i in range(3):
         p = _graph(comfy, "mem", steps=4, n_images=3)
         p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["seed"] = 10 + i
-        comfy_env.run_prompt(p, f"mem-{i}", executor=comfy_env.new_executor())
+        ex, _ = comfy_env.run_prompt(p, f"mem-{i}", executor=comfy_env.new_executor())
+        outputs = ex.caches.outputs.get(graphs.one(p, "LoraLoop_TrainLoRA")).outputs
+        trained.append((weakref.ref(outputs[0][0]), weakref.ref(outputs[2][0])))  # the trained MODEL and network
+        del ex, outputs
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         rss.append(proc.memory_info().rss)
+    # what an earlier run trained is freed once its executor (ComfyUI's cache) is gone
+    assert [(m() is None, n() is None) for m, n in trained[:2]] == [(True, True), (True, True)]
     growth = (rss[2] - rss[0]) / rss[0]
     print(f"RSS after runs 1..3: {[round(r / 2**20) for r in rss]} MiB ({growth:+.2%})")
     assert growth <= 0.05, f"RSS after runs 1..3: {[round(r / 2**20) for r in rss]} MiB (+{growth:.1%})"

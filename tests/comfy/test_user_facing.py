@@ -62,6 +62,7 @@ def test_old_api_workflow_with_moved_settings_stops_with_how_to_update(comfy):
                  "Checkpoints & Resume (LoRA Loop)", "'preview_settings' input", "'checkpoint_settings' input"):
         assert part in msg, (part, msg)
     assert "preview_seed" in msg and "noise_offset" not in msg  # only what differs from the defaults
+    assert "vae connected (as 'vae' was)" in msg  # the VAE link cannot move by itself
 
 
 def test_old_api_workflow_whose_moved_settings_are_defaults_still_runs(comfy):

@@ -181,3 +181,22 @@ def test_resume_with_a_new_learning_rate_uses_it(data):
     apply_state(tr2, net2, state)
     res = tr2.run()
     assert res.lrs == [1e-3, 1e-3, 5e-4, 5e-4]
+
+
+def test_output_names_with_subfolders_and_escapes(data, tmp_path):
+    tr, net = _trainer(data, 2, seed=2)
+    tr.run()
+    for name in ("proj/run", "proj\\run"):  # either separator, like ComfyUI's own save nodes
+        w = CheckpointWriter(str(tmp_path), CheckpointConfig(output_name=name))
+        saved = w.save(tr, net, record=record_of(tr, started_at=0.0))
+        assert saved.lora_path == str(tmp_path / "proj" / "run_checkpoints" / "run-step00000002.safetensors")
+        assert w.relative(saved) == "proj/run_checkpoints/run-step00000002.safetensors"
+    outside = tmp_path.parent / (tmp_path.name + "_outside")
+    outside.mkdir()
+    (tmp_path / "link").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the loras folder"):  # a subfolder that is a symlink out
+        CheckpointWriter(str(tmp_path), CheckpointConfig(output_name="link/run"))
+    for bad in ("../run", "/abs/run"):
+        with pytest.raises(ValueError, match="'..'|absolute"):
+            CheckpointConfig(output_name=bad)
+    assert list(outside.iterdir()) == []

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { defaultOf, describe, migrateGraph, PROPERTY, widgetOrder } from "../../web/lib/legacy.js";
+import { clearMoved, defaultOf, describe, migrateGraph, PROPERTY, widgetOrder } from "../../web/lib/legacy.js";
 
 const layouts = JSON.parse(readFileSync(new URL("../../web/lib/legacy_layouts.json", import.meta.url)));
 const oldWorkflow = () => JSON.parse(readFileSync(new URL("../workflows/legacy/train_watch_generate_sd15.0.1.ui.json", import.meta.url)));
@@ -74,12 +74,15 @@ test("the old watch template keeps its values and reports what moved", () => {
   assert.ok(!wf.links.some((l) => l[3] === train.id && l[4] >= train.inputs.length));
   const entry = report.find((r) => r.type === "LoraLoop_TrainLoRA");
   // only values that differ from the settings nodes' defaults would be lost (512 x 512 previews are the default)
+  // (and the VAE link, which cannot follow to the Previews node by itself)
   assert.deepEqual(entry.lost.map((l) => l.name).sort(),
-    ["preview_every_n_steps", "preview_negative", "preview_prompts", "preview_seed", "save_every_n_steps", "save_last_n"]);
+    ["preview_every_n_steps", "preview_negative", "preview_prompts", "preview_seed", "save_every_n_steps", "save_last_n", "vae"]);
+  assert.equal(train.properties[PROPERTY].vae, layouts.link);
   const msg = describe(report, (t) => defs[t]?.display_name ?? t);
   assert.match(msg, /earlier LoRA Loop/);
-  assert.match(msg, /add a 'Previews \(LoRA Loop\)' node with prompts=.*every_n_steps=100 and connect it to 'preview_settings'/);
+  assert.match(msg, /add a 'Previews \(LoRA Loop\)' node with prompts=.*every_n_steps=100, vae connected .* and connect it to 'preview_settings'/);
   assert.match(msg, /'Checkpoints & Resume \(LoRA Loop\)' node with save_every_n_steps=250, save_last_n=2/);
+  assert.match(msg, /vae connected \(as 'vae' was\)/);
   const ds = wf.nodes.find((n) => n.type === "LoraLoop_LoadDataset");
   assert.deepEqual(ds.widgets_values, ["my_dataset", ".txt", 1, ""]);
   assert.equal(report.find((r) => r.type === "LoraLoop_LoadDataset").lost.length, 0); // all defaults
@@ -92,4 +95,17 @@ test("a current workflow is left alone, and migrating twice changes nothing", ()
   assert.deepEqual(migrateGraph(wf, layouts, defs), []);
   assert.equal(JSON.stringify(wf), once);
   assert.equal(describe([]), null);
+});
+
+test("connecting a settings node clears the values it carries", () => {
+  const wf = oldWorkflow();
+  migrateGraph(wf, layouts, defs);
+  const train = wf.nodes.find((n) => n.type === "LoraLoop_TrainLoRA");
+  assert.equal(clearMoved(train, "preview_settings", layouts), true);
+  const left = Object.keys(train.properties[PROPERTY]);
+  assert.ok(!left.some((n) => n.startsWith("preview_") || n === "vae"), left);
+  assert.ok(left.includes("save_every_n_steps"));
+  for (const socket of ["checkpoint_settings", "optimizer_settings", "noise_loss_settings"]) clearMoved(train, socket, layouts);
+  assert.equal(train.properties[PROPERTY], undefined);
+  assert.equal(clearMoved(train, "preview_settings", layouts), false);
 });

@@ -98,21 +98,53 @@ function migrateNode(node, graph, layouts, defs) {
     const settingsType = layouts.sockets[socket];
     if (!same(old[name], defaultOf(defs[settingsType], widget))) lost.push({ name, value: old[name], socket, widget, settingsType });
   }
+  for (const name of dropStaleInputs(node, graph, new Set(inputNames(def)))) {
+    const [socket, widget] = layout.moved_links?.[name] ?? [];
+    if (!socket) continue;
+    moved[name] = layouts.link; // a link cannot move to the settings node by itself
+    lost.push({ name, value: layouts.link, socket, widget, settingsType: layouts.sockets[socket], link: true });
+  }
   node.properties = { ...(node.properties ?? {}), [PROPERTY]: moved };
-  dropStaleInputs(node, graph, new Set(inputNames(def)));
   return { id: node.id, type: node.type, title: node.title ?? def.display_name ?? node.type, lost };
 }
 
-/** Remove input slots the node no longer has (and their links); renumber the links of the remaining slots. */
+/**
+ * A settings socket got connected: the moved values it carries are no longer at risk, so they leave the node's
+ * property (and the property goes when it is empty). Returns true when something was removed.
+ */
+export function clearMoved(node, socket, layouts) {
+  const moved = node?.properties?.[PROPERTY];
+  if (!moved) return false;
+  const routes = {};
+  for (const l of layouts?.nodes?.[node.type ?? node.comfyClass] ?? []) Object.assign(routes, l.moved, l.moved_links ?? {});
+  let removed = false;
+  for (const name of Object.keys(moved)) {
+    if (routes[name]?.[0] === socket) {
+      delete moved[name];
+      removed = true;
+    }
+  }
+  if (!Object.keys(moved).length) delete node.properties[PROPERTY];
+  return removed;
+}
+
+/**
+ * Remove input slots the node no longer has (and their links); renumber the links of the remaining slots.
+ * Returns the names of the removed slots that had a link.
+ */
 function dropStaleInputs(node, graph, names) {
-  if (!Array.isArray(node.inputs)) return;
+  if (!Array.isArray(node.inputs)) return [];
   const links = Array.isArray(graph?.links) ? graph.links : [];
   const linkOf = (id) => links.find((l) => (Array.isArray(l) ? l[0] : l?.id) === id);
   const kept = [];
   const dropped = new Set();
+  const droppedNames = [];
   for (const input of node.inputs) {
     if (names.has(input.name)) kept.push(input);
-    else if (input.link != null) dropped.add(input.link);
+    else if (input.link != null) {
+      dropped.add(input.link);
+      droppedNames.push(input.name);
+    }
   }
   kept.forEach((input, slot) => {
     const l = input.link != null ? linkOf(input.link) : null;
@@ -120,11 +152,12 @@ function dropStaleInputs(node, graph, names) {
     else if (l) l.target_slot = slot;
   });
   node.inputs = kept;
-  if (!dropped.size) return;
+  if (!dropped.size) return droppedNames;
   graph.links = links.filter((l) => !dropped.has(Array.isArray(l) ? l[0] : l?.id));
   for (const other of graph.nodes ?? []) {
     for (const out of other.outputs ?? []) if (Array.isArray(out.links)) out.links = out.links.filter((id) => !dropped.has(id));
   }
+  return droppedNames;
 }
 
 /** One message for the user about the migrated nodes (null when nothing was lost). */
@@ -134,8 +167,9 @@ export function describe(report, displayName = (t) => t) {
   const parts = nodes.map((r) => {
     const bySocket = new Map();
     for (const l of r.lost) bySocket.set(l.socket, [...(bySocket.get(l.socket) ?? []), l]);
+    const show = (l) => (l.link ? `${l.widget} connected (as '${l.name}' was)` : `${l.widget}=${JSON.stringify(l.value)}`);
     const how = [...bySocket.entries()].map(([socket, ls]) =>
-      `add a '${displayName(ls[0].settingsType)}' node with ${ls.map((l) => `${l.widget}=${JSON.stringify(l.value)}`).join(", ")} and connect it to '${socket}'`);
+      `add a '${displayName(ls[0].settingsType)}' node with ${ls.map(show).join(", ")} and connect it to '${socket}'`);
     return `${r.title} (#${r.id}): ${how.join("; ")}`;
   });
   return "This workflow was made for an earlier LoRA Loop. Settings that now live on settings nodes are set in it " +
