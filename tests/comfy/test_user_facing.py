@@ -274,3 +274,30 @@ def test_images_without_captions_are_reported(comfy):
     warned = [r for r in comfy["log"].records[n:] if "have no caption file" in r]
     assert len(warned) == 1 and "3 of 3 images" in warned[0] and folder in warned[0], warned
     assert [r for r in comfy["log"].records[n:] if "3 without a caption" in r]
+
+
+def test_progress_hears_the_end_also_when_the_run_fails_before_its_first_step(comfy):
+    """The node's chart must not stay at 'loading the model for training' when, e.g., a resume does not fit."""
+    ds = _dataset(comfy, "fails_early")
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=2, save_name="early")
+    graphs.train_options(p, save_every_n_steps=1, output_name="early")
+    comfy_env.run_prompt(p, "early-ok")
+    reporting = _pack(".trainer.reporting")
+    seen = []
+
+    class Recorder(reporting.Progress):
+        def finish(self, status, message=""):
+            seen.append(status)
+
+    nodes_train = _pack(".nodes.train")
+    real = nodes_train.NodeProgress
+    nodes_train.NodeProgress = lambda *a, **k: Recorder()
+    try:
+        # a different optimizer cannot resume the saved state: the run fails while it is being set up
+        graphs.train_options(p, steps=4, optimizer="SGD", resume_from="early_checkpoints/early-step00000002-state.json")
+        ex = comfy_env.execute(p, "early-fails")
+    finally:
+        nodes_train.NodeProgress = real
+    errors = _errors(ex)
+    assert errors and "cannot resume" in errors[0]["exception_message"], errors
+    assert seen == ["error"]
