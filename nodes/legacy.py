@@ -20,11 +20,15 @@ def layouts() -> dict:
         return json.load(f)
 
 
-def _settings_defaults(node_type: str) -> dict[str, Any]:
+def _schema(node_type: str):
+    """The live schema of one of the pack's nodes (the settings nodes' defaults and display names)."""
     from . import NODES
 
-    cls = {c.GET_SCHEMA().node_id: c for c in NODES}[node_type]
-    return {i.id: getattr(i, "default", None) for i in cls.GET_SCHEMA().inputs}
+    return next(c.GET_SCHEMA() for c in NODES if c.GET_SCHEMA().node_id == node_type)
+
+
+def _settings_defaults(node_type: str) -> dict[str, Any]:
+    return {i.id: getattr(i, "default", None) for i in _schema(node_type).inputs}
 
 
 def _workflow_node(extra_pnginfo, unique_id: str, node_type: str) -> dict | None:
@@ -91,6 +95,4 @@ def check(node_type: str, title: str, unique_id: str | None, prompt: Any, extra_
 
 
 def _display(node_type: str) -> str:
-    from . import NODES
-
-    return {c.GET_SCHEMA().node_id: c for c in NODES}[node_type].GET_SCHEMA().display_name
+    return _schema(node_type).display_name

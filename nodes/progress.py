@@ -70,7 +70,6 @@ class NodeProgress(Progress):
         self._last_send = 0.0
         self._t0 = time.perf_counter()
         self.status = "training"
-        self.phase_text = ""
         self.eta: float | None = None
         self.prompt_id = None
         try:

@@ -699,12 +699,17 @@ def test_toml_odd_paths(tmp_path_factory, name):
         make_tree(d)
         (d / "ds.toml").write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\n', encoding="utf-8")
         path = name if name.startswith("~") else os.path.join(str(d), name)
-        try:
-            res = read_dataset_toml(path)
-        except ValueError as e:
-            assert any(c in str(e) for c in _path_spellings(path)), str(e)
-        else:
-            assert isinstance(res, DatasetToml)
+        _loads_or_names_the_path(read_dataset_toml, path, DatasetToml)
+
+
+def _loads_or_names_the_path(load, path: str, result_type: type) -> None:
+    """``load(path)`` returns a ``result_type`` or raises a ValueError whose message names the path."""
+    try:
+        res = load(path)
+    except ValueError as e:
+        assert any(c in str(e) for c in _path_spellings(path)), str(e)
+    else:
+        assert isinstance(res, result_type)
 
 
 def _path_spellings(path: str) -> list[str]:
@@ -831,9 +836,4 @@ def test_load_folder_odd_paths(tmp_path_factory, name):
     with fresh_dir(tmp_path_factory, "folderpath") as d:
         make_tree(d)
         path = name if name.startswith("~") else os.path.join(str(d), name)
-        try:
-            ds = load_folder(path)
-        except ValueError as e:
-            assert any(c in str(e) for c in _path_spellings(path)), str(e)
-        else:
-            assert isinstance(ds, LoraDataset)
+        _loads_or_names_the_path(load_folder, path, LoraDataset)
