@@ -6,7 +6,7 @@ its last run together with a fingerprint of everything that shapes the trained w
 (identity of the upstream objects, which ComfyUI's cache keeps identical while upstream is unchanged, plus
 the option values). When the node runs again with the same fingerprint and ``steps`` >= the stored step,
 training continues from that state; otherwise it starts over. Preview and checkpoint cadence are not part of
-the fingerprint: changing them continues the run (with nothing left to train, only the previews re-run)."""
+the fingerprint, nor is the memory mode: changing them continues the run (with nothing left to train, only the previews re-run)."""
 from __future__ import annotations
 
 import logging
@@ -24,7 +24,8 @@ from .settings import BY_NAME, receiver_input
 
 log = logging.getLogger(__name__)
 
-MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "gradient_checkpointing")
+MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
+               "blocks_to_swap")
 TOPICS = [BY_NAME[t] for t in ("optimizer", "noise_loss", "checkpoints", "previews")]  # its settings sockets
 TITLE = "Train LoRA (LoRA Loop)"
 REGISTRY = ContinuationRegistry()
@@ -71,7 +72,8 @@ class TrainLoRA(io.ComfyNode):
                 widget(TrainConfig, "lr_scheduler"),
                 widget(TrainConfig, "seed", control_after_generate=True),
                 widget(CheckpointConfig, "output_name", optional=True),
-                widget(TrainConfig, "gradient_checkpointing", optional=True),
+                widget(TrainConfig, "memory_mode", optional=True),
+                widget(TrainConfig, "blocks_to_swap", optional=True),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied "
@@ -156,6 +158,7 @@ class TrainLoRA(io.ComfyNode):
 
 
 def _without_steps(cfg: TrainConfig):
+    """The config without what does not change the trained weights: steps (continuation) and the memory mode."""
     import dataclasses
 
-    return dataclasses.replace(cfg, max_train_steps=1)
+    return dataclasses.replace(cfg, max_train_steps=1, memory_mode="auto", blocks_to_swap=0)

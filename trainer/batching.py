@@ -35,6 +35,16 @@ def _buckets(dataset: LoraDataset, plan: BucketPlan) -> dict[tuple[int, tuple[in
     return dict(sorted(out.items()))
 
 
+def largest_batch(dataset: LoraDataset, plan: BucketPlan) -> tuple[int, int, int]:
+    """(batch size, bucket width, bucket height) of the batch with the most pixels: the step that needs the most
+    memory."""
+    best = (0, (0, 0, 0))
+    for (g, bucket), items in _buckets(dataset, plan).items():
+        b = min(len(items), dataset.groups[g].batch_size)
+        best = max(best, (b * bucket[0] * bucket[1], (b, bucket[0], bucket[1])))
+    return best[1]
+
+
 def batches_per_epoch(dataset: LoraDataset, plan: BucketPlan) -> int:
     """Σ over buckets of ceil(samples / batch_size) (kohya ``len(dataset)``)."""
     return sum(math.ceil(len(items) / dataset.groups[g].batch_size) for (g, _), items in _buckets(dataset, plan).items())

@@ -35,6 +35,12 @@ def _flow_samplings() -> tuple[str, ...]:
     return ("model",) + tuple(FLOW_SAMPLINGS)
 
 
+def _memory_modes() -> tuple[str, ...]:
+    from .memory import MEMORY_MODES
+
+    return MEMORY_MODES
+
+
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LR = dict(min=0.0, max=1.0, step=0.000001, round=0.0000001)
 SEED = dict(min=0, max=2**63 - 1)
@@ -81,9 +87,18 @@ class TrainConfig:
                                            "parameters are on the Optimizer settings node.", choices=_schedules)
     seed: int = option(0, "Seed for noise, timesteps and data order. Same inputs + seed on CPU give a bit-identical "
                           "LoRA.", **SEED)
-    gradient_checkpointing: bool = option(False, "Recompute block activations in backward: much less memory, ~30% "
-                                                 "slower (kohya gradient_checkpointing). Not applied to FLUX blocks "
-                                                 "yet.")
+    memory_mode: str = option("auto", "How a step fits the device. auto: the fastest plan the free memory ComfyUI "
+                                      "reports allows (estimated on the meta device before training). resident: "
+                                      "all weights on the device, no checkpointing (fastest, most memory). "
+                                      "checkpointed: + gradient checkpointing of every block and text-encoder "
+                                      "layer (kohya gradient_checkpointing: much less activation memory, ~30% "
+                                      "slower). streamed: checkpointed, and blocks_to_swap blocks' weights stay "
+                                      "off the device, cast in per layer by ComfyUI's loader (kohya "
+                                      "blocks_to_swap). The LoRA is the same in every mode.",
+                              choices=_memory_modes, widget="memory")
+    blocks_to_swap: int = option(0, "memory=streamed: blocks whose weights stay off the device (kohya "
+                                    "blocks_to_swap); 0 = as many as needed to fit. Ignored by other modes.",
+                                 min=0, max=1000)
     # ---- Optimizer settings node
     lr_warmup_steps: int = option(0, "Linear warm-up steps (kohya lr_warmup_steps). Not allowed with 'constant' "
                                      "(use constant_with_warmup).", min=0, max=1_000_000)

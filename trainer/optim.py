@@ -44,6 +44,7 @@ __all__ = [
     "OPTIMIZERS",
     "available_optimizers",
     "optimizer_is_installed",
+    "optimizer_state_bytes",
     "build_optimizer",
     "optimizer_repr",
     "parse_optimizer_args",
@@ -69,6 +70,8 @@ class OptimizerSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "kwargs applied unless the user sets them"})
     pip: Optional[str] = field(default=None, metadata={"help": "package to install when the import fails"})
     help: str = ""
+    state_bytes: float = field(default=8.0, metadata={"help": "optimizer state per fp32 parameter, in bytes "
+                                                              "(the memory planner's figure)"})
 
     def load_class(self) -> type:
         try:
@@ -89,11 +92,12 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
     for spec in [
         OptimizerSpec("AdamW", "torch.optim", "AdamW", help="torch AdamW (sd-scripts default; weight decay 0.01)"),
         OptimizerSpec("AdamW8bit", "bitsandbytes.optim", "AdamW8bit", pip="bitsandbytes",
-                      help="bitsandbytes 8-bit AdamW: less optimizer memory; needs bitsandbytes (CUDA)"),
+                      help="bitsandbytes 8-bit AdamW: less optimizer memory; needs bitsandbytes (CUDA)",
+                      state_bytes=2.0),
         OptimizerSpec("Adam", "torch.optim", "Adam", {}, help="torch Adam"),
-        OptimizerSpec("SGD", "torch.optim", "SGD", {}, help="torch SGD"),
+        OptimizerSpec("SGD", "torch.optim", "SGD", {}, help="torch SGD", state_bytes=0.0),
         OptimizerSpec("SGDNesterov", "torch.optim", "SGD", {"momentum": 0.9, "nesterov": True},
-                      help="torch SGD with Nesterov momentum 0.9 (sd-scripts)"),
+                      help="torch SGD with Nesterov momentum 0.9 (sd-scripts)", state_bytes=4.0),
     ]
 }
 _BY_LOWER = {k.lower(): k for k in OPTIMIZERS}
@@ -109,6 +113,11 @@ def _spec(name: str) -> OptimizerSpec:
 def available_optimizers() -> List[str]:
     """Names for the node's combo. Includes optional ones (see module doc)."""
     return list(OPTIMIZERS)
+
+
+def optimizer_state_bytes(name: str) -> float:
+    """Bytes of optimizer state per fp32 parameter (AdamW: two fp32 moments = 8)."""
+    return _spec(name).state_bytes
 
 
 def optimizer_is_installed(name: str) -> bool:

@@ -51,7 +51,7 @@ def _text_encoder(clip):
     return encode
 
 
-def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool, on_image_step):
+def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool, on_image_step, reload):
     if preview is None or not preview.enabled:
         return None
     if vae is None:
@@ -79,7 +79,44 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
                                  steps=c.steps, cfg=c.cfg, width=c.width, height=c.height, seed=seed,
                                  on_step=on_step)
 
-    return PreviewRunner(preview, sample, after=lambda: ca.load_for_training(mp), progress=on_image_step)
+    return PreviewRunner(preview, sample, after=reload, progress=on_image_step)
+
+
+def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress):
+    """The memory plan this run follows (``cfg.memory_mode``; ``auto`` asks ComfyUI what is free), logged and
+    noted on the node. (None, 0) when the step could not be measured: the mode's own defaults then apply."""
+    from .batching import largest_batch
+    from .memory import HEADROOM, choose_plan, fixed_plan, gib
+    from .optim import optimizer_state_bytes
+
+    batch, width, height = largest_batch(data.dataset, data.plan)
+    progress.phase("planning memory", None)
+    try:
+        plans = ca.plan_training(mp, net, batch=batch, width=width, height=height,
+                                 compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
+                                 optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type))
+    except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
+        log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan",
+                    type(e).__name__, e, cfg.memory_mode)
+        progress.note(f"memory: no estimate ({type(e).__name__}); running {cfg.memory_mode}")
+        return None, 0
+    budget = ca.device_budget(mp)
+    if cfg.memory_mode == "auto":
+        plan, fits = choose_plan(plans, budget)
+    elif cfg.memory_mode == "streamed" and not cfg.blocks_to_swap:
+        plan, fits = choose_plan([p for p in plans if p.mode == "streamed"], budget)
+    else:
+        plan = fixed_plan(plans, cfg.memory_mode, cfg.blocks_to_swap)
+        fits = plan.estimate.total <= budget * (1 - HEADROOM)
+    where = f"{gib(budget)} available on {mp.load_device}"
+    log.info("LoRA Loop: memory plan for %d x %dx%d: %s; %s", batch, width, height, plan.describe(), where)
+    progress.note(f"memory: {plan.describe()}; {where}")
+    if not fits:
+        lean = min(plans, key=lambda p: p.estimate.total)
+        log.warning("LoRA Loop: the estimate (%s) exceeds what is available (%s); the leanest plan is %s. "
+                    "Lower the resolution or batch size, or use an fp8 base model, if training runs out of memory",
+                    gib(plan.estimate.total), where, lean.describe())
+    return plan, budget
 
 
 def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress: Progress | None = None,
@@ -118,10 +155,17 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family.name)
     guidance = cfg.guidance_scale if family.name == "flux" else None
-    checkpointing = cfg.gradient_checkpointing and family.name != "flux"
-    if cfg.gradient_checkpointing and not checkpointing:
-        log.warning("gradient checkpointing is not applied to FLUX blocks (they update their residual stream in "
-                    "place, which checkpoint recomputation cannot replay); training runs without it")
+    plan, budget = _memory_plan(mp, net, data, cfg, progress)
+    checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode in ("checkpointed", "streamed")
+    stream = cfg.memory_mode == "streamed" or (plan is not None and plan.mode == "streamed")
+    required = 0
+    if plan is not None:
+        required = plan.memory_required
+        if cfg.memory_mode == "streamed" and cfg.blocks_to_swap:  # exactly that many blocks off the device
+            required = max(required, budget - plan.estimate.weights)
+
+    def load() -> None:
+        ca.load_for_training(mp, required, stream=stream)
     eta = Eta(cfg.max_train_steps,
               preview_images=len(preview.prompt_list()) if preview is not None else 0,
               preview_steps=preview.steps if preview is not None else 0,
@@ -140,12 +184,12 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         progress.phase(f"sampling preview {i + 1}/{n}, step {done}/{total}",
                        eta.remaining(step, preview_left=(n - i, total - done)))
 
-    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step)
+    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step, load)
     summary = DatasetSummary.of(data.dataset, data.plan)
     started = float((resume.extra or {}).get("started_at") or time.time()) if resume is not None else time.time()
 
     with torch.inference_mode(False), torch.enable_grad():
-        ca.load_for_training(mp)
+        load()
         if train_te:
             ca.load_clip_for_training(clip_t)
         for p in net.parameters():
@@ -214,8 +258,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         try:
             root = ca.diffusion_root(mp)
             te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
-            with ca.differentiable_kernels(), ca.protect_inplace_residuals(root), \
-                    ca.protect_inplace_residuals(te_root), ca.gradient_checkpointing(root, checkpointing):
+            with ca.differentiable_kernels(), ca.functional_residuals(root), ca.functional_residuals(te_root), \
+                    ca.gradient_checkpointing(root, checkpointing), ca.gradient_checkpointing(te_root, checkpointing):
                 result = trainer.run(on_step=on_step, should_stop=progress.should_stop)
                 if runner is not None and not result.stopped_early and runner.due(trainer.step, trainer.step):
                     run_previews(trainer.step)  # resumed with nothing left to train: still show the end

@@ -112,7 +112,7 @@ def test_old_workflow_opens_with_its_values_and_says_how_to_update(comfy_page, c
     v = res["values"]
     assert (v["steps"], v["learning_rate"], v["optimizer"], v["lr_scheduler"], v["seed"], v["output_name"]) == \
         (1000, 0.0001, "AdamW", "constant", 0, "my_lora"), v
-    assert v["gradient_checkpointing"] is False
+    assert v["memory"] == "auto" and v["blocks_to_swap"] == 0  # 0.1's gradient_checkpointing false
     assert "vae" not in res["inputs"] and "train_state" not in res["inputs"]
     assert {"optimizer_settings", "noise_loss_settings", "checkpoint_settings", "preview_settings"} <= set(res["inputs"])
     assert res["moved"]["preview_prompts"].startswith("a photo of sks dog") and res["moved"]["save_every_n_steps"] == 250

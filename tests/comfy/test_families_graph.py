@@ -247,7 +247,7 @@ def test_sdxl_size_conditioning_is_per_sample(comfy):
     p["rec"] = {"class_type": "LoraLoopTest_RecordModelInputs", "inputs": {"model": [loader, 0], "name": "adm"}}
     p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["model"] = ["rec", 0]
     p[graphs.one(p, "LoraLoop_BucketImages")]["inputs"].update(batch_size=2, max_bucket_reso=256)
-    p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["gradient_checkpointing"] = False
+    p[graphs.one(p, "LoraLoop_TrainLoRA")]["inputs"]["memory"] = "resident"
     comfy_env.run_prompt(p, "adm")
     calls = RESULTS["adm"]
     assert len(calls) == 5

@@ -231,7 +231,7 @@ def test_metadata_from_a_toml_dataset_with_reg_images(tmp_path):
 def test_metadata_records_what_ran(tmp_path):
     _images(tmp_path / "data", ["a", "b"])
     ds = load_folder(str(tmp_path / "data"))
-    rec = _record(ds, config=TrainConfig(mixed_precision="auto", gradient_checkpointing=True),
+    rec = _record(ds, config=TrainConfig(mixed_precision="auto", memory_mode="checkpointed"),
                   mixed_precision="bf16", gradient_checkpointing=False, trains_text_encoder=True)
     m = metadata_for(_network(), rec)
     assert m["ss_mixed_precision"] == "bf16" and m["ss_gradient_checkpointing"] == "False"

@@ -20,12 +20,14 @@ const defs = {
                   seed: ["INT", { default: 0, control_after_generate: true }] },
       optional: { clip: ["CLIP"], optimizer_settings: ["LORA_OPTIMIZER_SETTINGS"], noise_loss_settings: ["LORA_NOISE_LOSS_SETTINGS"],
                   checkpoint_settings: ["LORA_CHECKPOINT_SETTINGS"], preview_settings: ["LORA_PREVIEW_SETTINGS"],
-                  output_name: ["STRING", { default: "my_lora" }], gradient_checkpointing: ["BOOLEAN", { default: false }] },
+                  output_name: ["STRING", { default: "my_lora" }],
+                  memory: [["auto", "resident", "checkpointed", "streamed"], { default: "auto" }],
+                  blocks_to_swap: ["INT", { default: 0 }] },
     },
     input_order: {
       required: ["model", "network", "dataset", "steps", "learning_rate", "optimizer", "lr_scheduler", "seed"],
       optional: ["clip", "optimizer_settings", "noise_loss_settings", "checkpoint_settings", "preview_settings",
-                 "output_name", "gradient_checkpointing"],
+                 "output_name", "memory", "blocks_to_swap"],
     },
   },
   LoraLoop_LoadDataset: {
@@ -54,7 +56,8 @@ const defs = {
 
 test("widget order follows the declared inputs, with control_after_generate after the seed", () => {
   assert.deepEqual(widgetOrder(defs.LoraLoop_TrainLoRA),
-    ["steps", "learning_rate", "optimizer", "lr_scheduler", "seed", "control_after_generate", "output_name", "gradient_checkpointing"]);
+    ["steps", "learning_rate", "optimizer", "lr_scheduler", "seed", "control_after_generate", "output_name", "memory",
+     "blocks_to_swap"]);
   assert.equal(defaultOf(defs.LoraLoop_TrainLoRA, "optimizer"), "AdamW");
 });
 
@@ -62,7 +65,7 @@ test("the old watch template keeps its values and reports what moved", () => {
   const wf = oldWorkflow();
   const report = migrateGraph(wf, layouts, defs);
   const train = wf.nodes.find((n) => n.type === "LoraLoop_TrainLoRA");
-  assert.deepEqual(train.widgets_values, [1000, 0.0001, "AdamW", "constant", 0, "fixed", "my_lora", false]);
+  assert.deepEqual(train.widgets_values, [1000, 0.0001, "AdamW", "constant", 0, "fixed", "my_lora", "auto", 0]);
   assert.equal(train.properties[PROPERTY].preview_prompts, "a photo of sks dog on the beach\na photo of sks dog in the snow");
   assert.equal(train.properties[PROPERTY].save_every_n_steps, 250);
   // the vae / train_state sockets left Train LoRA: their slots and links are gone, the other links renumbered
@@ -108,4 +111,14 @@ test("connecting a settings node clears the values it carries", () => {
   for (const socket of ["checkpoint_settings", "optimizer_settings", "noise_loss_settings"]) clearMoved(train, socket, layouts);
   assert.equal(train.properties[PROPERTY], undefined);
   assert.equal(clearMoved(train, "preview_settings", layouts), false);
+});
+
+test("a 0.2 Train LoRA's gradient_checkpointing becomes the memory mode", () => {
+  for (const [gc, memory] of [[true, "checkpointed"], [false, "auto"]]) {
+    const node = { id: 7, type: "LoraLoop_TrainLoRA", inputs: [], outputs: [],
+                   widgets_values: [300, 0.0002, "Adam", "cosine", 5, "fixed", "mine", gc] };
+    const report = migrateGraph({ nodes: [node], links: [] }, layouts, defs);
+    assert.deepEqual(node.widgets_values, [300, 0.0002, "Adam", "cosine", 5, "fixed", "mine", memory, 0]);
+    assert.deepEqual(report[0].lost, []);
+  }
 });

@@ -9,23 +9,26 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
   backward, blocks that update their residual stream in place, gradient checkpointing);
 - ``encode``: VAE and CLIP encoding and cheap weight fingerprints;
 - ``preview``: sampling preview images with ComfyUI's own sampler (``comfy/sample.py``);
+- ``memory``: free device memory, and a step's memory measured on the meta device (``comfy/model_management.py``,
+  ``comfy/supported_models_base.py``, ``comfy/ldm/modules/attention.py``);
 - ``interrupt``: ComfyUI's Cancel (``comfy/model_management.py``);
 - ``verify``: reload a saved file through ComfyUI's LoRA loader and compare (``comfy/sd.py``, ``comfy/lora.py``).
 """
-from .autograd import differentiable_kernels, gradient_checkpointing, protect_inplace_residuals
+from .autograd import checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
 from .inject import install_network, install_text_encoder_network
+from .memory import device_budget, plan_training
 from .interrupt import interrupted, is_interrupt, raise_if_interrupted
-from .model import (ComfyTrainModel, ObjectiveSpec, detect_family, diffusion_root,
+from .model import (ComfyTrainModel, ObjectiveSpec, autocast_dtype, detect_family, diffusion_root,
                     load_clip_for_training, load_for_training, model_config_names, objective_spec, unet_config)
 from .preview import sample_preview, sampler_names
 from .verify import VerifyReport, verify_saved_lora
 
 __all__ = [
-    "ComfyTrainModel", "ObjectiveSpec", "clip_fingerprint", "detect_family",
-    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "gradient_checkpointing",
+    "ComfyTrainModel", "ObjectiveSpec", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint", "detect_family", "device_budget",
+    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "functional_residuals", "gradient_checkpointing",
     "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
-    "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec",
-    "protect_inplace_residuals", "raise_if_interrupted", "sample_preview", "sampler_names", "unet_config",
+    "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec", "plan_training",
+    "raise_if_interrupted", "sample_preview", "sampler_names", "unet_config",
     "vae_fingerprint", "VerifyReport", "verify_saved_lora",
 ]

@@ -57,24 +57,41 @@ def override_forwards(modules, make_forward):
 
 # ----------------------------------------------------------------------------- gradient checkpointing
 
-def _checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
-    """The block-level modules whose forward is recomputed in backward: the children of the block lists
-    of ``comfy/ldm/modules/diffusionmodules/openaimodel.py`` UNetModel (inside each TimestepEmbedSequential),
-    ``comfy/ldm/flux/model.py`` Flux and ``comfy/ldm/modules/diffusionmodules/mmdit.py`` MMDiT."""
+# The block lists whose children are recomputed in backward: ``input_blocks`` / ``middle_block`` /
+# ``output_blocks`` of comfy/ldm/modules/diffusionmodules/openaimodel.py UNetModel (inside each
+# TimestepEmbedSequential), ``double_blocks`` / ``single_blocks`` of comfy/ldm/flux/model.py Flux,
+# ``joint_blocks`` of comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT, ``layers`` of
+# comfy/clip_model.py CLIPEncoder and ``block`` of comfy/text_encoders/t5.py T5Stack.
+CHECKPOINT_CONTAINERS = ("input_blocks", "middle_block", "output_blocks", "double_blocks", "single_blocks",
+                         "joint_blocks", "transformer_blocks", "layers", "block")
+
+
+def checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The block-level modules under ``root`` (found at any depth, never inside one another) whose forward is
+    recomputed in backward when gradient checkpointing is on."""
     blocks: list[torch.nn.Module] = []
-    for name in ("input_blocks", "middle_block", "output_blocks", "double_blocks", "single_blocks",
-                 "joint_blocks", "transformer_blocks"):
-        container = getattr(root, name, None)
-        if container is None:
-            continue
-        for child in container.children():
-            inner = list(child.children()) if type(child).__name__ == "TimestepEmbedSequential" else [child]
-            blocks.extend(inner)
+
+    def walk(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if name in CHECKPOINT_CONTAINERS and isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+                for block in child.children():
+                    if type(block).__name__ == "TimestepEmbedSequential":
+                        blocks.extend(block.children())
+                    else:
+                        blocks.append(block)
+            else:
+                walk(child)
+
+    walk(root)
     return blocks
 
 
 def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
-    """Temporarily wrap block forwards in torch.utils.checkpoint (installed after, removed before LoRA)."""
+    """Temporarily wrap block forwards in torch.utils.checkpoint (installed after, removed before LoRA).
+
+    Install it after ``functional_residuals`` so that the recomputed forward is the functional one: a block
+    that wrote into its residual input in place would otherwise change the tensors its first forward and
+    its recomputation read."""
     import torch.utils.checkpoint as cp
 
     def make(org):
@@ -84,7 +101,7 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
             return org(*args, **kwargs)
         return fwd
 
-    return override_forwards(_checkpoint_blocks(root) if enabled else [], make)
+    return override_forwards(checkpoint_blocks(root) if enabled else [], make)
 
 
 # ----------------------------------------------------------------------------- differentiable kernels
@@ -126,38 +143,75 @@ def differentiable_kernels():
 
 # Blocks that update their residual-stream inputs in place (``x += ...``) after a norm saved them for
 # backward: DoubleStreamBlock / SingleStreamBlock (comfy/ldm/flux/layers.py), CLIPLayer
-# (comfy/clip_model.py), T5LayerFF / T5LayerSelfAttention (comfy/text_encoders/t5.py).
+# (comfy/clip_model.py), T5LayerFF / T5LayerSelfAttention (comfy/text_encoders/t5.py), DismantledBlock's
+# x-only path (comfy/ldm/modules/diffusionmodules/mmdit.py). Every checkpointed block is treated the same
+# way, so a block of a family not named here is safe too.
 INPLACE_RESIDUAL_BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock", "CLIPLayer", "T5LayerFF", "T5LayerSelfAttention")
-_RESIDUAL_KWARGS = ("img", "txt", "x")
+_RESIDUAL_KWARGS = ("img", "txt", "x", "hidden_states", "encoder_hidden_states")
 
 
-def _storage_key(t: torch.Tensor):
-    try:
-        return t.untyped_storage().data_ptr()
-    except Exception:
-        return None
+class Residual(torch.Tensor):
+    """A block's input tensor whose in-place arithmetic (``+=``, ``-=``, ``*=``, ``/=``) makes a new tensor.
+
+    ``x += f(norm(x))`` inside a block then leaves the ``x`` that ``norm`` saved for backward untouched, so
+    the block is differentiable as written and its checkpointed recomputation reads the same inputs as its
+    first forward. Every other op runs on the plain tensor and returns plain tensors (no per-op wrapping)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+    def __iadd__(self, other):
+        return _residual(torch.add(self, other))
+
+    def __isub__(self, other):
+        return _residual(torch.sub(self, other))
+
+    def __imul__(self, other):
+        return _residual(torch.mul(self, other))
+
+    def __itruediv__(self, other):
+        return _residual(torch.div(self, other))
 
 
-def protect_inplace_residuals(root: torch.nn.Module):
-    """Make blocks that modify their residual inputs in place trainable.
+def _residual(t):
+    if type(t) is torch.Tensor and t.is_floating_point():
+        return t.as_subclass(Residual)
+    return t
 
-    Inside such a block, any tensor autograd saves that shares storage with a residual input is saved as a
-    copy, so the later in-place ``+=`` cannot invalidate it. Only those few activations are copied."""
+
+def _plain(out):
+    if type(out) is Residual:
+        return out.as_subclass(torch.Tensor)
+    if isinstance(out, tuple):
+        return tuple(_plain(o) for o in out)
+    if isinstance(out, list):
+        return [_plain(o) for o in out]
+    return out
+
+
+def functional_residuals(root: torch.nn.Module):
+    """Make blocks that modify their residual inputs in place trainable, and checkpointable.
+
+    While grad is on, the block's positional tensor inputs and its residual-stream keyword inputs
+    (``img``, ``txt``, ``x``, ...) reach it as ``Residual`` views, so its ``+=`` updates become out-of-place;
+    its outputs are handed on as plain tensors. No copy is made and the maths is unchanged: the first
+    forward, the recomputation and an inference forward compute the same values."""
 
     def make(org):
         def fwd(*args, **kwargs):
             if not torch.is_grad_enabled():
                 return org(*args, **kwargs)
-            tensors = [a for a in args if torch.is_tensor(a)]
-            tensors += [kwargs[k] for k in _RESIDUAL_KWARGS if torch.is_tensor(kwargs.get(k))]
-            keys = {_storage_key(t) for t in tensors} - {None}
-
-            def pack(t):
-                return t.clone() if _storage_key(t) in keys else t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                return org(*args, **kwargs)
+            args = tuple(_residual(a) for a in args)
+            kwargs = {k: (_residual(v) if k in _RESIDUAL_KWARGS else v) for k, v in kwargs.items()}
+            return _plain(org(*args, **kwargs))
         return fwd
 
-    blocks = [m for m in root.modules() if type(m).__name__ in INPLACE_RESIDUAL_BLOCKS]
+    seen: set[int] = set()
+    blocks = []
+    for m in checkpoint_blocks(root) + [m for m in root.modules() if type(m).__name__ in INPLACE_RESIDUAL_BLOCKS]:
+        if id(m) not in seen:
+            seen.add(id(m))
+            blocks.append(m)
     return override_forwards(blocks, make)

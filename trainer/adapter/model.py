@@ -79,11 +79,16 @@ def objective_spec(model_patcher) -> ObjectiveSpec:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_for_training(model_patcher) -> None:
-    """Fully load the patcher (injections applied) and make its weights usable by autograd."""
+def load_for_training(model_patcher, memory_required: int = 0, stream: bool = False) -> None:
+    """Load the patcher (injections applied) through ComfyUI's loader and make its weights usable by autograd.
+
+    ``memory_required``: what the step needs besides the weights (the memory plan's estimate), so ComfyUI frees
+    room for it, unloading other models (text encoders, VAE) when it must. ``stream``: let ComfyUI load only
+    the weights that fit next to that, as it does for sampling (the rest are cast onto the device per layer);
+    otherwise every weight is loaded."""
     import comfy.model_management as mm
 
-    mm.load_models_gpu([model_patcher], memory_required=0, force_full_load=True)
+    mm.load_models_gpu([model_patcher], memory_required=int(memory_required), force_full_load=not stream)
     n = replace_inference_tensors(model_patcher.model)
     if n:
         log.debug("converted %d inference tensors of %s", n, type(model_patcher.model).__name__)
@@ -117,6 +122,24 @@ def autocast_dtype(device, mode: str) -> torch.dtype | None:
     return torch.float16
 
 
+# ComfyUI's attention functions (comfy/ldm/modules/attention.py) that training replaces by its SDPA one
+# (attention_pytorch): sage has no backward; sub-quadratic, split and basic attention (ComfyUI's CPU and fallback
+# picks) keep more for backward and run it slower than PyTorch's fused SDPA kernels.
+SLOW_BACKWARD_ATTENTION = ("attention_sub_quad", "attention_split", "attention_basic", "attention_sage",
+                           "attention3_sage")
+
+
+def training_attention(func, *args, **kwargs):
+    """An ``optimized_attention_override`` (``comfy/ldm/modules/attention.py`` ``wrap_attn``): the attention
+    ComfyUI picked for sampling, unless its backward is missing or slow; then PyTorch SDPA through ComfyUI's
+    own ``attention_pytorch``, which keeps only q, k, v, the output and its log-sum-exp for backward."""
+    if getattr(func, "__name__", "") in SLOW_BACKWARD_ATTENTION:
+        import comfy.ldm.modules.attention as attention
+
+        return attention.attention_pytorch(*args, **kwargs)
+    return func(*args, **kwargs)
+
+
 class ComfyTrainModel:
     """What the loop sees of a ComfyUI MODEL: per-sample conds and a denoiser."""
 
@@ -146,6 +169,7 @@ class ComfyTrainModel:
         opts = copy(self.patcher.model_options.get("transformer_options", {}))
         pe.merge_nested_dicts(opts.setdefault("wrappers", {}), copy(self.patcher.wrappers), copy_dict1=False)
         pe.merge_nested_dicts(opts.setdefault("callbacks", {}), copy(self.patcher.callbacks), copy_dict1=False)
+        opts.setdefault("optimized_attention_override", training_attention)  # a user's own override wins
         return opts
 
     def autocast(self):

@@ -89,6 +89,10 @@ function migrateNode(node, graph, layouts, defs) {
   const layout = (layouts?.nodes?.[node.type] ?? []).find((l) => l.widgets.length === values.length);
   if (!layout) return null;
   const old = Object.fromEntries(layout.widgets.map((name, i) => [name, values[i]]));
+  for (const [name, [widget, map]] of Object.entries(layout.renamed ?? {})) {
+    const key = JSON.stringify(old[name]);
+    if (name in old && !(widget in old) && map && key in map) old[widget] = map[key];
+  }
   node.widgets_values = current.map((name) => (name in old ? old[name] : defaultOf(def, name)));
   const moved = {};
   const lost = [];

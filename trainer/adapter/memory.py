@@ -1,0 +1,232 @@
+"""Device memory: what ComfyUI says is free, and what a training step of ComfyUI's own model needs.
+
+A step is measured, not guessed: the MODEL's diffusion model is rebuilt on the meta device from its own model
+config (``comfy/supported_models_base.py`` ``get_model``, so every layer is ComfyUI's code with ComfyUI's ops,
+fp8 / manual-cast ops included), the LoRA network is installed on it, and one forward + backward runs there
+under ``trainer.memory.LiveBytes`` with the same autograd helpers, checkpointing and transformer options a real
+step uses. No weights are allocated and no GPU is needed. Attention runs through ComfyUI's
+``optimized_attention_override`` hook (``comfy/ldm/modules/attention.py`` ``wrap_attn``) as a kernel that keeps
+only q, k, v, the output and its log-sum-exp for backward, as flash / SDPA kernels do.
+
+Free memory comes from ``comfy.model_management.get_free_memory`` (plus what the model being trained already
+holds there), so ``auto`` plans against the same number ComfyUI's loader uses."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..memory import LiveBytes, StepMemory
+from ..network import UNET_ROOT
+from .autograd import checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing
+
+log = logging.getLogger(__name__)
+
+META = torch.device("meta")
+
+
+# ----------------------------------------------------------------------------- the device
+
+def free_memory(device) -> int:
+    """Bytes ComfyUI reports free on ``device`` (its ``get_free_memory``: device free + its allocator's cache)."""
+    import comfy.model_management as mm
+
+    return int(mm.get_free_memory(torch.device(device)))
+
+
+def loaded_weight_bytes(model_patcher) -> int:
+    """Bytes of the patcher's weights ComfyUI has on its load device now (0 when it is not loaded)."""
+    try:
+        return int(model_patcher.loaded_size())
+    except Exception:
+        return 0
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (as stored: fp8 weights count 1 byte per element)."""
+    n = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        n += t.numel() * t.element_size()
+    return n
+
+
+# ----------------------------------------------------------------------------- the meta model
+
+def meta_model(model_config, weight_dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None):
+    """ComfyUI's model for ``model_config`` built on the meta device: its weights in ``weight_dtype`` (default:
+    the config's), computed in ``compute_dtype`` (manual-cast ops when it differs, as ComfyUI's loader sets
+    them up for fp8 or for fp16 on devices without it)."""
+    mc = object.__new__(type(model_config))  # copy.copy trips over the config's catch-all __getattr__
+    mc.__dict__.update(model_config.__dict__)
+    mc.unet_config = dict(model_config.unet_config)
+    wd = weight_dtype or mc.unet_config.get("dtype") or torch.float32
+    cd = compute_dtype or wd
+    mc.set_inference_dtype(wd, None if cd == wd else cd)
+    model = mc.get_model({}, device=META)
+    model.model_sampling.to(META)
+    model.requires_grad_(False)  # frozen, as the loaded model is for training
+    return model
+
+
+def example_conds(model_config, batch: int, tokens: int | None = None, device=META,
+                  dtype: torch.dtype = torch.float32) -> dict:
+    """apply_model keyword inputs of the shapes a family's text encoders give: ``c_crossattn`` (tokens x context
+    width), pooled ``y`` where the model takes one, FLUX's ``guidance``. ``tokens`` defaults to what the
+    family's encoders emit (77 CLIP; SD3 77 CLIP + 77 T5; FLUX 512 T5)."""
+    u = model_config.unet_config
+    if "context_in_dim" in u:                         # FLUX: T5 tokens, pooled CLIP-L vector
+        width, pooled, tokens = u["context_in_dim"], u.get("vec_in_dim"), tokens or 512
+    elif "context_embedder_config" in u:              # SD3 / MMDiT
+        width = u["context_embedder_config"]["params"]["in_features"]
+        pooled, tokens = u.get("adm_in_channels"), tokens or 154
+    else:                                             # SD1 / SD2 / SDXL U-Net
+        width, pooled, tokens = u["context_dim"], u.get("adm_in_channels"), tokens or 77
+    conds = {"c_crossattn": torch.empty(batch, tokens, width, device=device, dtype=dtype)}
+    if pooled:
+        conds["y"] = torch.empty(batch, pooled, device=device, dtype=dtype)
+    if u.get("guidance_embed"):
+        conds["guidance"] = torch.empty(batch, device=device, dtype=dtype)
+    return conds
+
+
+def latent_shape(model_config, batch: int, width: int, height: int) -> tuple[int, ...]:
+    """The latent a ``width`` x ``height`` image encodes to for this model (its latent format's channels and
+    downscale)."""
+    fmt = model_config.latent_format
+    down = getattr(fmt, "spacial_downscale_ratio", 8)
+    return (batch, fmt.latent_channels, height // down, width // down)
+
+
+# ----------------------------------------------------------------------------- attention for planning
+
+class _FlashLikeAttention(torch.autograd.Function):
+    """Shape-only attention that saves what flash / SDPA kernels save: q, k, v, out and a float32 log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # (b, h, n, d)
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def planning_attention(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                       skip_output_reshape=False, **kwargs):
+    """An ``optimized_attention_override`` with ComfyUI's attention signature (``attention_pytorch``)."""
+    if skip_reshape:
+        b, _, _, dim_head = q.shape
+    else:
+        b, _, inner = q.shape
+        dim_head = inner // heads
+        q, k, v = (t.view(b, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
+    out = _FlashLikeAttention.apply(q, k, v)
+    if not skip_output_reshape:
+        out = out.transpose(1, 2).reshape(b, -1, heads * dim_head)
+    return out
+
+
+# ----------------------------------------------------------------------------- one measured step
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """What the planner needs to know about a model: its weights and its blocks' weights (bytes)."""
+    weights: int
+    block_weights: list[int]
+
+
+def model_memory(root: torch.nn.Module, weight_dtype: torch.dtype | None = None) -> ModelMemory:
+    """Weight bytes of a diffusion model and of each of its checkpointable blocks, as stored (``weight_dtype``:
+    count them in that dtype instead, for planning a load in another dtype)."""
+    def size(m: torch.nn.Module) -> int:
+        if weight_dtype is None:
+            return weight_bytes(m)
+        item = torch.empty((), dtype=weight_dtype).element_size()
+        return sum(p.numel() * (item if p.is_floating_point() else p.element_size())
+                   for p in list(m.parameters()) + list(m.buffers()))
+
+    return ModelMemory(size(root), [size(b) for b in checkpoint_blocks(root)])
+
+
+def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
+                 compute_dtype: torch.dtype = torch.float32, transformer_options: dict | None = None) -> StepMemory:
+    """Run one forward + backward of ``model`` (a ComfyUI BaseModel, normally from ``meta_model``) with a copy
+    of ``network``'s diffusion-model LoRA installed, on the model's device, and count what it allocates."""
+    device = next(model.diffusion_model.parameters()).device
+    net = network.subset(UNET_ROOT).copy().to(device)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    root = model.diffusion_model
+    net.install({UNET_ROOT: root})
+    opts = dict(transformer_options or {})
+    opts["optimized_attention_override"] = planning_attention
+    b = x_shape[0]
+    opts.update(cond_or_uncond=[0] * b)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), \
+                functional_residuals(root), gradient_checkpointing(root, checkpointing):
+            x = torch.empty(x_shape, device=device, dtype=compute_dtype)
+            sigma = torch.empty(b, device=device, dtype=torch.float32)
+            c = {k: (v.to(device=device, dtype=compute_dtype if v.is_floating_point() else v.dtype)
+                     if torch.is_tensor(v) else v) for k, v in conds.items()}
+            opts["sigmas"] = sigma
+            with LiveBytes() as live:
+                out = model.apply_model(x, sigma, transformer_options=opts, **c)
+                loss = (out.float() - x.float()).pow(2).mean()
+                activations = live.mark()
+                loss.backward()
+                del out, loss
+            return StepMemory(activations=activations, peak=live.peak)
+    finally:
+        net.remove()
+
+
+# ----------------------------------------------------------------------------- plans for a MODEL
+
+def device_budget(model_patcher) -> int:
+    """Memory a training run of ``model_patcher`` can plan with on its load device: what ComfyUI reports free,
+    plus what ComfyUI's loaded models hold there (its loader unloads them, text encoders and VAE included, when
+    the training model needs the room)."""
+    import comfy.model_management as mm
+
+    dev = torch.device(model_patcher.load_device)
+    held = 0
+    for lm in list(mm.current_loaded_models):
+        try:
+            if torch.device(lm.device) == dev:
+                held += int(lm.model_loaded_memory())
+        except Exception:
+            continue
+    return free_memory(dev) + held
+
+
+def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
+                  optimizer_state_bytes: float, conds: dict | None = None, transformer_options: dict | None = None):
+    """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
+    (fastest first), from two meta-device steps of the MODEL's own architecture (without and with
+    checkpointing). ``conds``: apply_model inputs of one batch (any device; default: the family's shapes)."""
+    from ..memory import network_bytes, plan_candidates
+
+    base = model_patcher.model
+    wd = base.get_dtype()
+    cd = compute_dtype or getattr(base, "manual_cast_dtype", None) or wd
+    with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
+        meta = meta_model(base.model_config, wd, cd)
+        conds = conds if conds is not None else example_conds(base.model_config, batch)
+        x_shape = latent_shape(base.model_config, batch, width, height)
+        steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck, compute_dtype=cd,
+                              transformer_options=transformer_options) for ck in (False, True)]
+    mem = model_memory(base.diffusion_model)
+    params = [p for p in network.subset(UNET_ROOT).parameters()]
+    n = sum(p.numel() for p in params)
+    item = params[0].element_size() if params else 4
+    cast = max((b * torch.empty((), dtype=cd).element_size() // max(1, torch.empty((), dtype=wd).element_size())
+                for b in mem.block_weights), default=0)
+    return plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
+                           network=network_bytes(n, item, optimizer_state_bytes), plain=steps[0],
+                           checkpointed=steps[1], cast_bytes_per_block=cast, grad_bytes=n * item)
