@@ -124,6 +124,40 @@ class MemoryPlan:
         return f"{how}: {self.estimate.describe()}"
 
 
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory during a step; the message says what was saved and which setting fits."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A device (or host) allocation failed: torch's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def leaner_plan(plans: list[MemoryPlan], ran: MemoryPlan | None, budget: int,
+                headroom: float = HEADROOM) -> MemoryPlan | None:
+    """After running out of memory with ``ran``: the fastest plan that needs clearly less (estimate scaled by
+    how far ``ran`` was off, assuming it just did not fit), None when no leaner plan exists."""
+    if ran is None:
+        return next((p for p in plans if p.mode == "checkpointed"), None)
+    # ``ran`` did not fit: the real need is at least the budget; scale the other estimates by the same factor
+    scale = max(1.0, budget * (1.0 - headroom) / max(1, ran.estimate.total))
+    for plan in plans:
+        if plan.estimate.total < ran.estimate.total and plan.estimate.total * scale * 1.1 <= budget * (1 - headroom):
+            return plan
+    leaner = [p for p in plans if p.estimate.total < ran.estimate.total]
+    return min(leaner, key=lambda p: p.estimate.total) if leaner else None
+
+
+def setting_of(plan: MemoryPlan) -> str:
+    """The Train LoRA setting that runs ``plan``."""
+    if plan.mode == "streamed":
+        return f"memory=streamed with blocks_to_swap={plan.blocks_to_swap}"
+    return f"memory={plan.mode}"
+
+
 def network_bytes(n_params: int, param_bytes: int, optimizer_state_bytes: float) -> int:
     """LoRA parameters + their gradients (same dtype) + optimizer state (per parameter, fp32-based)."""
     return int(2 * n_params * param_bytes + n_params * optimizer_state_bytes)

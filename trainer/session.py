@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .encoded import EncodedDataset
 from .export import human_size
 from .loop import StepInfo, Trainer, TrainingDiverged, TrainResult
+from .memory import TrainingOutOfMemory, is_out_of_memory
 from .previews import PreviewConfig, PreviewRunner
 from .record import DatasetSummary, TrainingRecord, record_of
 from .reporting import Eta, Progress
@@ -99,7 +100,7 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
         log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan",
                     type(e).__name__, e, cfg.memory_mode)
         progress.note(f"memory: no estimate ({type(e).__name__}); running {cfg.memory_mode}")
-        return None, 0
+        return None, 0, []
     budget = ca.device_budget(mp)
     if cfg.memory_mode == "auto":
         plan, fits = choose_plan(plans, budget)
@@ -116,7 +117,41 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
         log.warning("LoRA Loop: the estimate (%s) exceeds what is available (%s); the leanest plan is %s. "
                     "Lower the resolution or batch size, or use an fp8 base model, if training runs out of memory",
                     gib(plan.estimate.total), where, lean.describe())
-    return plan, budget
+    return plan, budget, plans
+
+
+def _after_out_of_memory(oom, trainer, net, save, nothing_saved, on_state, start_step, started, plan, plans, budget,
+                         outcome) -> TrainingOutOfMemory:
+    """Free the failed step's memory, save the last completed step like Cancel does (file + re-queue state), and
+    return the error that says which setting fits."""
+    step, device_text = oom
+    ca.free_device_memory()
+    try:
+        saved = save("saved at out of memory")
+        if on_state is not None and trainer.step > start_step:
+            on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
+        note = (f"Step {trainer.step} is saved: {saved.lora_path}." if saved is not None
+                else nothing_saved(saved) + ".")
+    except Exception:
+        log.exception("LoRA Loop: could not save the state after running out of memory")
+        note = "The last completed step could not be saved (see the console)."
+    outcome["message"] = "out of memory"
+    return TrainingOutOfMemory(_out_of_memory_message(device_text, step, plan, plans, budget, note))
+
+
+def _out_of_memory_message(device_text: str, step: int, plan, plans, budget: int, saved_note: str) -> str:
+    from .memory import gib, leaner_plan, setting_of
+
+    ran = f"the plan {plan.describe()}" if plan is not None else "no memory plan"
+    better = leaner_plan(plans, plan, budget) if plans else None
+    if better is not None:
+        fix = (f"Set Train LoRA's {setting_of(better)} (estimated {gib(better.estimate.total)}) and queue again: "
+               "training continues from the last completed step.")
+    else:
+        fix = ("This is already the leanest plan: lower the resolution or batch size, use an fp8 base model "
+               "(UNETLoader weight_dtype), a smaller network_dim, or free the device from other programs.")
+    return (f"out of memory at step {step} with {ran} ({gib(budget)} were available when it was planned). {fix} "
+            f"{saved_note} (device: {device_text})")
 
 
 def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress: Progress | None = None,
@@ -155,7 +190,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family.name)
     guidance = cfg.guidance_scale if family.name == "flux" else None
-    plan, budget = _memory_plan(mp, net, data, cfg, progress)
+    plan, budget, plans = _memory_plan(mp, net, data, cfg, progress)
     checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode in ("checkpointed", "streamed")
     stream = cfg.memory_mode == "streamed" or (plan is not None and plan.mode == "streamed")
     required = 0
@@ -254,7 +289,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             imgs = runner.run(step, net)
             progress.preview(step, imgs)
 
-        result = None
+        result, oom = None, None
         try:
             root = ca.diffusion_root(mp)
             te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
@@ -275,21 +310,27 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             outcome["message"] = "loss diverged" + (f"; {nothing_saved(saved)}" if saved is None else "")
             raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
-            if ca.is_interrupt(e):
-                outcome["status"] = "cancelled"
-                try:
-                    outcome["message"] = nothing_saved(save("saved on Cancel"))
-                    if on_state is not None and trainer.step > start_step:
-                        on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
-                except Exception:
-                    log.exception("LoRA Loop: could not save the state at Cancel")
-                    outcome["message"] = "could not save a checkpoint at Cancel (see the console)"
-            raise
+            if is_out_of_memory(e):  # handled below, once this frame no longer holds the failed step's tensors
+                oom = (trainer.step + 1, (str(e).strip().splitlines() or [type(e).__name__])[0])
+            else:
+                if ca.is_interrupt(e):
+                    outcome["status"] = "cancelled"
+                    try:
+                        outcome["message"] = nothing_saved(save("saved on Cancel"))
+                        if on_state is not None and trainer.step > start_step:
+                            on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
+                    except Exception:
+                        log.exception("LoRA Loop: could not save the state at Cancel")
+                        outcome["message"] = "could not save a checkpoint at Cancel (see the console)"
+                raise
         finally:
             for p in net.parameters():
                 p.requires_grad_(False)
                 p.grad = None
             net.eval()
+        if oom is not None:
+            raise _after_out_of_memory(oom, trainer, net, save, nothing_saved, on_state, start_step, started, plan,
+                                       plans, budget, outcome)
         state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early), "started_at": started})
     if on_state is not None and (trainer.step > start_step or resume is not None):
         on_state(state)

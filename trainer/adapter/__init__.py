@@ -17,7 +17,7 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 from .autograd import checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
 from .inject import install_network, install_text_encoder_network
-from .memory import device_budget, plan_training
+from .memory import device_budget, free_device_memory, plan_training
 from .interrupt import interrupted, is_interrupt, raise_if_interrupted
 from .model import (ComfyTrainModel, ObjectiveSpec, autocast_dtype, detect_family, diffusion_root,
                     load_clip_for_training, load_for_training, model_config_names, objective_spec, unet_config)
@@ -26,7 +26,7 @@ from .verify import VerifyReport, verify_saved_lora
 
 __all__ = [
     "ComfyTrainModel", "ObjectiveSpec", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint", "detect_family", "device_budget",
-    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "functional_residuals", "gradient_checkpointing",
+    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing",
     "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
     "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec", "plan_training",
     "raise_if_interrupted", "sample_preview", "sampler_names", "unet_config",

@@ -35,12 +35,14 @@ def free_memory(device) -> int:
     return int(mm.get_free_memory(torch.device(device)))
 
 
-def loaded_weight_bytes(model_patcher) -> int:
-    """Bytes of the patcher's weights ComfyUI has on its load device now (0 when it is not loaded)."""
-    try:
-        return int(model_patcher.loaded_size())
-    except Exception:
-        return 0
+def free_device_memory() -> None:
+    """Hand freed tensors' memory back (after a failed step): collect cycles, then ComfyUI's soft_empty_cache."""
+    import gc
+
+    import comfy.model_management as mm
+
+    gc.collect()
+    mm.soft_empty_cache()
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

@@ -15,6 +15,9 @@ Nodes (all ``LoraLoopTest_*``):
 * ``RecordModelInputs(model, name) -> MODEL``: a clone whose ``apply_model`` calls made with grad enabled (i.e.
   training steps) are recorded into ``RESULTS[name]`` as ``{"x_shape", "sigma", "y"}`` through an APPLY_MODEL
   wrapper in ``model_options["transformer_options"]["wrappers"]`` (always re-runs).
+* ``OutOfMemoryAt(model, step) -> MODEL``: a clone whose ``step``-th training forward (grad enabled) raises
+  ``torch.OutOfMemoryError`` with the CUDA allocator's wording, through the same APPLY_MODEL wrapper mechanism: a
+  device running out of memory, reproducible on CPU.
 * ``UnsupportedModel(kind) -> MODEL``: a fresh tiny SD1.5 model whose model config class is replaced by ``kind``:
   ``FakeArch`` (a made-up ``BASE`` subclass) or ``SDXL_instructpix2pix`` (a real ComfyUI config LoRA Loop refuses).
 """
@@ -200,6 +203,35 @@ class RecordModelInputs(io.ComfyNode):
         return io.NodeOutput(m)
 
 
+class OutOfMemoryAt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_OutOfMemoryAt", display_name="Out Of Memory At (LoRA Loop tests)",
+            category=CATEGORY, inputs=[io.Model.Input("model"), io.Int.Input("step", default=3, min=1)],
+            outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, step) -> io.NodeOutput:
+        import comfy.patcher_extension as pe
+
+        calls = {"n": 0}
+
+        def oom(executor, x, t, *args, **kwargs):
+            if torch.is_grad_enabled():
+                calls["n"] += 1
+                if calls["n"] == step:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                                 "capacity of 8.00 GiB of which 1.10 GiB is free.")
+            return executor(x, t, *args, **kwargs)
+
+        m = model.clone()
+        opts = m.model_options.setdefault("transformer_options", {})
+        wrappers = opts.setdefault("wrappers", {})
+        wrappers.setdefault(pe.WrappersMP.APPLY_MODEL, {}).setdefault("lora_loop_test_oom", []).append(oom)
+        return io.NodeOutput(m)
+
+
 UNSUPPORTED_KINDS = ("FakeArch", "SDXL_instructpix2pix")
 
 
@@ -228,7 +260,7 @@ class UnsupportedModel(io.ComfyNode):
 class LoraLoopTestingExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning, RecordModelInputs,
-                UnsupportedModel]
+                OutOfMemoryAt, UnsupportedModel]
 
 
 async def comfy_entrypoint() -> LoraLoopTestingExtension:
