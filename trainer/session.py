@@ -293,7 +293,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         try:
             root = ca.diffusion_root(mp)
             te_root = clip_t.cond_stage_model if train_te else torch.nn.Module()
-            with ca.differentiable_kernels(), ca.functional_residuals(root), ca.functional_residuals(te_root), \
+            with ca.differentiable_kernels(), ca.recast_in_backward(root), ca.recast_in_backward(te_root), \
+                    ca.functional_residuals(root), ca.functional_residuals(te_root), \
                     ca.gradient_checkpointing(root, checkpointing), ca.gradient_checkpointing(te_root, checkpointing):
                 result = trainer.run(on_step=on_step, should_stop=progress.should_stop)
                 if runner is not None and not result.stopped_early and runner.due(trainer.step, trainer.step):

@@ -14,7 +14,8 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 - ``interrupt``: ComfyUI's Cancel (``comfy/model_management.py``);
 - ``verify``: reload a saved file through ComfyUI's LoRA loader and compare (``comfy/sd.py``, ``comfy/lora.py``).
 """
-from .autograd import checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing
+from .autograd import (checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing,
+                       recast_in_backward)
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
 from .inject import install_network, install_text_encoder_network
 from .memory import device_budget, free_device_memory, plan_training
@@ -29,6 +30,6 @@ __all__ = [
     "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing",
     "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
     "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec", "plan_training",
-    "raise_if_interrupted", "sample_preview", "sampler_names", "unet_config",
+    "raise_if_interrupted", "recast_in_backward", "sample_preview", "sampler_names", "unet_config",
     "vae_fingerprint", "VerifyReport", "verify_saved_lora",
 ]

@@ -36,23 +36,23 @@ def replace_inference_tensors(module: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------- forward overrides
 
 @contextlib.contextmanager
-def override_forwards(modules, make_forward):
-    """Temporarily replace each module's ``forward`` with ``make_forward(original_forward)``; restored in
-    reverse order on exit (instance overrides that existed before are put back)."""
+def override_forwards(modules, make_forward, method: str = "forward"):
+    """Temporarily replace each module's ``forward`` (or another ``method``) with ``make_forward(original)``;
+    restored in reverse order on exit (instance overrides that existed before are put back)."""
     patched = []
     for module in modules:
-        had_own = "forward" in module.__dict__
-        org = module.forward
-        module.forward = make_forward(org)
+        had_own = method in module.__dict__
+        org = getattr(module, method)
+        setattr(module, method, make_forward(org))
         patched.append((module, org, had_own))
     try:
         yield
     finally:
         for module, org, had_own in reversed(patched):
             if had_own:
-                module.forward = org
+                setattr(module, method, org)
             else:
-                del module.forward
+                delattr(module, method)
 
 
 # ----------------------------------------------------------------------------- gradient checkpointing
@@ -102,6 +102,101 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
         return fwd
 
     return override_forwards(checkpoint_blocks(root) if enabled else [], make)
+
+
+# ----------------------------------------------------------------------------- weights cast per layer
+
+class _CastLinear(torch.autograd.Function):
+    """ComfyUI's cast Linear (``comfy/ops.py`` ``forward_comfy_cast_weights``) whose backward casts the frozen
+    weight again instead of keeping the forward's cast copy alive: an fp8, quantized, manual-cast or streamed
+    weight costs device memory only while its own layer runs. Nothing of the input is kept either: the base
+    weight is frozen, so only the input's gradient (``grad @ W``) is needed."""
+
+    @staticmethod
+    def forward(ctx, x, module):
+        import comfy.ops as ops
+
+        w, b, stream = ops.cast_bias_weight(module, x, offloadable=True)
+        y = torch.nn.functional.linear(x, w, b)
+        ops.uncast_bias_weight(module, w, b, stream)
+        ctx.module = module
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        import comfy.ops as ops
+
+        w, b, stream = ops.cast_bias_weight(ctx.module, grad, offloadable=True)
+        gx = grad.matmul(w)
+        ops.uncast_bias_weight(ctx.module, w, b, stream)
+        return gx, None
+
+
+class _CastConv2d(torch.autograd.Function):
+    """The same for ComfyUI's cast Conv2d (zero padding): the input's gradient is a transposed convolution with
+    the weight cast again."""
+
+    @staticmethod
+    def forward(ctx, x, module):
+        import comfy.ops as ops
+
+        w, b, stream = ops.cast_bias_weight(module, x, offloadable=True)
+        y = module._conv_forward(x, w, b)
+        ops.uncast_bias_weight(module, w, b, stream)
+        ctx.module, ctx.x_shape = module, x.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        import comfy.ops as ops
+
+        m = ctx.module
+        w, b, stream = ops.cast_bias_weight(m, grad, offloadable=True)
+        gx = torch.nn.grad.conv2d_input(ctx.x_shape, w, grad, m.stride, m.padding, m.dilation, m.groups)
+        ops.uncast_bias_weight(m, w, b, stream)
+        return gx, None
+
+
+def _recast_kind(m: torch.nn.Module):
+    if not hasattr(m, "forward_comfy_cast_weights") or m.weight is None or m.weight.requires_grad:
+        return None
+    if isinstance(m, torch.nn.Linear):
+        return _CastLinear
+    if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        return _CastConv2d
+    return None
+
+
+def recast_in_backward(root: torch.nn.Module):
+    """While training, ComfyUI's cast Linear / Conv2d layers under ``root`` (the ones whose forward casts the
+    weight: fp8 and quantized weights, manual-cast dtypes, weights ComfyUI left off the device) keep no cast
+    copy for backward: the weight is cast again there (see ``_CastLinear``). Layers that use their weight as it
+    is stored are not touched."""
+    kinds = {}
+    for m in root.modules():
+        kind = _recast_kind(m)
+        if kind is not None:
+            kinds[m] = kind
+
+    def make_for(module):
+        kind = kinds[module]
+
+        def make(org):
+            def fwd(x, *args, **kwargs):
+                if args or kwargs or not torch.is_grad_enabled() or not torch.is_tensor(x):
+                    return org(x, *args, **kwargs)
+                return kind.apply(x, module)
+            return fwd
+        return make
+
+    stack = contextlib.ExitStack()
+    for m in kinds:
+        stack.enter_context(override_forwards([m], make_for(m), method="forward_comfy_cast_weights"))
+    return stack
 
 
 # ----------------------------------------------------------------------------- differentiable kernels

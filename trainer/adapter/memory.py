@@ -19,7 +19,8 @@ import torch
 
 from ..memory import LiveBytes, StepMemory
 from ..network import UNET_ROOT
-from .autograd import checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing
+from .autograd import (checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing,
+                       recast_in_backward)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
     b = x_shape[0]
     opts.update(cond_or_uncond=[0] * b)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), \
+        with torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), recast_in_backward(root), \
                 functional_residuals(root), gradient_checkpointing(root, checkpointing):
             x = torch.empty(x_shape, device=device, dtype=compute_dtype)
             sigma = torch.empty(b, device=device, dtype=torch.float32)
