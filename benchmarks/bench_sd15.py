@@ -5,7 +5,7 @@ latent, batch 1) and the same latent and text cond:
 
 * ``forward``: a no-grad forward, ``BaseModel.apply_model(x, sigma, c_crossattn=cond)``;
 * ``ours``: LoRA Loop's training step - ``trainer.assemble.build_network`` (what Inject LoRA does: SD1
-  LierLa targets, rank 16, alpha 16), ``comfy_adapter.install_network`` and ``trainer.session.train``
+  LierLa targets, rank 16, alpha 16), ``adapter.install_network`` and ``trainer.session.train``
   (what Train LoRA does: ``load_for_training``, ``ComfyTrainModel``, ``Trainer``), gradient checkpointing
   off, default TrainConfig otherwise (AdamW, max_grad_norm 1.0, fp32 on CPU);
 * ``builtin``: ComfyUI's own ``TrainLoraNode`` (comfy_extras/nodes_train.py) with rank 16, fp32
@@ -224,22 +224,21 @@ def _encoded_dataset(latent, cond, tmp: str):
     return enc
 
 
-class _Progress:
-    """Stands in for the node's NodeProgress: records a timestamp per optimizer step."""
+def _progress():
+    """The session's Progress (what the node's NodeProgress implements), recording a timestamp per step."""
+    _pack_on_path()
+    from trainer.reporting import Progress
 
-    def __init__(self):
-        self.stamps: list[tuple[float, float]] = [_now()]
-        self.losses: list[float] = []
+    class StepClock(Progress):
+        def __init__(self):
+            self.stamps: list[tuple[float, float]] = [_now()]
+            self.losses: list[float] = []
 
-    def on_step(self, info) -> None:
-        self.stamps.append(_now())
-        self.losses.append(info.loss)
+        def on_step(self, info, eta=None) -> None:
+            self.stamps.append(_now())
+            self.losses.append(info.loss)
 
-    def should_stop(self) -> bool:
-        return False
-
-    def finish(self, status: str) -> None:
-        self.status = status
+    return StepClock()
 
 
 def _pack_on_path():
@@ -252,7 +251,7 @@ def run_ours(mp, latent, cond, steps: int, warmup: int, profile_path: str | None
     import torch
 
     _pack_on_path()
-    from trainer import comfy_adapter as ca
+    from trainer import adapter as ca
     from trainer.assemble import build_network
     from trainer.config import NetworkConfig, TrainConfig
     from trainer.session import train
@@ -260,9 +259,9 @@ def run_ours(mp, latent, cond, steps: int, warmup: int, profile_path: str | None
     tmp = tempfile.mkdtemp(prefix="lora_loop_bench_")
     data = _encoded_dataset(latent, cond, tmp)
     total = warmup + steps
-    cfg = TrainConfig(max_train_steps=total, gradient_checkpointing=False, mixed_precision="auto")
+    cfg = TrainConfig(max_train_steps=total, memory_mode="resident", mixed_precision="auto")
     info: dict = {"train_config": {"optimizer": cfg.optimizer_type, "lr": cfg.learning_rate,
-                                   "max_grad_norm": cfg.max_grad_norm, "gradient_checkpointing": False}}
+                                   "max_grad_norm": cfg.max_grad_norm, "memory": "resident"}}
     with torch.inference_mode():  # like ComfyUI's executor around every node
         family = ca.detect_family(mp)
         ncfg = NetworkConfig(network_dim=RANK, network_alpha=ALPHA, conv_dim=0, train_text_encoder=False)
@@ -270,7 +269,7 @@ def run_ours(mp, latent, cond, steps: int, warmup: int, profile_path: str | None
         injected = ca.install_network(mp, net)
         info.update(family=family.name, lora_modules=len(net),
                     lora_params=sum(p.numel() for p in net.parameters()))
-        prog = _Progress()
+        prog = _progress()
         prof = None
         if profile_path:
             from torch.profiler import ProfilerActivity, profile, schedule
@@ -280,8 +279,8 @@ def run_ours(mp, latent, cond, steps: int, warmup: int, profile_path: str | None
                            schedule=schedule(wait=0, warmup=warmup, active=1, repeat=1))
             real_on_step = prog.on_step
 
-            def on_step(i, _real=real_on_step):
-                _real(i)
+            def on_step(i, eta=None, _real=real_on_step):
+                _real(i, eta)
                 prof.step()
             prog.on_step = on_step
             prof.__enter__()

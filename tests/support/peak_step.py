@@ -57,17 +57,16 @@ def main(family: str, mode: str, res: int) -> dict:
     comfy_env.boot()
     import torch
 
+    import tempfile
+
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models as sm
+    import synthetic
     import tiny_models
     from trainer import adapter as ca
     from trainer.assemble import build_network
-    from trainer.buckets import plan_buckets
     from trainer.config import NetworkConfig, TrainConfig
-    from trainer.dataset import load_folder
-    from trainer.encoded import LatentCache, encode_dataset
-    from trainer.reporting import Progress
     from trainer.session import train
 
     spec = MID[family]
@@ -83,45 +82,8 @@ def main(family: str, mode: str, res: int) -> dict:
     net = build_network(fam, model.diffusion_model, mc.unet_config, None, NetworkConfig(network_dim=16,
                                                                                           network_alpha=16))
 
-    # two captioned random images at ``res``; the "VAE" pools to the latent grid and maps to its channels
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    folder = tempfile.mkdtemp()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (res, res, 3), dtype=np.uint8)).save(os.path.join(folder, f"{i}.png"))
-        with open(os.path.join(folder, f"{i}.txt"), "w") as f:
-            f.write(f"caption {i}")
-    ds = load_folder(folder).with_group_params(resolution=(res, res), min_bucket_reso=64, max_bucket_reso=2048)
-    plan = plan_buckets(ds)
-    channels = mc.latent_format.latent_channels
-    w = torch.randn(channels, 3, generator=torch.Generator().manual_seed(1))
-
-    def encode(px):
-        x = torch.nn.functional.avg_pool2d(px.permute(0, 3, 1, 2), 8)
-        return torch.einsum("bchw,oc->bohw", x, w)
-
-    enc = encode_dataset(ds, plan, vae_id="peak", encode_pixels=encode, cache_dir=None, cache=LatentCache())
-    shapes = ca.memory.example_conds(mc, 1, device="cpu")
-    cross = shapes["c_crossattn"]
-    pooled = shapes.get("y")
-    extra = {"pooled_output": torch.randn(pooled.shape)} if pooled is not None and family != "sd15" else {}
-    enc.text_conds = {r.caption: [[torch.randn(cross.shape), dict(extra)]] for r in ds.images}
-
-    class Notes(Progress):
-        def __init__(self):
-            self.notes = []
-
-        def note(self, text):
-            self.notes.append(text)
-
-        def on_step(self, info, eta=None):  # right after the step's optimizer update
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    progress = Notes()
+    enc = synthetic.encoded_dataset(mc, res, tempfile.mkdtemp())
+    progress = synthetic.step_notes()
     captured = {}
     real_plan = ca.plan_training
 
@@ -133,7 +95,7 @@ def main(family: str, mode: str, res: int) -> dict:
     ca.plan_training = plan_training
     cfg = TrainConfig(max_train_steps=1, memory_mode=mode, mixed_precision="no")
     train(model=mp, clip=None, network=net, data=enc, cfg=cfg, progress=progress)
-    peak = progress.peak  # the high-water mark through the step (the state captured after it is host memory)
+    peak = progress.peaks[0]  # the high-water mark through the step (the state captured after it is host memory)
     chosen = next(n for n in progress.notes if n.startswith("memory: "))
     plans = {p.mode: p for p in captured["plans"] if p.mode != "streamed"}
     est = plans[mode].estimate
