@@ -31,6 +31,25 @@ def find_comfyui() -> str | None:
     return None
 
 
+# Third-party packs some tests load through ComfyUI as users install them (never committed: fetched into a folder
+# outside the repo). LORA_LOOP_PACKS (os.pathsep-separated folders) or ~/comfy/packs/<name>.
+THIRD_PARTY = ("ComfyUI-GGUF",)
+
+
+def third_party_packs() -> dict[str, str]:
+    """name -> folder of the third-party packs found (see THIRD_PARTY)."""
+    roots = [p for p in os.environ.get("LORA_LOOP_PACKS", "").split(os.pathsep) if p]
+    roots.append(os.path.expanduser("~/comfy/packs"))
+    found = {}
+    for name in THIRD_PARTY:
+        for root in roots:
+            path = root if os.path.basename(os.path.normpath(root)) == name else os.path.join(root, name)
+            if os.path.isfile(os.path.join(path, "__init__.py")):
+                found[name] = path
+                break
+    return found
+
+
 SKIP_REASON = ("no ComfyUI checkout found: set COMFYUI_PATH to a ComfyUI >= 0.8.0 folder with its "
                "requirements installed (searched COMFYUI_PATH, the ComfyUI holding this pack, ~/comfy/ComfyUI)")
 
@@ -114,10 +133,15 @@ def boot(load_pack: bool | None = None) -> dict:
     if os.path.isdir(TESTING_PACK):
         if not run_async(nodes.load_custom_node, TESTING_PACK):
             raise RuntimeError("ComfyUI failed to load the test-only pack tests/support/testing_pack")
+    third_party = {}
+    for name, path in third_party_packs().items():
+        third_party[name] = bool(run_async(nodes.load_custom_node, path))
+        if not third_party[name]:
+            logging.warning("third-party pack %s at %s failed to load: its tests will be skipped", name, path)
     capture = LogCapture()
     logging.getLogger().addHandler(capture)
     logging.getLogger().setLevel(logging.INFO)
-    _STATE.update(root=root, tmp=tmp, log=capture, pack_loaded=load_pack)
+    _STATE.update(root=root, tmp=tmp, log=capture, pack_loaded=load_pack, third_party=third_party)
     return _STATE
 
 

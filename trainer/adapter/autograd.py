@@ -24,13 +24,27 @@ def replace_inference_tensors(module: torch.nn.Module) -> int:
         for mod in module.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None and p.is_inference():
-                    mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    mod._parameters[name] = _normal_copy(p, parameter=True)
                     n += 1
             for name, b in list(mod._buffers.items()):
                 if b is not None and b.is_inference():
-                    mod._buffers[name] = b.clone()
+                    mod._buffers[name] = _normal_copy(b)
                     n += 1
     return n
+
+
+def _normal_copy(t: torch.Tensor, parameter: bool = False) -> torch.Tensor:
+    """A normal (non-inference) copy of ``t``. A tensor subclass keeps its class and attributes: ComfyUI-GGUF's
+    GGMLTensor (its quantization type and logical shape) returns itself from ``clone()``, so it is copied as a
+    plain tensor and rewrapped."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        c = t.clone()
+        return torch.nn.Parameter(c, requires_grad=False) if parameter else c
+    c = t.as_subclass(torch.Tensor).clone().as_subclass(type(t))
+    c.__dict__.update({k: v for k, v in t.__dict__.items() if k != "_is_param"})
+    if parameter:
+        c = torch.nn.Parameter(c, requires_grad=False)
+    return c
 
 
 # ----------------------------------------------------------------------------- forward overrides
@@ -106,6 +120,25 @@ def gradient_checkpointing(root: torch.nn.Module, enabled: bool):
 
 # ----------------------------------------------------------------------------- weights cast per layer
 
+def _cast(module, like: torch.Tensor):
+    """The layer's weight and bias on ``like``'s device and dtype, as its own forward would cast them: a layer
+    class with its own ``cast_bias_weight`` (ComfyUI-GGUF's GGMLLayer dequantizes there) uses it, every other
+    ComfyUI op ``comfy/ops.py`` ``cast_bias_weight`` (which also applies ComfyUI's low-VRAM weight patches)."""
+    if callable(getattr(type(module), "cast_bias_weight", None)):
+        w, b = module.cast_bias_weight(like)
+        return w, b, None
+    import comfy.ops as ops
+
+    return ops.cast_bias_weight(module, like, offloadable=True)
+
+
+def _uncast(module, w, b, stream) -> None:
+    if stream is not None:
+        import comfy.ops as ops
+
+        ops.uncast_bias_weight(module, w, b, stream)
+
+
 class _CastLinear(torch.autograd.Function):
     """ComfyUI's cast Linear (``comfy/ops.py`` ``forward_comfy_cast_weights``) whose backward casts the frozen
     weight again instead of keeping the forward's cast copy alive: an fp8, quantized, manual-cast or streamed
@@ -114,11 +147,9 @@ class _CastLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, module):
-        import comfy.ops as ops
-
-        w, b, stream = ops.cast_bias_weight(module, x, offloadable=True)
+        w, b, stream = _cast(module, x)
         y = torch.nn.functional.linear(x, w, b)
-        ops.uncast_bias_weight(module, w, b, stream)
+        _uncast(module, w, b, stream)
         ctx.module = module
         return y
 
@@ -126,11 +157,9 @@ class _CastLinear(torch.autograd.Function):
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
             return None, None
-        import comfy.ops as ops
-
-        w, b, stream = ops.cast_bias_weight(ctx.module, grad, offloadable=True)
+        w, b, stream = _cast(ctx.module, grad)
         gx = grad.matmul(w)
-        ops.uncast_bias_weight(ctx.module, w, b, stream)
+        _uncast(ctx.module, w, b, stream)
         return gx, None
 
 
@@ -140,11 +169,9 @@ class _CastConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, module):
-        import comfy.ops as ops
-
-        w, b, stream = ops.cast_bias_weight(module, x, offloadable=True)
+        w, b, stream = _cast(module, x)
         y = module._conv_forward(x, w, b)
-        ops.uncast_bias_weight(module, w, b, stream)
+        _uncast(module, w, b, stream)
         ctx.module, ctx.x_shape = module, x.shape
         return y
 
@@ -152,12 +179,10 @@ class _CastConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
             return None, None
-        import comfy.ops as ops
-
         m = ctx.module
-        w, b, stream = ops.cast_bias_weight(m, grad, offloadable=True)
+        w, b, stream = _cast(m, grad)
         gx = torch.nn.grad.conv2d_input(ctx.x_shape, w, grad, m.stride, m.padding, m.dilation, m.groups)
-        ops.uncast_bias_weight(m, w, b, stream)
+        _uncast(m, w, b, stream)
         return gx, None
 
 

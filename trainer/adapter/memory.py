@@ -63,6 +63,9 @@ def meta_model(model_config, weight_dtype: torch.dtype | None = None, compute_dt
     mc = object.__new__(type(model_config))  # copy.copy trips over the config's catch-all __getattr__
     mc.__dict__.update(model_config.__dict__)
     mc.unet_config = dict(model_config.unet_config)
+    # a pack's own ops (ComfyUI-GGUF's create their weights at load time) give way to ComfyUI's: the layers and
+    # activations are the same, and the weights' real sizes are counted on the loaded model (model_memory)
+    mc.custom_operations = None
     wd = weight_dtype or mc.unet_config.get("dtype") or torch.float32
     cd = compute_dtype or wd
     mc.set_inference_dtype(wd, None if cd == wd else cd)
