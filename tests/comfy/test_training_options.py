@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -79,14 +80,15 @@ def test_save_lora_into_an_unwritable_folder_keeps_the_network(comfy):
     assert graphs.saved_lora(ex, p) == "readonly/mine.safetensors"
 
 
-def test_trains_over_fp8_base_weights(comfy):
-    """Bypass LoRA over a model stored in fp8 (as UNETLoader weight_dtype=fp8_e4m3fn loads it): training runs,
-    the loss is finite, the LoRA learns, and the file loads with zero 'lora key not loaded'."""
-    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "fp8"), n=2)
-    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="fp8")
+@pytest.mark.parametrize("fp8", ["fp8_e4m3fn", "fp8_e5m2"])
+def test_trains_over_fp8_base_weights(comfy, fp8):
+    """Bypass LoRA over a model stored in fp8 (as UNETLoader weight_dtype=fp8_e4m3fn / fp8_e5m2 loads it): training
+    runs, the loss is finite, the LoRA learns, and the file loads with zero 'lora key not loaded'."""
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", fp8), n=2)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name=fp8)
     loader = graphs.one(p, "LoraLoopTest_TinyModel")
-    p[loader]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
-    ex, _ = comfy_env.run_prompt(p, "fp8")
+    p[loader]["inputs"]["weight_dtype"] = fp8
+    ex, _ = comfy_env.run_prompt(p, fp8)
     chart = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]
     assert len(chart["loss"]) == 3 and all(torch.isfinite(torch.tensor(chart["loss"])))
     path = _saved_path(comfy, ex, p)
@@ -100,10 +102,10 @@ def test_trains_over_fp8_base_weights(comfy):
          "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
                                                                      "seed": 1, "width": 64, "height": 64,
                                                                      "sigma": 1.0}},
-         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "fp8_loaded"}}}
+         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": f"{fp8}_loaded"}}}
     log = comfy["log"]
     n = len(log.records)
-    comfy_env.run_prompt(q, "fp8-load", executor=ex)
+    comfy_env.run_prompt(q, f"{fp8}-load", executor=ex)
     assert [r for r in log.records[n:] if "lora key not loaded" in r] == []
 
 

@@ -40,7 +40,8 @@ sys.modules.setdefault("lora_loop_testing_pack", sys.modules[__name__])
 
 RESULTS: dict = {}
 # diffusion-model weight dtypes a test can ask for (like UNETLoader's weight_dtype); "default" = ComfyUI's choice
-WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2,
+                 "bf16": torch.bfloat16}
 _MODEL_CACHE: dict = {}
 
 CATEGORY = "LoRA Loop/testing"
