@@ -67,11 +67,10 @@ def plan_model(label, cls_name, unet_config, res, weight_dtype, rank=16):
                              checkpointing=ck, compute_dtype=compute) for ck in (False, True)]
     mem = am.model_memory(model.diffusion_model)
     n = sum(p.numel() for p in net.parameters())
-    item = torch.empty((), dtype=weight_dtype).element_size()
     plans = plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
                             network=network_bytes(n, 4, optimizer_state_bytes("AdamW")), plain=steps[0],
                             checkpointed=steps[1], grad_bytes=4 * n,
-                            cast_bytes_per_block=max(mem.block_weights) * 2 // item)
+                            in_flight=am.streamed_in_flight(model.diffusion_model, compute))
     return dict(label=label, res=res, weight_dtype=str(weight_dtype).replace("torch.", ""), lora_params=n,
                 modules=len(net), blocks=len(mem.block_weights), seconds=time.perf_counter() - t0,
                 factor=steps[0].activations / max(1, steps[1].activations), plans=plans)

@@ -92,12 +92,13 @@ class TrainConfig:
                                       "all weights on the device, no checkpointing (fastest, most memory). "
                                       "checkpointed: + gradient checkpointing of every block and text-encoder "
                                       "layer (kohya gradient_checkpointing: much less activation memory, ~30% "
-                                      "slower). streamed: checkpointed, and blocks_to_swap blocks' weights stay "
-                                      "off the device, cast in per layer by ComfyUI's loader (kohya "
+                                      "slower). streamed: checkpointed, and blocks_to_swap blocks' worth of "
+                                      "weights stay off the device, cast in per layer by ComfyUI's loader (kohya "
                                       "blocks_to_swap). The LoRA is the same in every mode.",
                               choices=_memory_modes, widget="memory")
-    blocks_to_swap: int = option(0, "memory=streamed: blocks whose weights stay off the device (kohya "
-                                    "blocks_to_swap); 0 = as many as needed to fit. Ignored by other modes.",
+    blocks_to_swap: int = option(0, "memory=streamed: how many blocks' worth of weight bytes stay off the "
+                                    "device (kohya blocks_to_swap; ComfyUI picks the layers); 0 = as many as needed "
+                                    "to fit. Ignored by other modes.",
                                  min=0, max=1000)
     # ---- Optimizer settings node
     lr_warmup_steps: int = option(0, "Linear warm-up steps (kohya lr_warmup_steps). Not allowed with 'constant' "

@@ -118,7 +118,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         if self.mode == "streamed":
-            how = f"streamed ({self.blocks_to_swap} of {self.blocks} blocks off the device, checkpointed)"
+            how = f"streamed ({self.blocks_to_swap} of {self.blocks} blocks' worth of weights off the device, " \
+                  "checkpointed)"
         else:
             how = self.mode
         return f"{how}: {self.estimate.describe()}"
@@ -136,12 +137,10 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def leaner_plan(plans: list[MemoryPlan], ran: MemoryPlan | None, budget: int,
+def leaner_plan(plans: list[MemoryPlan], ran: MemoryPlan, budget: int,
                 headroom: float = HEADROOM) -> MemoryPlan | None:
     """After running out of memory with ``ran``: the fastest plan that needs clearly less (estimate scaled by
     how far ``ran`` was off, assuming it just did not fit), None when no leaner plan exists."""
-    if ran is None:
-        return next((p for p in plans if p.mode == "checkpointed"), None)
     # ``ran`` did not fit: the real need is at least the budget; scale the other estimates by the same factor
     scale = max(1.0, budget * (1.0 - headroom) / max(1, ran.estimate.total))
     for plan in plans:
@@ -164,16 +163,15 @@ def network_bytes(n_params: int, param_bytes: int, optimizer_state_bytes: float)
 
 
 def plan_candidates(*, weights: int, block_weights: list[int], network: int, plain: StepMemory,
-                    checkpointed: StepMemory, cast_bytes_per_block: int | None = None,
-                    grad_bytes: int = 0) -> list[MemoryPlan]:
-    """Every plan, fastest first: resident, checkpointed, then streamed with 1..n blocks off the device.
+                    checkpointed: StepMemory, in_flight: int = 0, grad_bytes: int = 0) -> list[MemoryPlan]:
+    """Every plan, fastest first: resident, checkpointed, then streamed with 1..n blocks' worth of weights off
+    the device.
 
     ``weights``: all base weights on the device; ``block_weights``: each checkpointable block's weight bytes (the
-    unit streaming moves); ``plain`` / ``checkpointed``: the measured steps without / with checkpointing;
-    ``cast_bytes_per_block``: bytes one streamed block takes while cast onto the device (default: its weight
-    bytes). Streaming always checkpoints: a streamed block's cast weights then live only while that block runs,
-    forward or recomputed in backward; two blocks are in flight (the running one and the next one's copy).
-    ``grad_bytes``: the LoRA gradients, which the measured peaks hold and ``network`` already counts."""
+    unit ``blocks_to_swap`` counts; ComfyUI's partial load itself decides per layer); ``plain`` /
+    ``checkpointed``: the measured steps without / with checkpointing; ``in_flight``: device bytes the streamed
+    weights take at once while cast in per layer. Streaming always checkpoints. ``grad_bytes``: the LoRA
+    gradients, which the measured peaks hold and ``network`` already counts."""
     n = len(block_weights)
 
     def work(step: StepMemory) -> int:
@@ -184,9 +182,7 @@ def plan_candidates(*, weights: int, block_weights: list[int], network: int, pla
         MemoryPlan("checkpointed", True, 0, n, MemoryEstimate(weights, network, checkpointed.activations,
                                                               work(checkpointed))),
     ]
-    # the largest blocks first: what ComfyUI's partial load leaves off the device when it runs short
-    order = sorted(block_weights, reverse=True)
-    in_flight = 2 * (cast_bytes_per_block if cast_bytes_per_block is not None else (order[0] if order else 0))
+    order = sorted(block_weights, reverse=True)  # the bytes of k blocks, counting the largest first
     swapped = 0
     for k in range(1, n + 1):
         swapped += order[k - 1]

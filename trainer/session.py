@@ -83,7 +83,7 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
     return PreviewRunner(preview, sample, after=reload, progress=on_image_step)
 
 
-def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress):
+def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress, keep=()):
     """The memory plan this run follows (``cfg.memory_mode``; ``auto`` asks ComfyUI what is free), logged and
     noted on the node. (None, 0) when the step could not be measured: the mode's own defaults then apply."""
     from .batching import largest_batch
@@ -97,11 +97,13 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
                                  compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
                                  optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type))
     except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
-        log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan",
+        log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan "
+                    "(auto: checkpointed)",
                     type(e).__name__, e, cfg.memory_mode)
-        progress.note(f"memory: no estimate ({type(e).__name__}); running {cfg.memory_mode}")
+        progress.note(f"memory: no estimate ({type(e).__name__}); running "
+                      f"{'checkpointed' if cfg.memory_mode == 'auto' else cfg.memory_mode}")
         return None, 0, []
-    budget = ca.device_budget(mp)
+    budget = ca.device_budget(mp, keep)
     if cfg.memory_mode == "auto":
         plan, fits = choose_plan(plans, budget)
     elif cfg.memory_mode == "streamed" and not cfg.blocks_to_swap:
@@ -190,14 +192,18 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family.name)
     guidance = cfg.guidance_scale if family.name == "flux" else None
-    plan, budget, plans = _memory_plan(mp, net, data, cfg, progress)
-    checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode in ("checkpointed", "streamed")
+    plan, budget, plans = _memory_plan(mp, net, data, cfg, progress, keep=[clip_t.patcher] if train_te else [])
+    # without a plan: auto checkpoints (the safe choice), the explicit modes run as named
+    checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode != "resident"
     stream = cfg.memory_mode == "streamed" or (plan is not None and plan.mode == "streamed")
     required = 0
     if plan is not None:
         required = plan.memory_required
-        if cfg.memory_mode == "streamed" and cfg.blocks_to_swap:  # exactly that many blocks off the device
+        if plan.mode == "streamed":  # ComfyUI keeps only the plan's weights resident: the headroom stays free
             required = max(required, budget - plan.estimate.weights)
+    elif cfg.blocks_to_swap:
+        log.warning("LoRA Loop: blocks_to_swap=%d needs a memory plan, which could not be made: ComfyUI's loader "
+                    "decides how much stays on the device", cfg.blocks_to_swap)
 
     def load() -> None:
         ca.load_for_training(mp, required, stream=stream)

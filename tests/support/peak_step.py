@@ -1,6 +1,6 @@
 """Measure one real training step's peak memory on CPU, next to what the memory planner estimated for it.
 
-Run as a script in a fresh process (so the kernel's high-water mark ``ru_maxrss`` is this step's):
+Run as a script in a fresh process (so the kernel's high-water mark of its resident memory, ``VmHWM``, is this step's):
 
     python tests/support/peak_step.py <family> <memory mode> <resolution>
 
@@ -8,15 +8,15 @@ It boots ComfyUI (CPU), builds a mid-size model of the family's real architectur
 ``comfy.supported_models`` (random weights, fp32, made under inference mode like a loader node), a dataset of
 two random latents with text conds of the family's shapes, and runs ``trainer.session.train`` for one step: the
 planner (meta device), ComfyUI's loader, the loop, the optimizer. It prints one JSON line: the plan's estimate
-and ``measured`` = the peak resident memory through the step (read right after its optimizer update; the
+and ``measured`` = the peak resident memory through the step (``VmHWM``, read right after its optimizer update; the
 resumable state copied after the run is host memory, not the device's) minus the resident memory before the
 model was built. glibc's mmap
-threshold is pinned low (``MALLOC_MMAP_THRESHOLD_``, set by the caller) so freed tensors leave the process."""
+threshold is pinned low (``MALLOC_MMAP_THRESHOLD_``, set by the caller) so freed tensors leave the process.
+(``ru_maxrss`` would not do: a child inherits its parent's, e.g. a large pytest process's.)"""
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))

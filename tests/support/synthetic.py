@@ -3,7 +3,6 @@ them to the model's latent grid, text conds of the family's shapes, and a Progre
 from __future__ import annotations
 
 import os
-import resource
 import time
 
 import torch
@@ -49,6 +48,16 @@ def encoded_dataset(model_config, res: int, folder: str, n: int = 2):
     return enc
 
 
+def peak_rss() -> int:
+    """This process's resident-memory high-water mark (``VmHWM``, bytes). Unlike ``getrusage``'s ``ru_maxrss``,
+    which a process started by fork + exec inherits from its parent, it covers this program only."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def step_notes():
     from trainer.reporting import Progress
 
@@ -65,6 +74,6 @@ def step_notes():
 
         def on_step(self, info, eta=None):
             self.stamps.append(time.perf_counter())
-            self.peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            self.peaks.append(peak_rss())
 
     return StepNotes()

@@ -196,16 +196,13 @@ def _recast_kind(m: torch.nn.Module):
     return None
 
 
+@contextlib.contextmanager
 def recast_in_backward(root: torch.nn.Module):
     """While training, ComfyUI's cast Linear / Conv2d layers under ``root`` (the ones whose forward casts the
     weight: fp8 and quantized weights, manual-cast dtypes, weights ComfyUI left off the device) keep no cast
     copy for backward: the weight is cast again there (see ``_CastLinear``). Layers that use their weight as it
     is stored are not touched."""
-    kinds = {}
-    for m in root.modules():
-        kind = _recast_kind(m)
-        if kind is not None:
-            kinds[m] = kind
+    kinds = {m: k for m in root.modules() if (k := _recast_kind(m)) is not None}
 
     def make_for(module):
         kind = kinds[module]
@@ -218,10 +215,10 @@ def recast_in_backward(root: torch.nn.Module):
             return fwd
         return make
 
-    stack = contextlib.ExitStack()
-    for m in kinds:
-        stack.enter_context(override_forwards([m], make_for(m), method="forward_comfy_cast_weights"))
-    return stack
+    with contextlib.ExitStack() as stack:  # every override entered here is undone, also when a later one fails
+        for m in kinds:
+            stack.enter_context(override_forwards([m], make_for(m), method="forward_comfy_cast_weights"))
+        yield
 
 
 # ----------------------------------------------------------------------------- differentiable kernels
@@ -283,16 +280,21 @@ class Residual(torch.Tensor):
             return func(*args, **(kwargs or {}))
 
     def __iadd__(self, other):
-        return _residual(torch.add(self, other))
+        return _residual(_same_dtype(torch.add(self, other), self))
 
     def __isub__(self, other):
-        return _residual(torch.sub(self, other))
+        return _residual(_same_dtype(torch.sub(self, other), self))
 
     def __imul__(self, other):
-        return _residual(torch.mul(self, other))
+        return _residual(_same_dtype(torch.mul(self, other), self))
 
     def __itruediv__(self, other):
-        return _residual(torch.div(self, other))
+        return _residual(_same_dtype(torch.div(self, other), self))
+
+
+def _same_dtype(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x += y`` keeps x's dtype; its out-of-place stand-in does the same."""
+    return out if out.dtype == like.dtype else out.to(like.dtype)
 
 
 def _residual(t):

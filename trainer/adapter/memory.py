@@ -146,17 +146,9 @@ class ModelMemory:
     block_weights: list[int]
 
 
-def model_memory(root: torch.nn.Module, weight_dtype: torch.dtype | None = None) -> ModelMemory:
-    """Weight bytes of a diffusion model and of each of its checkpointable blocks, as stored (``weight_dtype``:
-    count them in that dtype instead, for planning a load in another dtype)."""
-    def size(m: torch.nn.Module) -> int:
-        if weight_dtype is None:
-            return weight_bytes(m)
-        item = torch.empty((), dtype=weight_dtype).element_size()
-        return sum(p.numel() * (item if p.is_floating_point() else p.element_size())
-                   for p in list(m.parameters()) + list(m.buffers()))
-
-    return ModelMemory(size(root), [size(b) for b in checkpoint_blocks(root)])
+def model_memory(root: torch.nn.Module) -> ModelMemory:
+    """Weight bytes of a diffusion model and of each of its checkpointable blocks, as stored."""
+    return ModelMemory(weight_bytes(root), [weight_bytes(b) for b in checkpoint_blocks(root)])
 
 
 def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
@@ -194,28 +186,33 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
 
 # ----------------------------------------------------------------------------- plans for a MODEL
 
-def device_budget(model_patcher) -> int:
+def device_budget(model_patcher, keep=()) -> int:
     """Memory a training run of ``model_patcher`` can plan with on its load device: what ComfyUI reports free,
     plus what ComfyUI's loaded models hold there (its loader unloads them, text encoders and VAE included, when
-    the training model needs the room)."""
+    the training model needs the room), minus what the patchers in ``keep`` (a text encoder that trains along)
+    need while it trains."""
     import comfy.model_management as mm
 
     dev = torch.device(model_patcher.load_device)
+    kept = {id(k) for k in keep}
     held = 0
     for lm in list(mm.current_loaded_models):
         try:
-            if torch.device(lm.device) == dev:
+            if torch.device(lm.device) == dev and id(lm.model) not in kept:
                 held += int(lm.model_loaded_memory())
         except Exception:
             continue
-    return free_memory(dev) + held
+    needed = 0
+    for k in keep:
+        needed += int(k.model_size()) - (int(k.loaded_size()) if torch.device(k.load_device) == dev else 0)
+    return max(0, free_memory(dev) + held - needed)
 
 
 def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
-                  optimizer_state_bytes: float, conds: dict | None = None, transformer_options: dict | None = None):
+                  optimizer_state_bytes: float):
     """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
     (fastest first), from two meta-device steps of the MODEL's own architecture (without and with
-    checkpointing). ``conds``: apply_model inputs of one batch (any device; default: the family's shapes)."""
+    checkpointing), with text conds of the family's shapes."""
     from ..memory import network_bytes, plan_candidates
 
     base = model_patcher.model
@@ -223,16 +220,34 @@ def plan_training(model_patcher, network, *, batch: int, width: int, height: int
     cd = compute_dtype or getattr(base, "manual_cast_dtype", None) or wd
     with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
         meta = meta_model(base.model_config, wd, cd)
-        conds = conds if conds is not None else example_conds(base.model_config, batch)
+        conds = example_conds(base.model_config, batch)
         x_shape = latent_shape(base.model_config, batch, width, height)
-        steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck, compute_dtype=cd,
-                              transformer_options=transformer_options) for ck in (False, True)]
+        steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck, compute_dtype=cd)
+                 for ck in (False, True)]
     mem = model_memory(base.diffusion_model)
     params = [p for p in network.subset(UNET_ROOT).parameters()]
     n = sum(p.numel() for p in params)
     item = params[0].element_size() if params else 4
-    cast = max((b * torch.empty((), dtype=cd).element_size() // max(1, torch.empty((), dtype=wd).element_size())
-                for b in mem.block_weights), default=0)
     return plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
                            network=network_bytes(n, item, optimizer_state_bytes), plain=steps[0],
-                           checkpointed=steps[1], cast_bytes_per_block=cast, grad_bytes=n * item)
+                           checkpointed=steps[1], in_flight=streamed_in_flight(base.diffusion_model, cd),
+                           grad_bytes=n * item)
+
+
+def streamed_in_flight(root: torch.nn.Module, compute_dtype: torch.dtype, streams: int | None = None) -> int:
+    """Device bytes the streamed weights take at once: ComfyUI casts a streamed layer's weight in per use (and
+    ``recast_in_backward`` again in backward, keeping none), with up to ``streams`` next layers already on their
+    way (``comfy/model_management.py`` ``NUM_STREAMS``; 2 on NVIDIA and AMD): the largest layer's cast weight
+    times (1 + streams)."""
+    if streams is None:
+        import comfy.model_management as mm
+
+        streams = max(2, int(getattr(mm, "NUM_STREAMS", 2)))
+    item = torch.empty((), dtype=compute_dtype).element_size()
+    largest = 0
+    for m in root.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and w is not None:
+            shape = getattr(w, "tensor_shape", None)  # ComfyUI-GGUF's tensors: the logical shape of packed bytes
+            largest = max(largest, torch.Size(shape).numel() if shape is not None else w.numel())
+    return largest * item * (1 + streams)
