@@ -52,7 +52,6 @@ def plan_model(label, cls_name, unet_config, res, weight_dtype, rank=16):
     from trainer.assemble import build_network
     from trainer.config import NetworkConfig
     from trainer.families import detect_family
-    from trainer.memory import network_bytes, plan_candidates
     from trainer.optim import optimizer_state_bytes
 
     compute = torch.bfloat16
@@ -63,17 +62,13 @@ def plan_model(label, cls_name, unet_config, res, weight_dtype, rank=16):
     net = build_network(fam, model.diffusion_model, mc.unet_config, None, NetworkConfig(network_dim=rank,
                                                                                          network_alpha=rank))
     t0 = time.perf_counter()
-    steps = [am.measure_step(model, net, x_shape=am.latent_shape(mc, 1, res, res), conds=am.example_conds(mc, 1),
-                             checkpointing=ck, compute_dtype=compute) for ck in (False, True)]
-    mem = am.model_memory(model.diffusion_model)
+    plans = am.plans_for(mc, net, batch=1, width=res, height=res, weight_dtype=weight_dtype, compute_dtype=compute,
+                         optimizer_state_bytes=optimizer_state_bytes("AdamW"))
+    by_mode = {p.mode: p.estimate for p in plans if p.mode != "streamed"}
     n = sum(p.numel() for p in net.parameters())
-    plans = plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
-                            network=network_bytes(n, 4, optimizer_state_bytes("AdamW")), plain=steps[0],
-                            checkpointed=steps[1], grad_bytes=4 * n,
-                            in_flight=am.streamed_in_flight(model.diffusion_model, compute))
     return dict(label=label, res=res, weight_dtype=str(weight_dtype).replace("torch.", ""), lora_params=n,
-                modules=len(net), blocks=len(mem.block_weights), seconds=time.perf_counter() - t0,
-                factor=steps[0].activations / max(1, steps[1].activations), plans=plans)
+                modules=len(net), blocks=plans[0].blocks, seconds=time.perf_counter() - t0,
+                factor=by_mode["resident"].activations / max(1, by_mode["checkpointed"].activations), plans=plans)
 
 
 def table(results) -> str:

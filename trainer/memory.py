@@ -107,7 +107,7 @@ class MemoryEstimate:
 class MemoryPlan:
     mode: str               # resident | checkpointed | streamed
     checkpointing: bool
-    blocks_to_swap: int     # blocks whose weights stay off the device (sd-scripts' blocks_to_swap)
+    blocks_to_swap: int     # blocks' worth of weight bytes off the device (sd-scripts' blocks_to_swap)
     blocks: int             # checkpointable blocks in the model
     estimate: MemoryEstimate
 

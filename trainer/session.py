@@ -85,7 +85,8 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
 
 def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress, keep=()):
     """The memory plan this run follows (``cfg.memory_mode``; ``auto`` asks ComfyUI what is free), logged and
-    noted on the node. (None, 0) when the step could not be measured: the mode's own defaults then apply."""
+    noted on the node, with the budget and every plan. (None, 0, []) when the step could not be measured: the
+    mode's own defaults then apply."""
     from .batching import largest_batch
     from .memory import HEADROOM, choose_plan, fixed_plan, gib
     from .optim import optimizer_state_bytes
@@ -120,25 +121,6 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
                     "Lower the resolution or batch size, or use an fp8 base model, if training runs out of memory",
                     gib(plan.estimate.total), where, lean.describe())
     return plan, budget, plans
-
-
-def _after_out_of_memory(oom, trainer, net, save, nothing_saved, on_state, start_step, started, plan, plans, budget,
-                         outcome) -> TrainingOutOfMemory:
-    """Free the failed step's memory, save the last completed step like Cancel does (file + re-queue state), and
-    return the error that says which setting fits."""
-    step, device_text = oom
-    ca.free_device_memory()
-    try:
-        saved = save("saved at out of memory")
-        if on_state is not None and trainer.step > start_step:
-            on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
-        note = (f"Step {trainer.step} is saved: {saved.lora_path}." if saved is not None
-                else nothing_saved(saved) + ".")
-    except Exception:
-        log.exception("LoRA Loop: could not save the state after running out of memory")
-        note = "The last completed step could not be saved (see the console)."
-    outcome["message"] = "out of memory"
-    return TrainingOutOfMemory(_out_of_memory_message(device_text, step, plan, plans, budget, note))
 
 
 def _out_of_memory_message(device_text: str, step: int, plan, plans, budget: int, saved_note: str) -> str:
@@ -279,6 +261,14 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             return ("stopped before the first step of this run: nothing new to save" if trainer.step <= start_step
                     else f"step {trainer.step} was not saved (no checkpoint folder)")
 
+        def keep_stopped_run(reason: str) -> Saved | None:
+            """A run that stopped early (Cancel, out of memory): save its last completed step and hand on the
+            state a re-queue continues from."""
+            saved = save(reason)
+            if on_state is not None and trainer.step > start_step:
+                on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
+            return saved
+
         clock = {"t": time.perf_counter()}
 
         def on_step(info: StepInfo) -> None:
@@ -323,9 +313,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                 if ca.is_interrupt(e):
                     outcome["status"] = "cancelled"
                     try:
-                        outcome["message"] = nothing_saved(save("saved on Cancel"))
-                        if on_state is not None and trainer.step > start_step:
-                            on_state(capture_state(trainer, net, {"cancelled": True, "started_at": started}))
+                        outcome["message"] = nothing_saved(keep_stopped_run("saved on Cancel"))
                     except Exception:
                         log.exception("LoRA Loop: could not save the state at Cancel")
                         outcome["message"] = "could not save a checkpoint at Cancel (see the console)"
@@ -336,8 +324,17 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                 p.grad = None
             net.eval()
         if oom is not None:
-            raise _after_out_of_memory(oom, trainer, net, save, nothing_saved, on_state, start_step, started, plan,
-                                       plans, budget, outcome)
+            step, device_text = oom
+            ca.free_device_memory()
+            try:
+                saved = keep_stopped_run("saved at out of memory")
+                note = (f"Step {trainer.step} is saved: {saved.lora_path}." if saved is not None
+                        else nothing_saved(saved) + ".")
+            except Exception:
+                log.exception("LoRA Loop: could not save the state after running out of memory")
+                note = "The last completed step could not be saved (see the console)."
+            outcome["message"] = "out of memory"
+            raise TrainingOutOfMemory(_out_of_memory_message(device_text, step, plan, plans, budget, note))
         state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early), "started_at": started})
     if on_state is not None and (trainer.step > start_step or resume is not None):
         on_state(state)

@@ -46,10 +46,6 @@ def test_out_of_memory_saves_the_last_step_names_a_plan_that_fits_and_continues(
     chart = ex.history_result["outputs"][train]["lora_loop_chart"][0]
     assert chart["start"] == 3 and len(chart["loss"]) == 6, chart
     # and ComfyUI's own nodes still sample with the base model
-    q = {loader: p[loader],
-         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": [loader, 1], "text": "x"}},
-         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": [loader, 0], "positive": ["e", 0],
-                                                                     "seed": 1, "width": 64, "height": 64,
-                                                                     "sigma": 1.0}},
-         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "after_oom"}}}
+    q = {loader: p[loader]}
+    graphs.add_predict_branch(q, [loader, 0], [loader, 1], "after_oom", "k", sigma=1.0, text="x", seed=1)
     comfy_env.run_prompt(q, "after-oom", executor=ex)

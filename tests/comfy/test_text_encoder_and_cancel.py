@@ -92,12 +92,8 @@ def test_cancel_stops_within_a_step_and_comfyui_stays_usable(comfy):
     assert max(seen) <= 4, f"training ran {max(seen)} steps after Cancel at step 3"
     assert not mm.processing_interrupted()
     # ComfyUI is usable afterwards and the base model carries no leftover LoRA
-    q = {loader: p[loader],
-         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": [loader, 1], "text": "x"}},
-         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": [loader, 0], "positive": ["e", 0],
-                                                                     "seed": 1, "width": 64, "height": 64,
-                                                                     "sigma": 1.0}},
-         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "after_cancel"}}}
+    q = {loader: p[loader]}
+    graphs.add_predict_branch(q, [loader, 0], [loader, 1], "after_cancel", "k", sigma=1.0, text="x", seed=1)
     comfy_env.run_prompt(q, "after-cancel", executor=ex)
     from tiny_models import build
 

@@ -162,12 +162,12 @@ def caption_options(p: dict, **options) -> dict:
 
 
 def add_predict_branch(p: dict, model_ref, clip_ref, name: str, prefix: str, sigma: float = 2.0,
-                       text: str = "sks pattern 1, checkerboard", save_cond: bool = False) -> None:
+                       text: str = "sks pattern 1, checkerboard", save_cond: bool = False, seed: int = 7) -> None:
     """Add CLIPTextEncode -> LoraLoopTest_ModelPredict -> SaveTensor (RESULTS[name]) for ``model_ref``;
     with ``save_cond`` also SaveConditioning (RESULTS[name + "_cond"])."""
     p[f"{prefix}_enc"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": text}}
     p[f"{prefix}_pred"] = {"class_type": "LoraLoopTest_ModelPredict",
-                           "inputs": {"model": model_ref, "positive": [f"{prefix}_enc", 0], "seed": 7,
+                           "inputs": {"model": model_ref, "positive": [f"{prefix}_enc", 0], "seed": seed,
                                       "width": 64, "height": 64, "sigma": sigma}}
     p[f"{prefix}_save"] = {"class_type": "LoraLoopTest_SaveTensor",
                            "inputs": {"latent": [f"{prefix}_pred", 0], "name": name}}

@@ -26,10 +26,10 @@ from .preview import sample_preview, sampler_names
 from .verify import VerifyReport, verify_saved_lora
 
 __all__ = [
-    "ComfyTrainModel", "ObjectiveSpec", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint", "detect_family", "device_budget",
-    "differentiable_kernels", "diffusion_root", "encode_caption", "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing",
-    "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
-    "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec", "plan_training",
-    "raise_if_interrupted", "recast_in_backward", "sample_preview", "sampler_names", "unet_config",
-    "vae_fingerprint", "VerifyReport", "verify_saved_lora",
+    "ComfyTrainModel", "ObjectiveSpec", "VerifyReport", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint",
+    "detect_family", "device_budget", "differentiable_kernels", "diffusion_root", "encode_caption",
+    "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing", "install_network",
+    "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale", "load_clip_for_training",
+    "load_for_training", "model_config_names", "objective_spec", "plan_training", "raise_if_interrupted",
+    "recast_in_backward", "sample_preview", "sampler_names", "unet_config", "vae_fingerprint", "verify_saved_lora",
 ]

@@ -139,60 +139,48 @@ def _uncast(module, w, b, stream) -> None:
         ops.uncast_bias_weight(module, w, b, stream)
 
 
-class _CastLinear(torch.autograd.Function):
-    """ComfyUI's cast Linear (``comfy/ops.py`` ``forward_comfy_cast_weights``) whose backward casts the frozen
+class _Recast(torch.autograd.Function):
+    """A ComfyUI cast layer (``comfy/ops.py`` ``forward_comfy_cast_weights``) whose backward casts the frozen
     weight again instead of keeping the forward's cast copy alive: an fp8, quantized, manual-cast or streamed
     weight costs device memory only while its own layer runs. Nothing of the input is kept either: the base
-    weight is frozen, so only the input's gradient (``grad @ W``) is needed."""
+    weight is frozen, so only the input's gradient is needed. ``op`` is the layer's own computation, ``input_grad``
+    its gradient with respect to the input (see ``_RECAST``)."""
 
     @staticmethod
-    def forward(ctx, x, module):
+    def forward(ctx, x, module, op, input_grad):
         w, b, stream = _cast(module, x)
-        y = torch.nn.functional.linear(x, w, b)
+        y = op(module, x, w, b)
         _uncast(module, w, b, stream)
-        ctx.module = module
+        ctx.module, ctx.input_grad, ctx.x_shape = module, input_grad, x.shape
         return y
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.needs_input_grad[0]:
-            return None, None
+            return None, None, None, None
         w, b, stream = _cast(ctx.module, grad)
-        gx = grad.matmul(w)
+        gx = ctx.input_grad(ctx.module, ctx.x_shape, grad, w)
         _uncast(ctx.module, w, b, stream)
-        return gx, None
+        return gx, None, None, None
 
 
-class _CastConv2d(torch.autograd.Function):
-    """The same for ComfyUI's cast Conv2d (zero padding): the input's gradient is a transposed convolution with
-    the weight cast again."""
-
-    @staticmethod
-    def forward(ctx, x, module):
-        w, b, stream = _cast(module, x)
-        y = module._conv_forward(x, w, b)
-        _uncast(module, w, b, stream)
-        ctx.module, ctx.x_shape = module, x.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        m = ctx.module
-        w, b, stream = _cast(m, grad)
-        gx = torch.nn.grad.conv2d_input(ctx.x_shape, w, grad, m.stride, m.padding, m.dilation, m.groups)
-        _uncast(m, w, b, stream)
-        return gx, None
+# (op, input gradient) per layer kind: Linear (grad @ W) and zero-padded Conv2d (a transposed convolution)
+_RECAST = {
+    "linear": (lambda m, x, w, b: torch.nn.functional.linear(x, w, b),
+               lambda m, shape, grad, w: grad.matmul(w)),
+    "conv2d": (lambda m, x, w, b: m._conv_forward(x, w, b),
+               lambda m, shape, grad, w: torch.nn.grad.conv2d_input(shape, w, grad, m.stride, m.padding, m.dilation,
+                                                                    m.groups)),
+}
 
 
 def _recast_kind(m: torch.nn.Module):
     if not hasattr(m, "forward_comfy_cast_weights") or m.weight is None or m.weight.requires_grad:
         return None
     if isinstance(m, torch.nn.Linear):
-        return _CastLinear
+        return _RECAST["linear"]
     if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-        return _CastConv2d
+        return _RECAST["conv2d"]
     return None
 
 
@@ -200,18 +188,18 @@ def _recast_kind(m: torch.nn.Module):
 def recast_in_backward(root: torch.nn.Module):
     """While training, ComfyUI's cast Linear / Conv2d layers under ``root`` (the ones whose forward casts the
     weight: fp8 and quantized weights, manual-cast dtypes, weights ComfyUI left off the device) keep no cast
-    copy for backward: the weight is cast again there (see ``_CastLinear``). Layers that use their weight as it
+    copy for backward: the weight is cast again there (see ``_Recast``). Layers that use their weight as it
     is stored are not touched."""
     kinds = {m: k for m in root.modules() if (k := _recast_kind(m)) is not None}
 
     def make_for(module):
-        kind = kinds[module]
+        op, input_grad = kinds[module]
 
         def make(org):
             def fwd(x, *args, **kwargs):
                 if args or kwargs or not torch.is_grad_enabled() or not torch.is_tensor(x):
                     return org(x, *args, **kwargs)
-                return kind.apply(x, module)
+                return _Recast.apply(x, module, op, input_grad)
             return fwd
         return make
 

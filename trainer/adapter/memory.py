@@ -152,7 +152,7 @@ def model_memory(root: torch.nn.Module) -> ModelMemory:
 
 
 def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
-                 compute_dtype: torch.dtype = torch.float32, transformer_options: dict | None = None) -> StepMemory:
+                 compute_dtype: torch.dtype = torch.float32) -> StepMemory:
     """Run one forward + backward of ``model`` (a ComfyUI BaseModel, normally from ``meta_model``) with a copy
     of ``network``'s diffusion-model LoRA installed, on the model's device, and count what it allocates."""
     device = next(model.diffusion_model.parameters()).device
@@ -161,10 +161,8 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
         p.requires_grad_(True)
     root = model.diffusion_model
     net.install({UNET_ROOT: root})
-    opts = dict(transformer_options or {})
-    opts["optimized_attention_override"] = planning_attention
     b = x_shape[0]
-    opts.update(cond_or_uncond=[0] * b)
+    opts = {"optimized_attention_override": planning_attention, "cond_or_uncond": [0] * b}
     try:
         with torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), recast_in_backward(root), \
                 functional_residuals(root), gradient_checkpointing(root, checkpointing):
@@ -211,26 +209,35 @@ def device_budget(model_patcher, keep=()) -> int:
 def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
                   optimizer_state_bytes: float):
     """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
-    (fastest first), from two meta-device steps of the MODEL's own architecture (without and with
-    checkpointing), with text conds of the family's shapes."""
-    from ..memory import network_bytes, plan_candidates
-
+    (fastest first); the weights are counted as the loaded model stores them."""
     base = model_patcher.model
     wd = base.get_dtype()
-    cd = compute_dtype or getattr(base, "manual_cast_dtype", None) or wd
+    return plans_for(base.model_config, network, batch=batch, width=width, height=height, weight_dtype=wd,
+                     compute_dtype=compute_dtype or getattr(base, "manual_cast_dtype", None) or wd,
+                     optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model)
+
+
+def plans_for(model_config, network, *, batch: int, width: int, height: int, weight_dtype: torch.dtype,
+              compute_dtype: torch.dtype, optimizer_state_bytes: float, weights_root: torch.nn.Module | None = None):
+    """Every memory plan (fastest first) for ``model_config``'s architecture, from two meta-device steps (without
+    and with checkpointing) with text conds of the family's shapes. ``weights_root``: the module whose stored
+    weights are counted (a loaded model; default: the meta model, in ``weight_dtype``)."""
+    from ..memory import network_bytes, plan_candidates
+
     with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
-        meta = meta_model(base.model_config, wd, cd)
-        conds = example_conds(base.model_config, batch)
-        x_shape = latent_shape(base.model_config, batch, width, height)
-        steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck, compute_dtype=cd)
-                 for ck in (False, True)]
-    mem = model_memory(base.diffusion_model)
-    params = [p for p in network.subset(UNET_ROOT).parameters()]
+        meta = meta_model(model_config, weight_dtype, compute_dtype)
+        conds = example_conds(model_config, batch)
+        x_shape = latent_shape(model_config, batch, width, height)
+        steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck,
+                              compute_dtype=compute_dtype) for ck in (False, True)]
+    root = weights_root if weights_root is not None else meta.diffusion_model
+    mem = model_memory(root)
+    params = list(network.subset(UNET_ROOT).parameters())
     n = sum(p.numel() for p in params)
     item = params[0].element_size() if params else 4
     return plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
                            network=network_bytes(n, item, optimizer_state_bytes), plain=steps[0],
-                           checkpointed=steps[1], in_flight=streamed_in_flight(base.diffusion_model, cd),
+                           checkpointed=steps[1], in_flight=streamed_in_flight(root, compute_dtype),
                            grad_bytes=n * item)
 
 
