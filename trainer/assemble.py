@@ -10,16 +10,14 @@ from .objectives import DiscreteObjective, FlowObjective
 log = logging.getLogger(__name__)
 
 
-def build_objective(spec, cfg: TrainConfig, family_name: str):
-    """``spec`` is the adapter's ObjectiveSpec (what the model's own model_sampling says)."""
+def build_objective(spec, cfg: TrainConfig, family):
+    """``spec`` is the adapter's ObjectiveSpec (what the model's own model_sampling says); ``family`` decides
+    what ``timestep_sampling=model`` means for a flow model."""
     if spec.kind == "discrete":
         return DiscreteObjective(spec.sigmas, spec.prediction, cfg.min_timestep, cfg.max_timestep)
     sampling, shift = cfg.timestep_sampling, cfg.discrete_flow_shift
     if sampling == "model":
-        if family_name == "flux" and spec.shift != 1.0:
-            sampling = "flux_shift"
-        else:
-            sampling, shift = "shift", spec.shift
+        sampling, shift = family.model_timestep_sampling(spec.shift)
     return FlowObjective(sampling, cfg.sigmoid_scale, 0.0, shift)
 
 

@@ -219,7 +219,7 @@ def build_metadata(*, family: Union[str, Family], network: Mapping[str, Any], ou
         "ss_network_dim": network.get("rank"),
         "ss_network_alpha": network.get("alpha"),
         "ss_v2": fam.is_v2(),
-        "ss_base_model_version": fam.base_model_version(unet_config, objective),
+        "ss_base_model_version": fam.base_model_version(unet_config, objective, list(config_class_names or [])),
         "ss_num_train_images": data.get("num_train_images"),
         "ss_num_validation_images": data.get("num_validation_images", 0),
         "ss_num_reg_images": data.get("num_reg_images"),

@@ -96,7 +96,8 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
     try:
         plans = ca.plan_training(mp, net, batch=batch, width=width, height=height,
                                  compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
-                                 optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type))
+                                 optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type),
+                                 cond=next(iter(data.text_conds.values()), None))
     except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
         log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan "
                     "(auto: checkpointed)",
@@ -172,8 +173,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     if train_te and clip_t is None:
         raise ValueError("the network trains the text encoder: connect the CLIP from Inject LoRA to Train LoRA")
     spec = ca.objective_spec(mp)
-    objective = build_objective(spec, cfg, family.name)
-    guidance = cfg.guidance_scale if family.name == "flux" else None
+    objective = build_objective(spec, cfg, family)
+    guidance = cfg.guidance_scale if family.takes_guidance(ca.unet_config(model)) else None
     plan, budget, plans = _memory_plan(mp, net, data, cfg, progress, keep=[clip_t.patcher] if train_te else [])
     # without a plan: auto checkpoints (the safe choice), the explicit modes run as named
     checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode != "resident"

@@ -188,7 +188,7 @@ def test_flux_train_blocks_restricts_modules(comfy, blocks, present, absent):
     assert '"train_blocks": "%s"' % blocks in meta["ss_network_args"]
 
 
-@pytest.mark.parametrize("kind", ["FakeArch", "SDXL_instructpix2pix"])
+@pytest.mark.parametrize("kind", ["StableAudio", "SDXL_instructpix2pix", "WAN21_I2V"])
 def test_unsupported_model_gives_a_clear_error(comfy, kind):
 
     p = {"1": {"class_type": "LoraLoopTest_UnsupportedModel", "inputs": {"kind": kind}},
@@ -203,10 +203,11 @@ def test_unsupported_model_gives_a_clear_error(comfy, kind):
     assert errors, ex.status_messages
     msg = errors[0]["exception_message"]
     assert kind in msg and "not supported" in msg, msg
-    for fam in ("Stable Diffusion 1.x", "Stable Diffusion 2.x", "Stable Diffusion XL", "Stable Diffusion 3", "FLUX.1"):
+    for fam in ("Stable Diffusion 1.x", "Stable Diffusion 2.x", "Stable Diffusion XL", "Stable Diffusion 3", "FLUX.1",
+                "generic family"):
         assert fam in msg, msg
-    if kind == "SDXL_instructpix2pix":
-        assert "InstructPix2Pix" in msg, msg
+    reason = {"StableAudio": "audio model", "SDXL_instructpix2pix": "InstructPix2Pix", "WAN21_I2V": "input image"}
+    assert reason[kind] in msg, msg
 
 
 # ----------------------------------------------------------------------------- SDXL size conditioning

@@ -8,6 +8,8 @@ import contextlib
 
 import torch
 
+from ..families.blocks import is_block_list
+
 
 # ----------------------------------------------------------------------------- inference tensors
 
@@ -75,7 +77,8 @@ def override_forwards(modules, make_forward, method: str = "forward"):
 # ``output_blocks`` of comfy/ldm/modules/diffusionmodules/openaimodel.py UNetModel (inside each
 # TimestepEmbedSequential), ``double_blocks`` / ``single_blocks`` of comfy/ldm/flux/model.py Flux,
 # ``joint_blocks`` of comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT, ``layers`` of
-# comfy/clip_model.py CLIPEncoder and ``block`` of comfy/text_encoders/t5.py T5Stack.
+# comfy/clip_model.py CLIPEncoder and ``block`` of comfy/text_encoders/t5.py T5Stack; in any other model, the
+# block lists the generic family trains (``families.blocks.is_block_list``).
 CHECKPOINT_CONTAINERS = ("input_blocks", "middle_block", "output_blocks", "double_blocks", "single_blocks",
                          "joint_blocks", "transformer_blocks", "layers", "block")
 
@@ -87,7 +90,8 @@ def checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
 
     def walk(module: torch.nn.Module) -> None:
         for name, child in module.named_children():
-            if name in CHECKPOINT_CONTAINERS and isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            if (name in CHECKPOINT_CONTAINERS and isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential))) \
+                    or is_block_list(child):
                 for block in child.children():
                     if type(block).__name__ == "TimestepEmbedSequential":
                         blocks.extend(block.children())
@@ -225,16 +229,28 @@ def _rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor):
 def differentiable_kernels():
     """Swap inference-only fused kernels for autograd-friendly equivalents while training.
 
-    ``comfy/ldm/flux/math.py`` routes FLUX rotary embeddings through comfy_kitchen's fused ``apply_rope``,
-    which has no backward. Same maths, plain torch ops; restored on exit."""
+    ``comfy/ldm/flux/math.py`` routes rotary embeddings through comfy_kitchen's fused ``apply_rope`` /
+    ``apply_rope1``, which have no backward; the models that import them from there (``comfy/ldm/qwen_image``,
+    ``lumina``, ``hidream``, ``wan``, ``kandinsky5`` ...) hold their own reference, so every loaded ``comfy``
+    module bound to one of them is swapped. Same maths, plain torch ops; restored on exit."""
+    import sys
+
     swaps = []
     try:
         import comfy.ldm.flux.math as fm
-
-        swaps += [(fm, "apply_rope", _rope), (fm, "apply_rope1", _rope1)]
     except Exception:  # older/newer ComfyUI without that module
-        pass
-    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in swaps if hasattr(mod, name)]
+        fm = None
+    if fm is not None:
+        fused = {id(getattr(fm, n)): (n, fn) for n, fn in (("apply_rope", _rope), ("apply_rope1", _rope1))
+                 if hasattr(fm, n) and getattr(fm, n) not in (_rope, _rope1)}
+        for mod_name, mod in list(sys.modules.items()):
+            if mod is None or not (mod_name == "comfy" or mod_name.startswith("comfy.")):
+                continue
+            for attr in ("apply_rope", "apply_rope1"):
+                hit = fused.get(id(getattr(mod, attr, None)))
+                if hit is not None and hit[0] == attr:
+                    swaps.append((mod, attr, hit[1]))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in swaps]
     for mod, name, fn in swaps:
         setattr(mod, name, fn)
     try:

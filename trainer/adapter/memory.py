@@ -81,6 +81,8 @@ def example_conds(model_config, batch: int, tokens: int | None = None, device=ME
     width), pooled ``y`` where the model takes one, FLUX's ``guidance``. ``tokens`` defaults to what the
     family's encoders emit (77 CLIP; SD3 77 CLIP + 77 T5; FLUX 512 T5)."""
     u = model_config.unet_config
+    if u.get("image_model") not in (None, "flux"):    # the shapes of other models: from a real cond
+        raise KeyError(f"text cond shapes of image_model {u.get('image_model')!r}")
     if "context_in_dim" in u:                         # FLUX: T5 tokens, pooled CLIP-L vector
         width, pooled, tokens = u["context_in_dim"], u.get("vec_in_dim"), tokens or 512
     elif "context_embedder_config" in u:              # SD3 / MMDiT
@@ -101,7 +103,8 @@ def latent_shape(model_config, batch: int, width: int, height: int) -> tuple[int
     downscale)."""
     fmt = model_config.latent_format
     down = getattr(fmt, "spacial_downscale_ratio", 8)
-    return (batch, fmt.latent_channels, height // down, width // down)
+    frames = (1,) * (getattr(fmt, "latent_dimensions", 2) - 2)  # video models train on one frame
+    return (batch, fmt.latent_channels) + frames + (height // down, width // down)
 
 
 # ----------------------------------------------------------------------------- attention for planning
@@ -207,27 +210,49 @@ def device_budget(model_patcher, keep=()) -> int:
 
 
 def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
-                  optimizer_state_bytes: float):
+                  optimizer_state_bytes: float, cond=None):
     """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
-    (fastest first); the weights are counted as the loaded model stores them."""
+    (fastest first); the weights are counted as the loaded model stores them. ``cond``: one caption's
+    CONDITIONING, for models whose text cond shapes ``example_conds`` does not know."""
     base = model_patcher.model
     wd = base.get_dtype()
     return plans_for(base.model_config, network, batch=batch, width=width, height=height, weight_dtype=wd,
                      compute_dtype=compute_dtype or getattr(base, "manual_cast_dtype", None) or wd,
-                     optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model)
+                     optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model, cond=cond)
+
+
+def meta_conds(model, cond, x_shape: tuple[int, ...]) -> dict:
+    """apply_model keyword inputs for ``batch`` copies of one real CONDITIONING, built by the model's own
+    ``extra_conds`` (as ``comfy/samplers.py`` does) and moved to the meta device."""
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    c = comfy.sampler_helpers.convert_cond(cond)[:1]
+    noise = torch.zeros((1,) + tuple(x_shape[1:]), device=META)
+    enc = comfy.samplers.encode_model_conds(model.extra_conds, c, noise, META, "positive")[0]
+    one = {k: v.process_cond(batch_size=x_shape[0], area=None) for k, v in enc["model_conds"].items()}
+    batched = comfy.samplers.cond_cat([one])
+    return {k: (v.to(META) if torch.is_tensor(v) else v) for k, v in batched.items()}
 
 
 def plans_for(model_config, network, *, batch: int, width: int, height: int, weight_dtype: torch.dtype,
-              compute_dtype: torch.dtype, optimizer_state_bytes: float, weights_root: torch.nn.Module | None = None):
+              compute_dtype: torch.dtype, optimizer_state_bytes: float, weights_root: torch.nn.Module | None = None,
+              cond=None):
     """Every memory plan (fastest first) for ``model_config``'s architecture, from two meta-device steps (without
-    and with checkpointing) with text conds of the family's shapes. ``weights_root``: the module whose stored
-    weights are counted (a loaded model; default: the meta model, in ``weight_dtype``)."""
+    and with checkpointing) with text conds of the family's shapes (or ``cond``'s, one real caption's, when the
+    family's shapes are not known here). ``weights_root``: the module whose stored weights are counted (a loaded
+    model; default: the meta model, in ``weight_dtype``)."""
     from ..memory import network_bytes, plan_candidates
 
     with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
         meta = meta_model(model_config, weight_dtype, compute_dtype)
-        conds = example_conds(model_config, batch)
         x_shape = latent_shape(model_config, batch, width, height)
+        try:
+            conds = example_conds(model_config, batch)
+        except KeyError:
+            if cond is None:
+                raise
+            conds = meta_conds(meta, cond, x_shape)
         steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck,
                               compute_dtype=compute_dtype) for ck in (False, True)]
     root = weights_root if weights_root is not None else meta.diffusion_model

@@ -30,9 +30,17 @@ def unet_config(model_patcher) -> dict:
 
 
 def detect_family(model_patcher):
+    """The model's family; a model whose forward takes concatenated image inputs (``concat_keys`` in
+    ``comfy/model_base.py``: inpainting, image-to-video) is refused by name."""
     from ..families import detect_family as _detect
 
-    return _detect(model_config_names(model_patcher), unet_config(model_patcher))
+    family = _detect(model_config_names(model_patcher), unet_config(model_patcher))
+    keys = tuple(getattr(model_patcher.model, "concat_keys", ()) or ())
+    if keys:
+        raise ValueError(f"model class {model_config_names(model_patcher)[0]} needs a concatenated "
+                         f"{' + '.join(keys)} input besides the caption, which LoRA Loop does not provide; "
+                         "train its text-to-image sibling instead")
+    return family
 
 
 def diffusion_root(model_patcher) -> torch.nn.Module:
@@ -53,11 +61,20 @@ class ObjectiveSpec:
 
 
 def objective_spec(model_patcher) -> ObjectiveSpec:
+    """The training objective the model's own ``model_sampling`` defines: eps / v on the discrete DDPM sigma
+    table (``ModelSamplingDiscrete``), or rectified flow (``CONST``: ``ModelSamplingDiscreteFlow``,
+    ``ModelSamplingFlux``). Every other parameterisation ComfyUI defines is refused by name."""
     import comfy.model_sampling as ms_mod
 
     ms = model_patcher.get_model_object("model_sampling")
     model_type = getattr(model_patcher.model, "model_type", None)
     mt_name = getattr(model_type, "name", str(model_type))
+    kinds = [c.__name__ for c in type(ms).__mro__ if c.__module__ == ms_mod.__name__]
+    refuse = {ms_mod.EDM: "EDM", ms_mod.X0: "x0 prediction", ms_mod.COSMOS_RFLOW: "Cosmos rectified flow"}
+    for cls, what in refuse.items():
+        if isinstance(ms, cls):
+            raise ValueError(f"this model's sampling is {what} ({'/'.join(kinds)}, model type {mt_name}); "
+                             "LoRA Loop trains eps, v-prediction and flow (CONST) models")
     if isinstance(ms, ms_mod.CONST):
         return ObjectiveSpec("flow", "flow", None, float(getattr(ms, "shift", 1.0)),
                              float(getattr(ms, "multiplier", 1.0)), mt_name)
@@ -66,12 +83,12 @@ def objective_spec(model_patcher) -> ObjectiveSpec:
     elif isinstance(ms, ms_mod.EPS):
         pred = "eps"
     else:
-        raise ValueError(f"unsupported model_sampling {type(ms).__name__} (model type {mt_name}); "
-                         "LoRA Loop trains eps, v-prediction and flow models")
+        raise ValueError(f"unsupported model_sampling {'/'.join(kinds)} (model type {mt_name}); "
+                         "LoRA Loop trains eps, v-prediction and flow (CONST) models")
     sigmas = getattr(ms, "sigmas", None)
-    if sigmas is None or sigmas.numel() < 2:
-        raise ValueError(f"model_sampling {type(ms).__name__} has no discrete sigma table; EDM/continuous "
-                         "schedules are not supported")
+    if not isinstance(ms, ms_mod.ModelSamplingDiscrete) or sigmas is None or sigmas.numel() < 2:
+        raise ValueError(f"model_sampling {'/'.join(kinds)} (model type {mt_name}) has no discrete DDPM sigma "
+                         "table; continuous (EDM-style) schedules are not supported")
     with torch.inference_mode(False):
         sig = sigmas.detach().float().cpu().clone()
     return ObjectiveSpec("discrete", pred, sig, 1.0, 1.0, mt_name)

@@ -60,9 +60,10 @@ def _predict(patcher, cond) -> torch.Tensor:
 
     mm.load_models_gpu([patcher])
     tm = ComfyTrainModel(patcher, "no")
-    channels = patcher.get_model_object("latent_format").latent_channels
+    fmt = patcher.get_model_object("latent_format")
+    frames = (1,) * (getattr(fmt, "latent_dimensions", 2) - 2)  # video models: one frame
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x0 = torch.randn((1, channels, SIZE // 8, SIZE // 8), generator=gen)
+    x0 = torch.randn((1, fmt.latent_channels) + frames + (SIZE // 8, SIZE // 8), generator=gen)
     sigma = patcher.get_model_object("model_sampling").percent_to_sigma(0.5)
     sig = torch.full((1,), float(sigma))
     x = (x0 * max(float(sigma), 1e-3)).to(tm.device)

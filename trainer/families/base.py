@@ -143,7 +143,8 @@ class Family:
         return {"train_t5xxl": "True"} if any(t.prefix == "lora_te3" for t in targets) else {}
 
     # ---- metadata
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         raise NotImplementedError
 
     def modelspec_architecture(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
@@ -164,3 +165,12 @@ class Family:
 
     def is_v2(self) -> bool:
         return False
+
+    # ---- training inputs
+    def takes_guidance(self, unet_config: Optional[dict] = None) -> bool:
+        """Whether the model has a distilled-guidance input that training feeds ``guidance_scale`` to."""
+        return bool((unet_config or {}).get("guidance_embed"))
+
+    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
+        """``timestep_sampling=model`` for a flow model whose model_sampling has ``shift``: (sampling, shift)."""
+        return "shift", shift

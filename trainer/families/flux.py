@@ -51,7 +51,8 @@ class FluxFamily(Family):
             args["train_blocks"] = present[0]
         return args
 
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         return "flux1"
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
@@ -64,6 +65,13 @@ class FluxFamily(Family):
 
     def prediction_type(self, objective: Optional[str] = None) -> Optional[str]:
         return None  # sd-scripts omits modelspec.prediction_type for FLUX
+
+    def takes_guidance(self, unet_config: Optional[dict] = None) -> bool:
+        return True  # schnell has no guidance input and ignores it
+
+    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
+        # dev (ComfyUI's ModelSamplingFlux shift 1.15): kohya's resolution-dependent flux_shift; schnell: none
+        return ("flux_shift", shift) if shift != 1.0 else ("shift", shift)
 
 
 FAMILY = FluxFamily()

@@ -23,7 +23,8 @@ class SD1Family(UNetFamily):
             return []
         return clip_targets(clip_model, self.clip_attr, "lora_te")
 
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         return "sd_v1_v" if (objective or self.default_objective) == "v" else "sd_v1"
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:

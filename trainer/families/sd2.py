@@ -38,7 +38,8 @@ class SD2Family(UNetFamily):
     def is_v2(self) -> bool:
         return True
 
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         return "sd_v2_v" if (objective or self.default_objective) == "v" else "sd_v2"
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:

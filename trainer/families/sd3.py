@@ -50,7 +50,8 @@ class SD3Family(Family):
             out += t5_targets(clip_model, "t5xxl", "lora_te3")
         return out
 
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         return sd3_variant(unet_config)
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:

@@ -25,7 +25,8 @@ class SDXLFamily(UNetFamily):
             return []
         return clip_targets(clip_model, "clip_l", "lora_te1") + clip_targets(clip_model, "clip_g", "lora_te2")
 
-    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None) -> str:
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
         return "sdxl_base_v1-0"
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:

@@ -233,7 +233,7 @@ class OutOfMemoryAt(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-UNSUPPORTED_KINDS = ("FakeArch", "SDXL_instructpix2pix")
+UNSUPPORTED_KINDS = ("StableAudio", "SDXL_instructpix2pix", "WAN21_I2V")
 
 
 class UnsupportedModel(io.ComfyNode):
@@ -247,14 +247,9 @@ class UnsupportedModel(io.ComfyNode):
     @classmethod
     def execute(cls, kind) -> io.NodeOutput:
         import comfy.supported_models as sm
-        import comfy.supported_models_base as smb
 
         mp, clip, _ = tiny_models.build("sd15", 0)  # fresh objects: the cached TinyModel ones stay untouched
-        if kind == "FakeArch":
-            new_cls = type("FakeArch", (smb.BASE,), {})
-        else:
-            new_cls = getattr(sm, kind)
-        mp.model.model_config.__class__ = new_cls
+        mp.model.model_config.__class__ = getattr(sm, kind)
         return io.NodeOutput(mp, clip)
 
 

@@ -1,0 +1,99 @@
+"""The generic family: any diffusion model ComfyUI loads that no named family claims.
+
+Targets: every Linear (and, with ``conv_dim``, every Conv2d) inside the model's transformer blocks, found by
+structure (``blocks.find_block_lists``: lists of modules that hold Linear layers and an attention layer).
+Layers outside the blocks (embedders, final layers, norms, time and text projections) stay frozen, as every
+kohya-style trainer leaves them. Names are ``lora_unet_<module path>``, which ComfyUI's
+``comfy/lora.py`` ``model_lora_keys_unet`` maps for every model. The objective comes from the model's own
+``model_sampling``; conds from its own ``extra_conds``. The text encoder is not trained.
+
+Named families subclass this and narrow the block classes (``block_classes``) or drop layers
+(``exclude``), and give the names, metadata and defaults their own trainers use.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from ..network import UNET_ROOT, Target
+from .base import Family, collect_targets, kohya_name
+from .blocks import describe_block_lists, find_block_lists, linears_outside
+
+log = logging.getLogger(__name__)
+
+
+def kebab(name: str) -> str:
+    """``CosmosT2IPredict2`` -> ``cosmos-t2i-predict2``, ``WAN21_T2V`` -> ``wan21-t2v``."""
+    s = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])", "-", name.replace("_", "-"))
+    return re.sub(r"-+", "-", s).lower().strip("-")
+
+
+class GenericFamily(Family):
+    name = "generic"
+    display_name = "any other model ComfyUI loads (generic)"
+    network_module = "networks.lora"
+    supports_conv = True
+    default_objective = "flow"
+    modelspec_implementation = "https://github.com/comfyanonymous/ComfyUI"
+    #: block classes to train (None: every block list found); a layer path matching ``exclude`` stays frozen
+    block_classes: Optional[tuple[str, ...]] = None
+    exclude: Optional[re.Pattern] = None
+
+    def block_paths(self, root: nn.Module) -> list[str]:
+        return [path for path, _ in find_block_lists(root)]
+
+    def unet_targets(self, root: nn.Module, unet_config: dict, conv: bool = False, options: Any = None) -> list[Target]:
+        lists = find_block_lists(root)
+        if not lists:
+            raise ValueError(f"{type(root).__name__} has no transformer blocks this trainer can find (lists of "
+                             "modules with Linear and attention layers); it cannot be trained with LoRA Loop")
+        classes = self.block_classes or tuple(dict.fromkeys(type(b).__name__ for _, lst in lists for b in lst))
+        out: list[Target] = []
+        excluded = 0
+        for path, lst in lists:
+            def name_of(p: str, path=path) -> Optional[str]:
+                nonlocal excluded
+                if self.exclude is not None and self.exclude.search(p):
+                    excluded += 1
+                    return None
+                return kohya_name("lora_unet", f"{path}.{p}")
+
+            out += collect_targets(lst, classes, root_key=UNET_ROOT, name_of=name_of, conv3x3=conv,
+                                   path_prefix=f"{path}.")
+        self.log_choice(root, out, excluded)
+        return out
+
+    def log_choice(self, root: nn.Module, targets: Sequence[Target], excluded: int) -> None:
+        """Which modules a run adapts and why: the block lists found, what stays frozen."""
+        found = describe_block_lists(root)
+        outside = linears_outside(root, [b.path for b in found])
+        log.info("LoRA Loop: %s: %d modules in the blocks of %s%s; %d Linear outside the blocks stay frozen%s",
+                 self.display_name, len(targets), "; ".join(b.describe() for b in found),
+                 f" ({excluded} left out by the family's rule)" if excluded else "", len(outside),
+                 f" ({', '.join(outside[:6])}{', ...' if len(outside) > 6 else ''})" if outside else "")
+
+    def text_encoder_targets(self, clip_model: nn.Module, options: Any = None) -> list[Target]:
+        raise ValueError(f"{self.display_name}: training the text encoder is not supported for this model; "
+                         "set train_text_encoder (and train_t5) to false on Inject LoRA")
+
+    def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
+                           config_class_names: Optional[list[str]] = None) -> str:
+        names = list(config_class_names or [])
+        return kebab(names[0]) if names else self.name
+
+    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
+        return self.base_model_version(unet_config, objective, config_class_names)
+
+    def default_resolution(self, objective: Optional[str] = None) -> tuple[int, int]:
+        return (1024, 1024)
+
+    def prediction_type(self, objective: Optional[str] = None) -> Optional[str]:
+        if objective == "flow":
+            return None
+        return super().prediction_type(objective)
+
+
+FAMILY = GenericFamily()
