@@ -42,7 +42,7 @@ def _graph(family: str, seed: int = 0) -> dict:
     }
 
 
-@pytest.mark.parametrize("family", tiny_models.FAMILIES)
+@pytest.mark.parametrize("family", tiny_models.BASE_FAMILIES)  # the newer ones: test_dit_families.py
 def test_family_runs_through_real_executor(comfy, family):  # noqa: F811
     results, cache = _pack()
     results.clear()
@@ -94,7 +94,9 @@ def test_weights_are_inference_tensors_small_and_seeded(comfy, family):  # noqa:
     assert all(torch.isfinite(v.float()).all() for v in sd_a.values())
     total = sum(tiny_models.count_params(m) for m in (mp_a.model.diffusion_model, clip_a.cond_stage_model,
                                                       vae_a.first_stage_model))
-    assert total < 7_000_000, f"tiny {family} has {total} params"
+    # the LLM text encoders keep their real vocabularies (150k-256k token embeddings)
+    limit = 7_000_000 if family in tiny_models.BASE_FAMILIES else 20_000_000
+    assert total < limit, f"tiny {family} has {total} params"
 
 
 def test_tiny_model_node_returns_same_objects_on_requeue(comfy):  # noqa: F811

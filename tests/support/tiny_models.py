@@ -26,7 +26,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "flux", "flux_schnell")
+BASE_FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "flux", "flux_schnell")
+# the newer families and generic-family models are built by tiny_dits.py (same contract)
+DIT_FAMILIES = ("qwen_image", "z_image", "lumina2", "hidream", "chroma")
+FAMILIES = BASE_FAMILIES + DIT_FAMILIES
 
 # Tiny text encoder configs (CLIP-L and CLIP-G/T5 differ in width, so a mix-up of encoders breaks loudly).
 # ComfyUI's CLIP text projection is square (hidden -> hidden), so the pooled width is the hidden size.
@@ -169,6 +172,10 @@ def build(family: str, seed: int = 0, dtype: torch.dtype | None = None):
     (fp32 on CPU). Same ``(family, seed)`` gives identical weights."""
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; expected one of {FAMILIES}")
+    if family in DIT_FAMILIES:
+        import tiny_dits
+
+        return tiny_dits.build(family, seed, dtype)
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd

@@ -10,14 +10,19 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .base import Family
+from .chroma import FAMILY as CHROMA
 from .flux import FAMILY as FLUX
 from .generic import FAMILY as GENERIC
+from .hidream import FAMILY as HIDREAM
+from .lumina import LUMINA2, Z_IMAGE
+from .qwen_image import FAMILY as QWEN_IMAGE
 from .sd1 import FAMILY as SD1
 from .sd2 import FAMILY as SD2
 from .sd3 import FAMILY as SD3
 from .sdxl import FAMILY as SDXL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, GENERIC)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, QWEN_IMAGE, Z_IMAGE, LUMINA2, CHROMA,
+                                                    HIDREAM, GENERIC)}
 
 # Subclasses of supported configs whose training needs inputs this trainer does not provide.
 # Models that need an input this trainer does not provide (it trains on images and their captions only).

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+# attention layers by attribute or class name; FLUX-style single-stream blocks hold a fused qkv Linear and only
+# show their attention by its query/key norm (``QKNorm``)
+_ATTENTION = re.compile(r"attn|attention|qk_?norm|q_norm|k_norm", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ def _linears(module: nn.Module) -> int:
 
 
 def has_attention(module: nn.Module) -> bool:
-    """A submodule whose attribute or class name says attention (``attn``, ``self_attn``, ``Attention`` ...)."""
+    """A submodule whose attribute or class name says attention (``attn``, ``self_attn``, ``Attention``, a query/key
+    norm ``QKNorm`` ...)."""
     for name, m in module.named_modules():
         if not name:
             continue

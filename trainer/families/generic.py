@@ -31,6 +31,17 @@ def kebab(name: str) -> str:
     return re.sub(r"-+", "-", s).lower().strip("-")
 
 
+def _submodule(root: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _order(root: nn.Module) -> dict[str, int]:
+    return {p: i for i, (p, _) in enumerate(root.named_modules())}
+
+
 class GenericFamily(Family):
     name = "generic"
     display_name = "any other model ComfyUI loads (generic)"
@@ -38,21 +49,29 @@ class GenericFamily(Family):
     supports_conv = True
     default_objective = "flow"
     modelspec_implementation = "https://github.com/comfyanonymous/ComfyUI"
-    #: block classes to train (None: every block list found); a layer path matching ``exclude`` stays frozen
-    block_classes: Optional[tuple[str, ...]] = None
+    #: what a named family narrows: the block lists to train by path (None: every list found), a pattern of
+    #: layer paths (relative to their block) that stay frozen, and modules outside the blocks that train too
+    block_lists: Optional[tuple[str, ...]] = None
     exclude: Optional[re.Pattern] = None
-
-    def block_paths(self, root: nn.Module) -> list[str]:
-        return [path for path, _ in find_block_lists(root)]
+    also: tuple[str, ...] = ()
 
     def unet_targets(self, root: nn.Module, unet_config: dict, conv: bool = False, options: Any = None) -> list[Target]:
         lists = find_block_lists(root)
+        if self.block_lists is not None:
+            lists = [(p, lst) for p, lst in lists if p in self.block_lists]
         if not lists:
-            raise ValueError(f"{type(root).__name__} has no transformer blocks this trainer can find (lists of "
-                             "modules with Linear and attention layers); it cannot be trained with LoRA Loop")
-        classes = self.block_classes or tuple(dict.fromkeys(type(b).__name__ for _, lst in lists for b in lst))
+            raise ValueError(f"{type(root).__name__} has no transformer blocks this trainer can find"
+                             f"{' (' + ', '.join(self.block_lists) + ')' if self.block_lists else ''}: lists of "
+                             "modules with Linear and attention layers; it cannot be trained with LoRA Loop")
+        classes = tuple(dict.fromkeys(type(b).__name__ for _, lst in lists for b in lst))
         out: list[Target] = []
         excluded = 0
+        for path in self.also:
+            module = _submodule(root, path)
+            if module is not None:
+                out += collect_targets(module, (type(module).__name__,), root_key=UNET_ROOT,
+                                       name_of=lambda p, path=path: kohya_name("lora_unet", f"{path}.{p}"),
+                                       conv3x3=conv, path_prefix=f"{path}.")
         for path, lst in lists:
             def name_of(p: str, path=path) -> Optional[str]:
                 nonlocal excluded
@@ -63,6 +82,7 @@ class GenericFamily(Family):
 
             out += collect_targets(lst, classes, root_key=UNET_ROOT, name_of=name_of, conv3x3=conv,
                                    path_prefix=f"{path}.")
+        out.sort(key=lambda t: _order(root).get(t.path, 0))
         self.log_choice(root, out, excluded)
         return out
 

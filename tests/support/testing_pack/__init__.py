@@ -49,15 +49,18 @@ CATEGORY = "LoRA Loop/testing"
 
 def predict(model, positive, seed: int, width: int, height: int, sigma: float) -> torch.Tensor:
     """Denoised prediction of ``model`` (a ModelPatcher, patches applied) for ``positive`` at ``sigma`` on noise
-    seeded with ``seed``. Returns a CPU float32 tensor (1, C, height//8, width//8) (C from the latent format)."""
+    seeded with ``seed``. Returns a CPU float32 tensor (1, C, height//8, width//8), with one frame (1, C, 1, ...)
+    for video latent formats (C and the dimensions from the latent format)."""
     import comfy.model_management as mm
     import comfy.sampler_helpers
     import comfy.samplers
 
     mm.load_models_gpu([model])
-    channels = model.get_model_object("latent_format").latent_channels
+    fmt = model.get_model_object("latent_format")
+    frames = (1,) * (fmt.latent_dimensions - 2)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn((1, channels, height // 8, width // 8), generator=gen, dtype=torch.float32)
+    noise = torch.randn((1, fmt.latent_channels) + frames + (height // 8, width // 8), generator=gen,
+                        dtype=torch.float32)
     device = model.load_device
     x = noise.to(device) * float(sigma)
     conds = comfy.sampler_helpers.convert_cond(positive)

@@ -1,0 +1,137 @@
+"""The newer families (Qwen-Image, Z-Image, Lumina 2, Chroma, HiDream) through ComfyUI's real executor on tiny
+real-architecture models built through ``comfy.supported_models``.
+
+For each family the FLUX example graph (UNET / CLIP / VAE loaders swapped for the tiny model) trains, and:
+* the loss falls on a paired comparison (a second Train LoRA with lr ~ 0 and the same seed sees the same draws);
+* the file has the family's modules (its trainers' targets), names and metadata;
+* core's LoraLoader loads it with zero "lora key not loaded" and reproduces the trained MODEL (<= 1e-5 relative);
+  where the text encoder trains (Chroma's T5), the conditioning too."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import comfy_env
+import graphs
+from comfy_fixtures import comfy  # noqa: F401
+
+pytestmark = pytest.mark.comfy
+
+WORKFLOW = "train_then_generate_flux.api.json"
+STEPS = 8
+EVAL_STEPS = 3
+
+# family -> the tiny model's expected modules and the file's metadata
+FAMILIES = {
+    # 2 blocks x 14 Linear (img/txt mod, 8 attention, 4 MLP)
+    "qwen_image": dict(modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
+                       base="qwen_image", arch="Qwen-Image/lora", sampling="shift"),
+    # layers only, adaLN excluded: 2 x (qkv, out, w1, w2, w3)
+    "z_image": dict(modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
+                    arch="Z-Image/lora", sampling="shift", absent=("adaLN", "refiner")),
+    # refiners 2 x 6 + 2 x 5, layers 2 x 6, final_layer 2
+    "lumina2": dict(modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
+                    module="networks.lora_lumina", base="lumina2", arch="lumina-2/lora", sampling="flux_shift"),
+    # 2 double x 8 + 2 single x 2; the approximator stays frozen; T5 trains as lora_te1
+    "chroma": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux", base="chroma",
+                   arch="chroma/lora", sampling="sigmoid", absent=("distilled_guidance",),
+                   te="lora_te1"),
+    # 1 double x 15 + 2 single x 8: routed experts frozen
+    "hidream": dict(modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
+                    base="hidream_i1", arch="hidream-i1/lora", sampling="shift", absent=("ff_i_experts_",), lr=3e-2),
+}
+
+
+def _results():
+    from lora_loop_testing_pack import RESULTS
+
+    return RESULTS
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def _graph(comfy, family: str) -> dict:
+    exp = FAMILIES[family]
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", f"dit_{family}"), n=1)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=ds, steps=STEPS,
+                                lr=exp.get("lr", 1e-2), save_name=f"dit_{family}")
+    train_id = graphs.one(p, "LoraLoop_TrainLoRA")
+    if exp.get("te"):
+        p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_t5"] = True
+        p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")  # captions encoded while training
+        graphs.train_options(p, train_id, text_encoder_lr=1e-3)
+    p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
+                 "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
+    p["eval"]["inputs"].update(network=[train_id, 2], steps=EVAL_STEPS, learning_rate=1e-12)
+    if exp.get("te"):
+        graphs.train_options(p, "eval", text_encoder_lr=1e-12)
+    p["eval_save"] = {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["eval", 2], "filename": "eval",
+                                                                    "save_dtype": "fp32", "if_exists": "increment"}}
+    return p
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_trains_saves_and_reloads_exactly(comfy, family):
+    exp = FAMILIES[family]
+    res = _results()
+    p = _graph(comfy, family)
+    loader = graphs.one(p, "LoraLoopTest_TinyModel")
+    train = [k for k in graphs.nodes_of(p, "LoraLoop_TrainLoRA") if k != "eval"][0]
+    log = comfy["log"]
+    n = len(log.records)
+    ex, _ = comfy_env.run_prompt(p, f"dit-{family}")
+
+    outputs = ex.history_result["outputs"]
+    losses = outputs[train]["lora_loop_chart"][0]["loss"]
+    after = outputs["eval"]["lora_loop_chart"][0]["loss"]
+    assert len(losses) == STEPS and all(torch.isfinite(torch.tensor(losses + after)))
+    before = losses[:EVAL_STEPS]
+    assert sum(after) < exp.get("drop", 0.95) * sum(before), (before, after)
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+
+    # the run logs which modules it chose and what stays frozen
+    chose = [r for r in log.records[n:] if "modules in the blocks of" in r]
+    assert chose and "stay frozen" in chose[0], log.records[n:n + 40]
+
+    save = [k for k in graphs.nodes_of(p, "LoraLoop_SaveLoRA") if k != "eval_save"][0]
+    name = graphs.saved_lora(ex, None, save)
+    with safe_open(os.path.join(comfy["tmp"], "models", "loras", name), "pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    modules = {k.split(".")[0] for k in keys}
+    unet = {m for m in modules if m.startswith("lora_unet_")}
+    te = modules - unet
+    assert len(unet) == exp["modules"], sorted(unet)
+    for lst in exp["lists"]:
+        assert any(m.startswith(f"lora_unet_{lst}_") for m in unet), (lst, sorted(unet)[:6])
+    assert all(m.startswith(tuple(f"lora_unet_{lst}_" for lst in exp["lists"])) for m in unet), sorted(unet)
+    for word in exp.get("absent", ()):
+        assert not any(word in m for m in unet), (word, sorted(unet))
+    assert {m.split("_encoder_")[0] for m in te} == ({exp["te"]} if exp.get("te") else set()), sorted(te)[:4]
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
+    assert meta["ss_network_module"] == exp["module"]
+    assert meta["ss_base_model_version"] == exp["base"]
+    assert meta["modelspec.architecture"] == exp["arch"]
+
+    # trained MODEL vs core LoraLoader(saved file) vs the untouched input
+    q = {k: v for k, v in p.items() if k not in ("eval", "eval_save")}
+    q["ll"] = {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1], "lora_name": name,
+                                                      "strength_model": 1.0, "strength_clip": 1.0}}
+    for model_ref, clip_ref, tag, prefix in (([train, 0], [train, 1], "trained", "t"), (["ll", 0], ["ll", 1], "loaded", "l"),
+                                             ([loader, 0], [loader, 1], "base", "b")):
+        graphs.add_predict_branch(q, model_ref, clip_ref, f"dit_{family}_{tag}", prefix, 0.7,
+                                  text="sks pattern 0, checkerboard", save_cond=True)
+    n = len(log.records)
+    comfy_env.run_prompt(q, f"dit-{family}-cmp", executor=ex)
+    assert [r for r in log.records[n:] if "lora key not loaded" in r] == []
+    trained, loaded, base = (res[f"dit_{family}_{t}"] for t in ("trained", "loaded", "base"))
+    assert _rel(loaded, trained) <= 1e-5
+    assert _rel(trained, base) > 1e-6, "the trained LoRA has no effect"
+    if exp.get("te"):
+        ct, cl, cb = (res[f"dit_{family}_{t}_cond"][0][0] for t in ("trained", "loaded", "base"))
+        assert _rel(cl, ct) <= 1e-5 and _rel(ct, cb) > 1e-7

@@ -1,0 +1,40 @@
+"""HiDream-I1: ComfyUI ``HiDream`` (``comfy/ldm/hidream/model.py``); ai-toolkit's HiDream trainer.
+
+Targets (ai-toolkit ``hidream_model.py``): the Linear layers of ``double_stream_blocks`` and ``single_stream_blocks``
+(each a ``HiDreamImageBlock`` wrapping the real block: ``block.adaLN_modulation.1``, ``block.attn1.to_q/k/v/out``
+(+ the ``_t`` text versions in double blocks), the shared experts and the text feed-forward); the routed MoE
+``experts`` and the router stay frozen, as in ai-toolkit: 16 x 15 + 32 x 8 = 496 at full size. ai-toolkit writes
+peft keys (``diffusion_model.<path>.lora_A``); we write kohya keys on the same paths, which ComfyUI maps alike.
+Timesteps: ai-toolkit's static ``shift`` 3.0. The four text encoders are not trained.
+"""
+from __future__ import annotations
+
+import re
+
+from .generic import GenericFamily
+
+
+class HiDreamFamily(GenericFamily):
+    name = "hidream"
+    display_name = "HiDream-I1"
+    config_classes = ("HiDream",)
+    network_module = "networks.lora"
+    supports_conv = False
+    block_lists = ("double_stream_blocks", "single_stream_blocks")
+    exclude = re.compile(r"(^|\.)experts\.")
+    modelspec_implementation = "https://github.com/HiDream-ai/HiDream-I1"
+
+    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
+        return "hidream_i1"
+
+    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
+        return "hidream-i1"
+
+    def takes_guidance(self, unet_config=None) -> bool:
+        return False
+
+    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
+        return "shift", 3.0
+
+
+FAMILY = HiDreamFamily()
