@@ -1,4 +1,5 @@
-"""The newer families (Qwen-Image, Z-Image, Lumina 2, Chroma, HiDream) through ComfyUI's real executor on tiny
+"""The newer families (Qwen-Image, Z-Image, Lumina 2, Chroma, HiDream, Wan 2.1) and models only the generic family
+handles (AuraFlow, Kandinsky 5 image, HunyuanDiT: flow and v-prediction) through ComfyUI's real executor on tiny
 real-architecture models built through ``comfy.supported_models``.
 
 For each family the FLUX example graph (UNET / CLIP / VAE loaders swapped for the tiny model) trains, and:
@@ -42,6 +43,19 @@ FAMILIES = {
     # 1 double x 15 + 2 single x 8: routed experts frozen
     "hidream": dict(modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
                     base="hidream_i1", arch="hidream-i1/lora", sampling="shift", absent=("ff_i_experts_",), lr=3e-2),
+    # a one-frame clip: 2 blocks x (self/cross attention q, k, v, o + ffn.0, ffn.2)
+    "wan21": dict(modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora",
+                  sampling="shift"),
+    # the generic family: every Linear of the block lists it finds
+    # n_layers 3 of which 1 double: 1 x 16 + 2 x 8
+    "auraflow": dict(modules=1 * 16 + 2 * 8, lists=("double_layers", "single_layers"), module="networks.lora",
+                     base="auraflow", arch="auraflow/lora", sampling="shift", lr=3e-2),
+    "kandinsky5_image": dict(modules=1 * 7 + 2 * 11, lists=("text_transformer_blocks", "visual_transformer_blocks"),
+                             module="networks.lora", base="kandinsky5image", arch="kandinsky5image/lora",
+                             sampling="shift"),
+    # depth 4: the last block also has a skip_linear
+    "hunyuan_dit": dict(modules=3 * 8 + 1 * 9, lists=("blocks",), module="networks.lora", base="hunyuandit",
+                        arch="hunyuandit/lora", sampling=None, options=dict(min_timestep=500, max_timestep=500)),
 }
 
 
@@ -61,6 +75,8 @@ def _graph(comfy, family: str) -> dict:
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=ds, steps=STEPS,
                                 lr=exp.get("lr", 1e-2), save_name=f"dit_{family}")
     train_id = graphs.one(p, "LoraLoop_TrainLoRA")
+    if exp.get("options"):  # discrete models: one timestep, so the paired batches repeat exactly
+        graphs.train_options(p, train_id, **exp["options"])
     if exp.get("te"):
         p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_t5"] = True
         p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")  # captions encoded while training
@@ -135,3 +151,14 @@ def test_family_trains_saves_and_reloads_exactly(comfy, family):
     if exp.get("te"):
         ct, cl, cb = (res[f"dit_{family}_{t}_cond"][0][0] for t in ("trained", "loaded", "base"))
         assert _rel(cl, ct) <= 1e-5 and _rel(ct, cb) > 1e-7
+
+
+def test_refused_parameterisation_names_itself(comfy):
+    """Cosmos Predict2 samples with ComfyUI's COSMOS_RFLOW: refused by name, before anything trains."""
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="cosmos_predict2",
+                                dataset=graphs.make_dataset(os.path.join(comfy["tmp"], "in", "dit_cosmos"), n=1),
+                                steps=2, save_name="never")
+    ex = comfy_env.execute(p, "dit-cosmos")
+    assert not ex.success
+    msg = [d for e, d in ex.status_messages if e == "execution_error"][0]["exception_message"]
+    assert "Cosmos rectified flow" in msg and "COSMOS_RFLOW" in msg and "eps, v-prediction and flow" in msg, msg

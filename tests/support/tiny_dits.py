@@ -1,5 +1,6 @@
-"""Tiny, deterministic models of the newer families (Qwen-Image, Z-Image, Lumina 2, HiDream, Chroma, Wan) and of
-models only the generic family handles, built in code through ComfyUI's real classes.
+"""Tiny, deterministic models of the newer families (Qwen-Image, Z-Image, Lumina 2, HiDream, Chroma, Wan 2.1) and of
+models only the generic family handles (AuraFlow, Kandinsky 5 image, HunyuanDiT; Cosmos Predict2, which it refuses),
+built in code through ComfyUI's real classes.
 
 Same contract as ``tiny_models.build`` (which dispatches here): ``(ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE)``
 built inside ``torch.inference_mode()``, every parameter filled from ``seed`` by ``tiny_models.init_module``, text
@@ -22,11 +23,13 @@ Deviations forced by ComfyUI's code:
   model with Gemma's special ids is trained in code and passed as ``tokenizer_data`` as a checkpoint would;
 * Z-Image's timestep embedder is 256 wide and its adaLN reads ``min(dim, 256)``: tiny Z-Image has dim 256;
 * ``HiDream.clip_target()`` is None in ComfyUI 0.8.0: the target ``comfy.sd.load_clip`` builds for its four files
-  is used.
+  is used;
+* ComfyUI ships no UMT5 / mT5 tokenizer (checkpoints carry them): a stand-in SentencePiece model (``t5_style_spiece``).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 
@@ -45,6 +48,10 @@ GEMMA2_2B = {"vocab_size": 256000, "hidden_size": 48, "intermediate_size": 64, "
 LLAMA31_8B = {"vocab_size": 128256, "hidden_size": 56, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "num_key_value_heads": 1}
 QWEN_VL_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "num_layers": 2}
+UMT5 = {"d_model": 32, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2}        # vocab 256384 (real)
+PILE_T5XL = {"d_model": 48, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2}   # AuraFlow
+MT5XL = {"d_model": 48, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2}       # HunyuanDiT
+HYDIT_BERT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2}
 
 # ----------------------------------------------------------------------------- diffusion model configs
 UNET = {
@@ -73,8 +80,36 @@ UNET = {
                "context_in_dim": T5XXL["d_model"], "patch_size": 2, "vec_in_dim": None, "depth": 2,
                "depth_single_blocks": 2, "in_dim": 64, "out_dim": 64, "hidden_dim": 96, "n_layers": 2},
 }
+_WAN = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1),
+        "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "dim": 32, "ffn_dim": 64, "num_heads": 2,
+        "num_layers": 2, "text_dim": UMT5["d_model"]}
+UNET.update({
+    "wan21": {**_WAN, "in_dim": 16, "out_dim": 16},
+    # models only the generic family handles
+    "auraflow": {"cond_seq_dim": PILE_T5XL["d_model"], "max_seq": 16 * 16, "n_double_layers": 1, "n_layers": 3,
+                 "dim": 64, "n_heads": 2, "global_conddim": 64, "in_channels": 4, "out_channels": 4, "patch_size": 2},
+    "kandinsky5_image": {"image_model": "kandinsky5", "model_dim": 64, "visual_embed_dim": 64, "axes_dims": (4, 6, 6),
+                         "rope_scale_factor": (1.0, 1.0, 1.0), "time_dim": 32, "ff_dim": 128, "num_text_blocks": 1,
+                         "num_visual_blocks": 2, "in_text_dim": QWEN25_7B["hidden_size"],
+                         "in_text_dim2": CLIP_L["hidden_size"]},
+    "hunyuan_dit": {"image_model": "hydit", "depth": 4, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 4.3637,
+                    "text_states_dim": HYDIT_BERT["hidden_size"], "text_states_dim_t5": MT5XL["d_model"],
+                    "input_size": 16, "patch_size": 2, "in_channels": 4},
+    # refused (Cosmos rectified flow): a tiny one proves the refusal names it
+    "cosmos_predict2": {"image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+                        "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+                        "model_channels": 64, "concat_padding_mask": True,
+                        "crossattn_emb_channels": T5XXL["d_model"], "pos_emb_cls": "rope3d",
+                        "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+                        "use_adaln_lora": True, "adaln_lora_dim": 16, "num_blocks": 2, "num_heads": 2,
+                        "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+                        "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0,
+                        "extra_h_extrapolation_ratio": 1.0, "extra_w_extrapolation_ratio": 1.0,
+                        "extra_t_extrapolation_ratio": 1.0, "rope_enable_fps_modulation": False},
+})
 CONFIG_CLASS = {"qwen_image": "QwenImage", "z_image": "ZImage", "lumina2": "Lumina2", "hidream": "HiDream",
-                "chroma": "Chroma"}
+                "chroma": "Chroma", "wan21": "WAN21_T2V", "auraflow": "AuraFlow", "kandinsky5_image": "Kandinsky5Image",
+                "hunyuan_dit": "HunyuanDiT", "cosmos_predict2": "CosmosT2IPredict2"}
 FAMILIES = tuple(UNET)
 WAN_VAE_DIM = 8  # the real Wan 2.1 VAE: 96
 
@@ -118,6 +153,30 @@ def gemma_standin_spiece() -> torch.Tensor:
             minloglevel=2, hard_vocab_limit=False)
         _SPIECE["gemma"] = torch.ByteTensor(list(buf.getvalue()))
     return _SPIECE["gemma"].clone()
+
+
+@functools.lru_cache(maxsize=1)
+def t5_style_spiece() -> bytes:
+    """A deterministic SentencePiece unigram model (4000 pieces; pad 0, eos 1, unk 2 like (u)mT5) trained from the
+    word pieces of ComfyUI's bundled Pile-T5 tokenizer: ComfyUI takes the UMT5 (Wan) and mT5 (HunyuanDiT)
+    tokenizers from the text-encoder checkpoints, so a stand-in goes the same ``tokenizer_data`` way. Its ids fit
+    the real vocabularies; they are not the real ids."""
+    import os
+
+    import sentencepiece as spm
+
+    import comfy.text_encoders.aura_t5 as aura
+
+    path = os.path.join(os.path.dirname(os.path.realpath(aura.__file__)), "t5_pile_tokenizer", "tokenizer.model")
+    pile = spm.SentencePieceProcessor(model_file=path)
+    pieces = [p for p in (pile.id_to_piece(i).replace("\u2581", "") for i in range(3, pile.get_piece_size()))
+              if p.isalpha()]
+    sents = [" ".join(pieces[i:i + 16]) for i in range(0, len(pieces), 16)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sents), model_writer=buf, vocab_size=4000,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+                                   minloglevel=2, hard_vocab_limit=False)
+    return buf.getvalue()
 
 
 def _diffusion(mc, seed: int, dtype=None):
@@ -208,7 +267,24 @@ def build(family: str, seed: int = 0, dtype: torch.dtype | None = None):
                          {"clip_l_model_config": dict(CLIP_L), "clip_g_model_config": dict(CLIP_G),
                           "t5xxl_model_config": dict(T5XXL), "llama_model_config": dict(LLAMA31_8B)}, seed + 1)
             vae = kl_vae(16, seed + 2)
-        elif family == "chroma":
+        elif family in ("chroma", "cosmos_predict2"):
             clip = _clip(mc.clip_target({}), {"t5xxl_model_config": dict(T5XXL)}, seed + 1)
+            vae = kl_vae(16, seed + 2) if family == "chroma" else wan21_vae(seed + 2)
+        elif family == "wan21":
+            clip = _clip(mc.clip_target({}), {"umt5xxl_model_config": dict(UMT5)}, seed + 1,
+                         tokenizer_data={"spiece_model": t5_style_spiece()})
+            vae = wan21_vae(seed + 2)
+        elif family == "auraflow":
+            clip = _clip(mc.clip_target({}), {"pile_t5xl_model_config": dict(PILE_T5XL)}, seed + 1)
+            vae = kl_vae(4, seed + 2)
+        elif family == "kandinsky5_image":
+            with _tiny_qwen_vision():
+                clip = _clip(mc.clip_target({}), {"qwen25_7b_model_config": dict(QWEN25_7B),
+                                                  "clip_l_model_config": dict(CLIP_L)}, seed + 1)
             vae = kl_vae(16, seed + 2)
+        elif family == "hunyuan_dit":
+            clip = _clip(mc.clip_target({}), {"hydit_clip_model_config": dict(HYDIT_BERT),
+                                              "mt5xl_model_config": dict(MT5XL)}, seed + 1,
+                         tokenizer_data={"mt5xl.spiece_model": t5_style_spiece()})
+            vae = kl_vae(4, seed + 2)
     return mp, clip, vae

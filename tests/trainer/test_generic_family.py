@@ -9,7 +9,7 @@ from torch import nn
 
 from trainer.families import detect_family
 from trainer.families.blocks import describe_block_lists, find_block_lists, linears_outside
-from trainer.families.generic import FAMILY as GENERIC, kebab
+from trainer.families.generic import FAMILY as GENERIC, model_id
 
 
 class Attention(nn.Module):
@@ -95,9 +95,9 @@ def test_generic_refuses_a_model_without_blocks():
 def test_generic_metadata_names_the_model_class():
     names = ["CosmosT2IPredict2", "BASE", "object"]
     assert detect_family(names) is GENERIC
-    assert GENERIC.base_model_version(None, "flow", names) == "cosmos-t2i-predict2"
-    assert GENERIC.lora_architecture(None, "flow", names) == "cosmos-t2i-predict2/lora"
-    assert kebab("WAN21_T2V") == "wan21-t2v" and kebab("PixArtSigma") == "pix-art-sigma"
+    assert GENERIC.base_model_version(None, "flow", names) == "cosmost2ipredict2"
+    assert GENERIC.lora_architecture(None, "flow", names) == "cosmost2ipredict2/lora"
+    assert model_id("WAN21_T2V") == "wan21-t2v" and model_id("PixArtSigma") == "pixartsigma"
     assert GENERIC.prediction_type("flow") is None and GENERIC.prediction_type("v") == "v"
 
 

@@ -35,6 +35,10 @@ def detect_family(model_patcher):
     from ..families import detect_family as _detect
 
     family = _detect(model_config_names(model_patcher), unet_config(model_patcher))
+    reason = family.refuse(unet_config(model_patcher), model_patcher.model.latent_format.latent_channels)
+    if reason:
+        raise ValueError(f"model class {model_config_names(model_patcher)[0]} is not supported for LoRA training: "
+                         f"{reason}")
     keys = tuple(getattr(model_patcher.model, "concat_keys", ()) or ())
     if keys:
         raise ValueError(f"model class {model_config_names(model_patcher)[0]} needs a concatenated "

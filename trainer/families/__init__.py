@@ -16,13 +16,14 @@ from .generic import FAMILY as GENERIC
 from .hidream import FAMILY as HIDREAM
 from .lumina import LUMINA2, Z_IMAGE
 from .qwen_image import FAMILY as QWEN_IMAGE
+from .wan import FAMILY as WAN
 from .sd1 import FAMILY as SD1
 from .sd2 import FAMILY as SD2
 from .sd3 import FAMILY as SD3
 from .sdxl import FAMILY as SDXL
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, QWEN_IMAGE, Z_IMAGE, LUMINA2, CHROMA,
-                                                    HIDREAM, GENERIC)}
+                                                    HIDREAM, WAN, GENERIC)}
 
 # Subclasses of supported configs whose training needs inputs this trainer does not provide.
 # Models that need an input this trainer does not provide (it trains on images and their captions only).

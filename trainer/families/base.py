@@ -167,6 +167,10 @@ class Family:
         return False
 
     # ---- training inputs
+    def refuse(self, unet_config: Optional[dict], latent_channels: int) -> Optional[str]:
+        """Why this model of the family cannot train here (an input it needs that we do not give), or None."""
+        return None
+
     def takes_guidance(self, unet_config: Optional[dict] = None) -> bool:
         """Whether the model has a distilled-guidance input that training feeds ``guidance_scale`` to."""
         return bool((unet_config or {}).get("guidance_embed"))

@@ -25,10 +25,10 @@ from .blocks import describe_block_lists, find_block_lists, linears_outside
 log = logging.getLogger(__name__)
 
 
-def kebab(name: str) -> str:
-    """``CosmosT2IPredict2`` -> ``cosmos-t2i-predict2``, ``WAN21_T2V`` -> ``wan21-t2v``."""
-    s = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])", "-", name.replace("_", "-"))
-    return re.sub(r"-+", "-", s).lower().strip("-")
+def model_id(name: str) -> str:
+    """A ComfyUI config class name as a metadata id: ``CosmosT2IPredict2`` -> ``cosmost2ipredict2``,
+    ``WAN21_T2V`` -> ``wan21-t2v``."""
+    return name.lower().replace("_", "-")
 
 
 def _submodule(root: nn.Module, path: str) -> Optional[nn.Module]:
@@ -102,7 +102,7 @@ class GenericFamily(Family):
     def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
                            config_class_names: Optional[list[str]] = None) -> str:
         names = list(config_class_names or [])
-        return kebab(names[0]) if names else self.name
+        return model_id(names[0]) if names else self.name
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
         return self.base_model_version(unet_config, objective, config_class_names)
