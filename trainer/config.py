@@ -131,11 +131,15 @@ class TrainConfig:
     max_timestep: int = option(1000, "Upper bound (exclusive) of training timesteps for SD1/SD2/SDXL (kohya "
                                      "max_timestep).", min=0, max=1000)
     loss_type: str = option("l2", "Loss: l2 (MSE) or l1 (kohya loss_type).", choices=("l2", "l1"))
-    timestep_sampling: str = option("model", "Flow models (SD3/FLUX): how sigmas are drawn (kohya "
-                                             "timestep_sampling). model = FLUX dev: flux_shift (resolution-dependent); "
-                                             "SD3 and FLUX schnell: shift with the model's own shift (SD3 3.0, schnell "
-                                             "1.0 = sigmoid). Others: uniform, sigmoid (logit-normal), shift "
-                                             "(discrete_flow_shift), flux_shift.", choices=_flow_samplings)
+    timestep_sampling: str = option("model", "Flow models: how sigmas are drawn (kohya timestep_sampling). model = "
+                                             "what the family's own trainers use: FLUX dev flux_shift "
+                                             "(resolution-dependent); SD3 and FLUX schnell shift with the model's own "
+                                             "shift (SD3 3.0, schnell 1.0 = sigmoid); Qwen-Image shift 2.2, Z-Image "
+                                             "2.0, Wan 3.0, HiDream 3.0, HunyuanImage 5.0; Lumina 2 flux_shift; "
+                                             "FLUX.2 flux2_shift; Chroma sigmoid; other models shift with the "
+                                             "model's own shift. Others: uniform, sigmoid (logit-normal), shift "
+                                             "(discrete_flow_shift), flux_shift, flux2_shift.",
+                                    choices=_flow_samplings)
     sigmoid_scale: float = option(1.0, "Scale of the logit-normal draw for sigmoid/shift/flux_shift sampling (kohya "
                                        "sigmoid_scale).", min=0.01, max=10.0, step=0.01)
     discrete_flow_shift: float = option(3.0, "Shift for timestep_sampling=shift (kohya discrete_flow_shift; 3.1582 "

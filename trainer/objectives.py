@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 LOSS_TYPES: Tuple[str, ...] = ("l2", "l1", "huber", "smooth_l1")
-FLOW_SAMPLINGS: Tuple[str, ...] = ("uniform", "sigmoid", "shift", "flux_shift")
+FLOW_SAMPLINGS: Tuple[str, ...] = ("uniform", "sigmoid", "shift", "flux_shift", "flux2_shift")
 DISCRETE_PREDICTIONS: Tuple[str, ...] = ("eps", "v")
 
 #: Smallest flow sigma ever returned. ``prediction`` divides by sigma, and ``torch.rand`` can
@@ -302,10 +302,11 @@ def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return sigma * shift / (1.0 + (shift - 1.0) * sigma)
 
 
-def flux_shift_mu(latent_h: int, latent_w: int) -> float:
-    """mu for FLUX resolution-dependent shift: linear in seq = (h//2)*(w//2), through
-    (256, 0.5) and (4096, 1.15); h, w are latent (not pixel) sizes."""
-    seq = (int(latent_h) // 2) * (int(latent_w) // 2)
+def flux_shift_mu(latent_h: int, latent_w: int, patch: int = 2) -> float:
+    """mu for FLUX resolution-dependent shift: linear in the image token count seq = (h//patch)*(w//patch),
+    through (256, 0.5) and (4096, 1.15); h, w are latent (not pixel) sizes. FLUX.1 packs 2x2 latent patches
+    (sd-scripts ``flux_shift``); FLUX.2's 128-channel latents are one token each (musubi-tuner ``flux2_shift``)."""
+    seq = (int(latent_h) // patch) * (int(latent_w) // patch)
     m = (1.15 - 0.5) / (4096 - 256)
     b = 0.5 - m * 256
     return m * seq + b
@@ -327,6 +328,7 @@ class FlowObjective:
     * ``shift``: sigmoid as above, then ``k*s/(1+(k-1)*s)`` with k = ``discrete_flow_shift``
     * ``flux_shift``: sigmoid as above, then ``e^mu/(e^mu + 1/s - 1)`` with mu from the latent
       size (:func:`flux_shift_mu`); needs ``latent_hw``.
+    * ``flux2_shift``: the same with one token per latent pixel (FLUX.2, musubi-tuner).
 
     ``logit_mean`` defaults to 0, which is exactly sd-scripts. Sigmas are clamped to at least
     :data:`FLOW_SIGMA_MIN` (the prediction divides by sigma). min-SNR-gamma does not apply to flow
@@ -364,10 +366,11 @@ class FlowObjective:
             s = torch.sigmoid(n * self.sigmoid_scale + self.logit_mean)
             if self.sampling == "shift":
                 s = shift_sigmas(s, self.discrete_flow_shift)
-            elif self.sampling == "flux_shift":
+            elif self.sampling in ("flux_shift", "flux2_shift"):
                 if latent_hw is None:
-                    raise ValueError("flux_shift timestep sampling needs latent_hw=(latent_height, latent_width)")
-                s = flux_shift_sigmas(s, flux_shift_mu(*latent_hw))
+                    raise ValueError(f"{self.sampling} timestep sampling needs latent_hw=(latent_height, latent_width)")
+                patch = 2 if self.sampling == "flux_shift" else 1
+                s = flux_shift_sigmas(s, flux_shift_mu(*latent_hw, patch=patch))
         return s.clamp(min=FLOW_SIGMA_MIN, max=1.0).to(torch.float32)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -29,33 +29,38 @@ EVAL_STEPS = 3
 FAMILIES = {
     # 2 blocks x 14 Linear (img/txt mod, 8 attention, 4 MLP)
     "qwen_image": dict(modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
-                       base="qwen_image", arch="Qwen-Image/lora", sampling="shift"),
+                       base="qwen_image", arch="Qwen-Image/lora"),
     # layers only, adaLN excluded: 2 x (qkv, out, w1, w2, w3)
     "z_image": dict(modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
-                    arch="Z-Image/lora", sampling="shift", absent=("adaLN", "refiner")),
+                    arch="Z-Image/lora", absent=("adaLN", "refiner")),
     # refiners 2 x 6 + 2 x 5, layers 2 x 6, final_layer 2
     "lumina2": dict(modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
-                    module="networks.lora_lumina", base="lumina2", arch="lumina-2/lora", sampling="flux_shift"),
+                    module="networks.lora_lumina", base="lumina2", arch="lumina-2/lora"),
     # 2 double x 8 + 2 single x 2; the approximator stays frozen; T5 trains as lora_te1
     "chroma": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux", base="chroma",
-                   arch="chroma/lora", sampling="sigmoid", absent=("distilled_guidance",),
+                   arch="chroma/lora", absent=("distilled_guidance",),
                    te="lora_te1"),
     # 1 double x 15 + 2 single x 8: routed experts frozen
     "hidream": dict(modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
-                    base="hidream_i1", arch="hidream-i1/lora", sampling="shift", absent=("ff_i_experts_",), lr=3e-2),
+                    base="hidream_i1", arch="hidream-i1/lora", absent=("ff_i_experts_",), lr=3e-2),
+    # 2 double x 8 + 2 single x 2; the shared modulation stays frozen
+    "flux2": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux_2", base="flux2",
+                  arch="Flux.2-dev/lora", absent=("modulation",), lr=3e-2),
+    # 2 double x 10 + 2 single x 3; the text token refiner stays frozen
+    "hunyuan_image": dict(modules=26, lists=("double_blocks", "single_blocks"), module="networks.lora_hunyuan_image",
+                          base="hunyuan_image_2.1", arch="hunyuan-image-2.1/lora",
+                          absent=("txt_in",)),
     # a one-frame clip: 2 blocks x (self/cross attention q, k, v, o + ffn.0, ffn.2)
-    "wan21": dict(modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora",
-                  sampling="shift"),
+    "wan21": dict(modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora"),
     # the generic family: every Linear of the block lists it finds
     # n_layers 3 of which 1 double: 1 x 16 + 2 x 8
     "auraflow": dict(modules=1 * 16 + 2 * 8, lists=("double_layers", "single_layers"), module="networks.lora",
-                     base="auraflow", arch="auraflow/lora", sampling="shift", lr=3e-2),
+                     base="auraflow", arch="auraflow/lora", lr=3e-2),
     "kandinsky5_image": dict(modules=1 * 7 + 2 * 11, lists=("text_transformer_blocks", "visual_transformer_blocks"),
-                             module="networks.lora", base="kandinsky5image", arch="kandinsky5image/lora",
-                             sampling="shift"),
+                             module="networks.lora", base="kandinsky5image", arch="kandinsky5image/lora"),
     # depth 4: the last block also has a skip_linear
     "hunyuan_dit": dict(modules=3 * 8 + 1 * 9, lists=("blocks",), module="networks.lora", base="hunyuandit",
-                        arch="hunyuandit/lora", sampling=None, options=dict(min_timestep=500, max_timestep=500)),
+                        arch="hunyuandit/lora", options=dict(min_timestep=500, max_timestep=500)),
 }
 
 

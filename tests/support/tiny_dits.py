@@ -52,6 +52,7 @@ UMT5 = {"d_model": 32, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2} 
 PILE_T5XL = {"d_model": 48, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2}   # AuraFlow
 MT5XL = {"d_model": 48, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2}       # HunyuanDiT
 HYDIT_BERT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2}
+BYT5 = {"d_model": 1472, "d_kv": 16, "num_heads": 2, "d_ff": 32, "num_layers": 1}      # width fixed by the DiT
 
 # ----------------------------------------------------------------------------- diffusion model configs
 UNET = {
@@ -95,6 +96,21 @@ UNET.update({
     "hunyuan_dit": {"image_model": "hydit", "depth": 4, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 4.3637,
                     "text_states_dim": HYDIT_BERT["hidden_size"], "text_states_dim_t5": MT5XL["d_model"],
                     "input_size": 16, "patch_size": 2, "in_channels": 4},
+    # FLUX.2 layout (shared modulation, no biases, one token per 128-channel latent pixel); its captions come
+    # from the tiny Qwen3 encoder (ComfyUI 0.8.0 takes FLUX.2's Mistral tokenizer from the checkpoint file)
+    "flux2": {"image_model": "flux2", "axes_dim": [8, 8, 8, 8], "num_heads": 2, "mlp_ratio": 3.0, "theta": 2000,
+              "out_channels": 128, "global_modulation": True, "mlp_silu_act": True, "qkv_bias": False,
+              "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0, "txt_ids_dims": [3],
+              "in_channels": 128, "hidden_size": 64, "context_in_dim": QWEN3_4B["hidden_size"], "patch_size": 1,
+              "vec_in_dim": None, "depth": 2, "depth_single_blocks": 2, "guidance_embed": True, "yak_mlp": False,
+              "txt_norm": False},
+    # the byT5 projector's input width (1472) is fixed in comfy/ldm/hunyuan_video/model.py
+    "hunyuan_image": {"image_model": "hunyuan_video", "in_channels": 64, "patch_size": [1, 1], "out_channels": 64,
+                      "vec_in_dim": None, "axes_dim": [16, 16], "meanflow": False,
+                      "context_in_dim": QWEN25_7B["hidden_size"], "hidden_size": 64, "mlp_ratio": 4.0,
+                      "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "theta": 256, "qkv_bias": True,
+                      "byt5": True, "guidance_embed": False, "use_cond_type_embedding": False,
+                      "vision_in_dim": None, "meanflow_sum": False},
     # refused (Cosmos rectified flow): a tiny one proves the refusal names it
     "cosmos_predict2": {"image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
                         "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
@@ -109,7 +125,8 @@ UNET.update({
 })
 CONFIG_CLASS = {"qwen_image": "QwenImage", "z_image": "ZImage", "lumina2": "Lumina2", "hidream": "HiDream",
                 "chroma": "Chroma", "wan21": "WAN21_T2V", "auraflow": "AuraFlow", "kandinsky5_image": "Kandinsky5Image",
-                "hunyuan_dit": "HunyuanDiT", "cosmos_predict2": "CosmosT2IPredict2"}
+                "hunyuan_dit": "HunyuanDiT", "cosmos_predict2": "CosmosT2IPredict2", "flux2": "Flux2",
+                "hunyuan_image": "HunyuanImage21"}
 FAMILIES = tuple(UNET)
 WAN_VAE_DIM = 8  # the real Wan 2.1 VAE: 96
 
@@ -202,13 +219,15 @@ def _clip(target, overrides: dict, seed: int, tokenizer_data=None):
     return clip
 
 
-def kl_vae(channels: int, seed: int):
-    """A tiny AutoencoderKL with ``channels`` latent channels (8x downscale)."""
+def kl_vae(channels: int, seed: int, levels: int = 4):
+    """A tiny AutoencoderKL with ``channels`` latent channels and ``2 ** (levels - 1)`` downscale."""
     import comfy.sd
 
+    cfg = _vae_config(channels)
+    cfg["params"]["ddconfig"]["ch_mult"] = [1] * levels
     logging.disable(logging.WARNING)  # "Missing VAE keys": expected, the weights are filled below
     try:
-        vae = comfy.sd.VAE(sd={}, config=_vae_config(channels))
+        vae = comfy.sd.VAE(sd={}, config=cfg)
     finally:
         logging.disable(logging.NOTSET)
     vae.latent_channels = channels
@@ -282,6 +301,20 @@ def build(family: str, seed: int = 0, dtype: torch.dtype | None = None):
                 clip = _clip(mc.clip_target({}), {"qwen25_7b_model_config": dict(QWEN25_7B),
                                                   "clip_l_model_config": dict(CLIP_L)}, seed + 1)
             vae = kl_vae(16, seed + 2)
+        elif family == "flux2":
+            import comfy.supported_models_base as smb
+            import comfy.text_encoders.z_image as z_image
+
+            clip = _clip(smb.ClipTarget(z_image.ZImageTokenizer, z_image.te()),
+                         {"qwen3_4b_model_config": dict(QWEN3_4B)}, seed + 1)
+            vae = kl_vae(128, seed + 2, levels=5)  # 128 channels at 16x, FLUX.2's latent layout
+        elif family == "hunyuan_image":
+            # byT5's options reach it without a model name in ComfyUI 0.8.0 (hence "_model_config")
+            with _tiny_qwen_vision():  # layer_idx -3: the encoder needs 4 layers
+                clip = _clip(mc.clip_target({}), {"qwen25_7b_model_config": {**QWEN25_7B, "num_hidden_layers": 4},
+                                                  "_model_config": dict(BYT5), "byt5_small_model_config": dict(BYT5)},
+                             seed + 1)
+            vae = kl_vae(64, seed + 2, levels=6)  # 64 channels at 32x
         elif family == "hunyuan_dit":
             clip = _clip(mc.clip_target({}), {"hydit_clip_model_config": dict(HYDIT_BERT),
                                               "mt5xl_model_config": dict(MT5XL)}, seed + 1,

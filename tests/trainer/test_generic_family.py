@@ -114,3 +114,30 @@ def test_trained_like_a_block():
     blocks = checkpoint_blocks(root)
     assert len(blocks) == 6 and all(type(b).__name__ == "Block" for b in blocks)
     assert torch.nn.Module in type(blocks[0]).__mro__
+
+
+@pytest.mark.parametrize("family,model_shift,expected", [
+    ("flux", 1.15, ("flux_shift", 1.15)), ("flux", 1.0, ("shift", 1.0)), ("sd3", 3.0, ("shift", 3.0)),
+    ("qwen_image", 1.15, ("shift", 2.2)), ("z_image", 3.0, ("shift", 2.0)), ("lumina2", 6.0, ("flux_shift", 6.0)),
+    ("flux2", 2.02, ("flux2_shift", 2.02)), ("chroma", 1.15, ("sigmoid", 1.15)), ("hidream", 1.0, ("shift", 3.0)),
+    ("hunyuan_image", 5.0, ("shift", 5.0)), ("wan", 8.0, ("shift", 3.0)), ("generic", 1.73, ("shift", 1.73))])
+def test_timestep_sampling_model_follows_the_family_trainers(family, model_shift, expected):
+    """timestep_sampling=model: what each family's own trainers document (docs/families.md)."""
+    from trainer.families import get_family
+
+    assert get_family(family).model_timestep_sampling(model_shift) == expected
+
+
+def test_flux2_shift_counts_one_token_per_latent_pixel():
+    from trainer.objectives import FlowObjective, flux_shift_mu
+
+    assert flux_shift_mu(64, 64, patch=1) == pytest.approx(1.15)  # 4096 tokens
+    assert flux_shift_mu(128, 128) == pytest.approx(1.15)         # FLUX.1: 2x2 patches
+    gen = torch.Generator().manual_seed(0)
+    one = FlowObjective("flux2_shift").sample_sigmas(4096, gen, latent_hw=(64, 64))
+    gen = torch.Generator().manual_seed(0)
+    two = FlowObjective("flux_shift").sample_sigmas(4096, gen, latent_hw=(128, 128))
+    assert torch.equal(one, two)
+    gen = torch.Generator().manual_seed(0)
+    small = FlowObjective("flux2_shift").sample_sigmas(4096, gen, latent_hw=(16, 16))
+    assert small.mean() < one.mean()  # fewer tokens, less shift towards noise

@@ -12,8 +12,10 @@ from typing import Optional, Sequence
 from .base import Family
 from .chroma import FAMILY as CHROMA
 from .flux import FAMILY as FLUX
+from .flux2 import FAMILY as FLUX2
 from .generic import FAMILY as GENERIC
 from .hidream import FAMILY as HIDREAM
+from .hunyuan_image import FAMILY as HUNYUAN_IMAGE
 from .lumina import LUMINA2, Z_IMAGE
 from .qwen_image import FAMILY as QWEN_IMAGE
 from .wan import FAMILY as WAN
@@ -22,8 +24,8 @@ from .sd2 import FAMILY as SD2
 from .sd3 import FAMILY as SD3
 from .sdxl import FAMILY as SDXL
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, QWEN_IMAGE, Z_IMAGE, LUMINA2, CHROMA,
-                                                    HIDREAM, WAN, GENERIC)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SD1, SD2, SDXL, SD3, FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE, LUMINA2,
+                                                    CHROMA, HIDREAM, HUNYUAN_IMAGE, WAN, GENERIC)}
 
 # Subclasses of supported configs whose training needs inputs this trainer does not provide.
 # Models that need an input this trainer does not provide (it trains on images and their captions only).
