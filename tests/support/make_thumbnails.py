@@ -3,7 +3,8 @@ it does, in type a person can read at card size, over Train LoRA as it looks aft
 the tiny test model in the real frontend: chart, status, preview). Also the README's screenshot
 (docs/images/watch-training.jpg): the watch template mid-training on a 1366x768 screen.
 
-Usage: python tests/support/make_thumbnails.py   (needs Debian chromium, playwright, a ComfyUI checkout)."""
+Usage: python tests/support/make_thumbnails.py [API twin name ...]   (only those examples when named; needs Debian
+chromium, playwright, a ComfyUI checkout)."""
 from __future__ import annotations
 
 import base64
@@ -54,7 +55,10 @@ def main() -> None:
             page.wait_for_function("() => window.app && window.app.graph && window.app.extensions.length > 0",
                                    timeout=120_000)
             close_dialogs(page)
+            wanted = set(sys.argv[1:])
             for i, ex in enumerate(EXAMPLES):
+                if wanted and ex["api"] not in wanted:
+                    continue
                 path = os.path.join(ROOT, "example_workflows", ex["ui"])
                 with open(path, encoding="utf-8") as f:
                     wf = json.load(f)

@@ -14,6 +14,11 @@ SD_LAYOUT = {"1": (20, 380), "2": (20, 520), "3": (20, 700), "4": (370, 40), "5"
              "6": (720, 40, 420, 620), "7": (1180, 40, 320, 300), "8": (1180, 390), "9": (1180, 600),
              "10": (1180, 810), "11": (1540, 40), "12": (1540, 360), "13": (1540, 480, 320, 300)}
 VIEW = {"scale": 0.8, "offset": [70, 90]}  # clear of the side bar and the top bar
+# the templates with separate UNET / CLIP / VAE loaders
+FLUX_LAYOUT = {"1": (20, 380), "2": (20, 500), "3": (20, 660), "4": (370, 40), "5": (370, 200),
+               "6": (370, 440), "7": (370, 600), "8": (720, 40, 420, 620),
+               "9": (1180, 40, 320, 300), "10": (1180, 390), "11": (1180, 600), "12": (1180, 720),
+               "13": (1180, 840), "14": (1540, 40), "15": (1540, 360), "16": (1540, 480, 320, 300)}
 
 EXAMPLES = [
     {
@@ -82,10 +87,7 @@ EXAMPLES = [
         "card": {"title": "Train then generate", "model": "FLUX.1 dev", "family": "flux",
                  "lines": ["UNET + dual CLIP + VAE loaders", "FLUX timesteps, guidance 1.0",
                            "for a large GPU"]},
-        "layout": {"1": (20, 380), "2": (20, 500), "3": (20, 660), "4": (370, 40), "5": (370, 200),
-                   "6": (370, 440), "7": (370, 600), "17": (20, 780), "8": (720, 40, 420, 620),
-                   "9": (1180, 40, 320, 300), "10": (1180, 390), "11": (1180, 600), "12": (1180, 720),
-                   "13": (1180, 840), "14": (1540, 40), "15": (1540, 360), "16": (1540, 480, 320, 300)},
+        "layout": {**FLUX_LAYOUT, "17": (20, 780)},
         "view": VIEW,
         "note": (
             "## Train then generate (FLUX.1 dev)\n"
@@ -94,9 +96,51 @@ EXAMPLES = [
             "at guidance 1.0; sampling uses FluxGuidance 3.5 at cfg 1.\n\n"
             "**Change:** the three loaders' files, *Load Dataset*, the prompt.\n\n"
             "**Quick test on a CPU:** not practical with the full model.\n\n"
-            "**On a GPU:** gradient checkpointing is not applied to FLUX blocks yet, so 1024 px needs a "
-            "data-centre GPU (about 80 GB); 512 px and fp8 weights (UNETLoader weight_dtype fp8_e4m3fn) need "
-            "much less. Published FLUX LoRA speeds are 1.2-3.5 s/step on an RTX 4090 (not measured by LoRA "
-            "Loop), so 1000 steps take about an hour."),
+            "**On a GPU:** *Train LoRA*'s memory `auto` picks block checkpointing and, on smaller cards, "
+            "ComfyUI's partial loading; the planner's estimate at 1024 px with fp8 weights (UNETLoader weight_dtype "
+            "fp8_e4m3fn) is about 16 GB checkpointed and 8 GB streamed (docs/memory.md; not measured on a GPU "
+            "yet). Published FLUX LoRA speeds are 1.2-3.5 s/step on an RTX 4090 (not measured by LoRA Loop), so "
+            "1000 steps take about an hour."),
+    },
+    {
+        "ui": "Train then generate (Qwen-Image).json",
+        "api": "train_then_generate_qwen_image.api.json",
+        "card": {"title": "Train then generate", "model": "Qwen-Image", "family": "qwen_image",
+                 "lines": ["UNET + Qwen2.5-VL + Wan VAE loaders", "musubi-tuner's targets and names",
+                           "for a large GPU"]},
+        "layout": FLUX_LAYOUT,
+        "view": VIEW,
+        "note": (
+            "## Train then generate (Qwen-Image)\n"
+            "A Qwen-Image LoRA (all 840 Linears of the 60 transformer blocks, rank 16, as musubi-tuner trains it) "
+            "from UNETLoader + CLIPLoader (type qwen_image) + VAELoader, then sampled the way ComfyUI's Qwen-Image "
+            "template does (ModelSamplingAuraFlow shift 3.1, cfg 2.5). Timesteps: musubi-tuner's shift 2.2. The "
+            "file uses musubi-tuner's names and loads in ComfyUI's LoRA loader.\n\n"
+            "**Change:** the three loaders' files, *Load Dataset*, the prompt.\n\n"
+            "**Quick test on a CPU:** not practical with the 20B model.\n\n"
+            "**On a GPU:** the fp8 model is 20 GB; *Train LoRA*'s memory `auto` checkpoints the blocks and, on "
+            "cards that do not hold the weights, streams them through ComfyUI's partial loading (docs/memory.md "
+            "has the planner's estimates; not measured on a GPU yet)."),
+    },
+    {
+        "ui": "Train then generate (Z-Image).json",
+        "api": "train_then_generate_z_image.api.json",
+        "card": {"title": "Train then generate", "model": "Z-Image", "family": "z_image",
+                 "lines": ["UNET + Qwen3 + FLUX VAE loaders", "musubi-tuner's targets, ComfyUI names",
+                           "for a GPU"]},
+        "layout": FLUX_LAYOUT,
+        "view": VIEW,
+        "note": (
+            "## Train then generate (Z-Image)\n"
+            "A Z-Image LoRA (the attention and feed-forward Linears of the 30 main layers, rank 16, as "
+            "musubi-tuner trains it) from UNETLoader + CLIPLoader (type lumina2, Qwen3-4B) + VAELoader (the FLUX "
+            "VAE), sampled like ComfyUI's Z-Image Turbo template (8 steps, cfg 1, res_multistep). Timesteps: "
+            "musubi-tuner's shift 2.0. Keys are ComfyUI's fused-qkv names (what musubi-tuner's ComfyUI converter "
+            "writes). Training on the distilled Turbo model weakens its few-step distillation: for lasting LoRAs "
+            "train on the base model.\n\n"
+            "**Change:** the three loaders' files, *Load Dataset*, the prompt.\n\n"
+            "**Quick test on a CPU:** not practical with the 6B model.\n\n"
+            "**On a GPU:** the bf16 model is 12 GB; *Train LoRA*'s memory `auto` checkpoints the blocks and "
+            "streams them on smaller cards (docs/memory.md; not measured on a GPU yet)."),
     },
 ]
