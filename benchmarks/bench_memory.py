@@ -34,17 +34,25 @@ def models():
 
     bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
     sd35l = fs.sd3(38, (), "rms")
-    return [  # label, supported_models class, unet_config, resolution, weight dtype
+    return [  # label, supported_models class, unet_config, resolution, weight dtype[, text cond (tokens, width)]
         ("SD1.5", "SD15", fs.SD15, 512, bf16),
         ("SDXL", "SDXL", fs.SDXL, 1024, bf16),
         ("SD3.5-Large", "SD3", sd35l, 1024, bf16),
         ("FLUX.1-dev", "Flux", fs.FLUX_DEV, 512, bf16),
         ("FLUX.1-dev", "Flux", fs.FLUX_DEV, 1024, bf16),
         ("FLUX.1-dev fp8", "Flux", fs.FLUX_DEV, 1024, fp8),
+        # the newer families: a caption of the length their text encoders give (LLMs: a short prompt)
+        ("Qwen-Image fp8", "QwenImage", fs.QWEN_IMAGE, 1024, fp8, (64, 3584)),
+        ("Z-Image Turbo", "ZImage", fs.Z_IMAGE_TURBO, 1024, bf16, (64, 2560)),
+        ("Lumina-Image 2.0", "Lumina2", fs.LUMINA2, 1024, bf16, (64, 2304)),
+        ("Chroma1-HD fp8", "Chroma", fs.CHROMA1_HD, 1024, fp8, (512, 4096)),
+        ("FLUX.2-dev fp8", "Flux2", fs.FLUX2_DEV, 1024, fp8, (512, 15360)),
+        ("HunyuanImage-2.1 fp8", "HunyuanImage21", fs.HUNYUAN_IMAGE21, 2048, fp8, (64, 3584)),
+        ("Wan2.1-T2V-14B fp8", "WAN21_T2V", fs.WAN21_14B, 832, fp8, (512, 4096)),
     ]
 
 
-def plan_model(label, cls_name, unet_config, res, weight_dtype, rank=16):
+def plan_model(label, cls_name, unet_config, res, weight_dtype, cond_shape=None, rank=16):
     import torch
 
     import comfy.supported_models as sm
@@ -62,8 +70,10 @@ def plan_model(label, cls_name, unet_config, res, weight_dtype, rank=16):
     net = build_network(fam, model.diffusion_model, mc.unet_config, None, NetworkConfig(network_dim=rank,
                                                                                          network_alpha=rank))
     t0 = time.perf_counter()
+    cond = ([[torch.empty((1,) + tuple(cond_shape), device="meta", dtype=compute), {"pooled_output": None}]]
+            if cond_shape else None)
     plans = am.plans_for(mc, net, batch=1, width=res, height=res, weight_dtype=weight_dtype, compute_dtype=compute,
-                         optimizer_state_bytes=optimizer_state_bytes("AdamW"))
+                         optimizer_state_bytes=optimizer_state_bytes("AdamW"), cond=cond)
     by_mode = {p.mode: p.estimate for p in plans if p.mode != "streamed"}
     n = sum(p.numel() for p in net.parameters())
     return dict(label=label, res=res, weight_dtype=str(weight_dtype).replace("torch.", ""), lora_params=n,

@@ -83,6 +83,15 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
     return PreviewRunner(preview, sample, after=reload, progress=on_image_step)
 
 
+def _downscale(data: EncodedDataset) -> int | None:
+    """Pixels per latent pixel of the VAE that encoded ``data`` (None without latents)."""
+    for (index, _flip), latent in data.latents.items():
+        width = data.plan.assignments[index].bucket[0]
+        if latent.shape[-1]:
+            return max(1, round(width / latent.shape[-1]))
+    return None
+
+
 def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress, keep=()):
     """The memory plan this run follows (``cfg.memory_mode``; ``auto`` asks ComfyUI what is free), logged and
     noted on the node, with the budget and every plan. (None, 0, []) when the step could not be measured: the
@@ -97,7 +106,7 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
         plans = ca.plan_training(mp, net, batch=batch, width=width, height=height,
                                  compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
                                  optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type),
-                                 cond=next(iter(data.text_conds.values()), None))
+                                 cond=next(iter(data.text_conds.values()), None), downscale=_downscale(data))
     except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
         log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan "
                     "(auto: checkpointed)",

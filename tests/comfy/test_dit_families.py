@@ -2,7 +2,8 @@
 handles (AuraFlow, Kandinsky 5 image, HunyuanDiT: flow and v-prediction) through ComfyUI's real executor on tiny
 real-architecture models built through ``comfy.supported_models``.
 
-For each family the FLUX example graph (UNET / CLIP / VAE loaders swapped for the tiny model) trains, and:
+For each family its example graph (Qwen-Image, Z-Image; the FLUX one for the others), with the UNET / CLIP / VAE
+loaders swapped for the tiny model, trains, and:
 * the loss falls on a paired comparison (a second Train LoRA with lr ~ 0 and the same seed sees the same draws);
 * the file has the family's modules (its trainers' targets), names and metadata;
 * core's LoraLoader loads it with zero "lora key not loaded" and reproduces the trained MODEL (<= 1e-5 relative);
@@ -28,10 +29,10 @@ EVAL_STEPS = 3
 # family -> the tiny model's expected modules and the file's metadata
 FAMILIES = {
     # 2 blocks x 14 Linear (img/txt mod, 8 attention, 4 MLP)
-    "qwen_image": dict(modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
+    "qwen_image": dict(workflow="train_then_generate_qwen_image.api.json", modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
                        base="qwen_image", arch="Qwen-Image/lora"),
     # layers only, adaLN excluded: 2 x (qkv, out, w1, w2, w3)
-    "z_image": dict(modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
+    "z_image": dict(workflow="train_then_generate_z_image.api.json", modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
                     arch="Z-Image/lora", absent=("adaLN", "refiner")),
     # refiners 2 x 6 + 2 x 5, layers 2 x 6, final_layer 2
     "lumina2": dict(modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
@@ -77,8 +78,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _graph(comfy, family: str) -> dict:
     exp = FAMILIES[family]
     ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", f"dit_{family}"), n=1)
-    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=ds, steps=STEPS,
-                                lr=exp.get("lr", 1e-2), save_name=f"dit_{family}")
+    p = graphs.tiny_train_graph(graphs.load_api(exp.get("workflow", WORKFLOW)), family=family, dataset=ds,
+                                steps=STEPS, lr=exp.get("lr", 1e-2), save_name=f"dit_{family}")
     train_id = graphs.one(p, "LoraLoop_TrainLoRA")
     if exp.get("options"):  # discrete models: one timestep, so the paired batches repeat exactly
         graphs.train_options(p, train_id, **exp["options"])

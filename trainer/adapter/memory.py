@@ -98,11 +98,16 @@ def example_conds(model_config, batch: int, tokens: int | None = None, device=ME
     return conds
 
 
-def latent_shape(model_config, batch: int, width: int, height: int) -> tuple[int, ...]:
-    """The latent a ``width`` x ``height`` image encodes to for this model (its latent format's channels and
-    downscale)."""
+def latent_shape(model_config, batch: int, width: int, height: int, downscale: int | None = None) -> tuple[int, ...]:
+    """The latent a ``width`` x ``height`` image encodes to for this model: its latent format's channels, one frame
+    for video formats, and ``downscale`` (the VAE's; default: what the model's family uses, 8 for most)."""
     fmt = model_config.latent_format
-    down = getattr(fmt, "spacial_downscale_ratio", 8)
+    if downscale is None:
+        from ..families import detect_family
+
+        names = [c.__name__ for c in type(model_config).__mro__]
+        downscale = detect_family(names, model_config.unet_config).latent_downscale(model_config.unet_config)
+    down = int(downscale)
     frames = (1,) * (getattr(fmt, "latent_dimensions", 2) - 2)  # video models train on one frame
     return (batch, fmt.latent_channels) + frames + (height // down, width // down)
 
@@ -210,15 +215,17 @@ def device_budget(model_patcher, keep=()) -> int:
 
 
 def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
-                  optimizer_state_bytes: float, cond=None):
+                  optimizer_state_bytes: float, cond=None, downscale: int | None = None):
     """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
     (fastest first); the weights are counted as the loaded model stores them. ``cond``: one caption's
-    CONDITIONING, for models whose text cond shapes ``example_conds`` does not know."""
+    CONDITIONING, for models whose text cond shapes ``example_conds`` does not know; ``downscale``: the VAE's
+    (pixels per latent pixel), when known from encoded latents."""
     base = model_patcher.model
     wd = base.get_dtype()
     return plans_for(base.model_config, network, batch=batch, width=width, height=height, weight_dtype=wd,
                      compute_dtype=compute_dtype or getattr(base, "manual_cast_dtype", None) or wd,
-                     optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model, cond=cond)
+                     optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model, cond=cond,
+                     downscale=downscale)
 
 
 def meta_conds(model, cond, x_shape: tuple[int, ...]) -> dict:
@@ -237,7 +244,7 @@ def meta_conds(model, cond, x_shape: tuple[int, ...]) -> dict:
 
 def plans_for(model_config, network, *, batch: int, width: int, height: int, weight_dtype: torch.dtype,
               compute_dtype: torch.dtype, optimizer_state_bytes: float, weights_root: torch.nn.Module | None = None,
-              cond=None):
+              cond=None, downscale: int | None = None):
     """Every memory plan (fastest first) for ``model_config``'s architecture, from two meta-device steps (without
     and with checkpointing) with text conds of the family's shapes (or ``cond``'s, one real caption's, when the
     family's shapes are not known here). ``weights_root``: the module whose stored weights are counted (a loaded
@@ -246,7 +253,7 @@ def plans_for(model_config, network, *, batch: int, width: int, height: int, wei
 
     with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
         meta = meta_model(model_config, weight_dtype, compute_dtype)
-        x_shape = latent_shape(model_config, batch, width, height)
+        x_shape = latent_shape(model_config, batch, width, height, downscale)
         try:
             conds = example_conds(model_config, batch)
         except KeyError:

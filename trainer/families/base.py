@@ -167,6 +167,10 @@ class Family:
         return False
 
     # ---- training inputs
+    def latent_downscale(self, unet_config: Optional[dict] = None) -> int:
+        """Pixels per latent pixel of the family's VAE (for planning before anything is encoded)."""
+        return 8
+
     def refuse(self, unet_config: Optional[dict], latent_channels: int) -> Optional[str]:
         """Why this model of the family cannot train here (an input it needs that we do not give), or None."""
         return None

@@ -30,6 +30,9 @@ class Flux2Family(GenericFamily):
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
         return "Flux.2-dev"
 
+    def latent_downscale(self, unet_config=None) -> int:
+        return 16
+
     def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
         return "flux2_shift", shift
 

@@ -33,6 +33,9 @@ class HunyuanImageFamily(GenericFamily):
     def default_resolution(self, objective=None) -> tuple[int, int]:
         return (2048, 2048)
 
+    def latent_downscale(self, unet_config=None) -> int:
+        return 32
+
     def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
         return "shift", 5.0
 

@@ -40,6 +40,9 @@ class WanFamily(GenericFamily):
                     "image-to-video checkpoint, which needs an input image concatenated to the latent")
         return None
 
+    def latent_downscale(self, unet_config=None) -> int:
+        return 16 if (unet_config or {}).get("in_dim") == 48 else 8  # Wan 2.2's 48-channel VAE: 16x
+
     def default_resolution(self, objective=None) -> tuple[int, int]:
         return (832, 480)
 
