@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from .config import NetworkConfig, TrainConfig
-from .network import TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
+from .network import COMFY_TE_PREFIX, TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
 from .objectives import DiscreteObjective, FlowObjective
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
         file_cfg = NetworkConfig(network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
                                  conv_dim=1 if has_conv else 0, conv_alpha=cfg.conv_alpha,
                                  train_unet=any(k.startswith("lora_unet_") for k in init_state),
-                                 train_text_encoder=any(k.startswith("lora_te") for k in init_state),
+                                 train_text_encoder=any(k.startswith(("lora_te", COMFY_TE_PREFIX))
+                                                        for k in init_state),
                                  train_t5=any(k.startswith("lora_te3_") for k in init_state) and family.name in ("sd3", "flux"),
                                  train_blocks="all", seed=cfg.seed)
         targets = network_targets(family, unet_root, unet_config, te_root, file_cfg)

@@ -27,13 +27,16 @@ UNET_ROOT = "unet"   # the diffusion model (U-Net / transformer) a network insta
 TE_ROOT = "te"       # the text-encoder model (ComfyUI's CLIP.cond_stage_model)
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 _PREFIX_RE = re.compile(r"^(lora_unet|lora_te\d*)_")
+COMFY_TE_PREFIX = "text_encoders."  # ComfyUI's generic text-encoder LoRA key prefix
 
 
 @dataclass(frozen=True)
 class Target:
     """One module to adapt.
 
-    name: kohya module name (``lora_unet_...`` / ``lora_te1_...``), no dots.
+    name: kohya module name (``lora_unet_...`` / ``lora_te1_...``), no dots; or, for text encoders kohya has no
+        names for (LLMs, UMT5), ComfyUI's generic ``text_encoders.<module path>`` (``comfy/lora.py``
+        ``model_lora_keys_clip``), the one dotted form.
     root: key of the root module the trainer installs on (``UNET_ROOT`` or ``TE_ROOT``).
     path: dotted module path under that root (``root.get_submodule(path)``).
     kind: ``"linear"`` (nn.Linear), ``"conv"`` (1x1 conv, linear rank) or ``"conv3x3"`` (conv rank).
@@ -48,12 +51,14 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Target {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
-        if "." in self.name:
+        if "." in self.name and not self.name.startswith(COMFY_TE_PREFIX):
             raise ValueError(f"Target name {self.name!r} must not contain dots (kohya names use '_')")
 
     @property
     def prefix(self) -> str:
-        """``lora_unet``, ``lora_te``, ``lora_te1``, ``lora_te2`` or ``lora_te3``."""
+        """``lora_unet``, ``lora_te``, ``lora_te1``, ``lora_te2``, ``lora_te3`` or ``text_encoders.<encoder>``."""
+        if self.name.startswith(COMFY_TE_PREFIX):
+            return COMFY_TE_PREFIX + self.name[len(COMFY_TE_PREFIX):].split(".", 1)[0]
         m = _PREFIX_RE.match(self.name)
         return m.group(1) if m else self.name.split("_")[0]
 
@@ -128,6 +133,12 @@ class NetworkSpec:
         return out
 
 
+def _checked(module: nn.Module) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{type(module).__name__} is not a torch.nn.Module")
+    return module
+
+
 class LoRANetwork(nn.Module):
     """Ordered collection of ``LoRAModule``s with their ``Target``s and the ``NetworkSpec`` they were built with."""
 
@@ -140,7 +151,10 @@ class LoRANetwork(nn.Module):
             if t.name in self._targets:
                 raise ValueError(f"duplicate LoRA target name {t.name}")
             self._targets[t.name] = t
-            self.add_module(t.name, loras[t.name])
+            # registered under its file name, so state_dict() keys are the file's keys; ComfyUI's dotted
+            # text_encoders.<path> names are set directly (add_module refuses dots; state_dict and load_state_dict
+            # only join the registered names)
+            self._modules[t.name] = _checked(loras[t.name])
         extra = sorted(set(loras) - set(self._targets))
         if extra:
             raise ValueError(f"LoRA modules without a target: {extra[:5]}{' ...' if len(extra) > 5 else ''}")

@@ -11,6 +11,7 @@ loaders swapped for the tiny model, trains, and:
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from safetensors import safe_open
 import comfy_env
 import graphs
 from comfy_fixtures import comfy  # noqa: F401
+
+from trainer.network import split_kohya_key
 
 pytestmark = pytest.mark.comfy
 
@@ -29,30 +32,30 @@ EVAL_STEPS = 3
 # family -> the tiny model's expected modules and the file's metadata
 FAMILIES = {
     # 2 blocks x 14 Linear (img/txt mod, 8 attention, 4 MLP)
-    "qwen_image": dict(workflow="train_then_generate_qwen_image.api.json", modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
+    "qwen_image": dict(te={"text_encoders.qwen25_7b"}, workflow="train_then_generate_qwen_image.api.json", modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
                        base="qwen_image", arch="Qwen-Image/lora"),
     # layers only, adaLN excluded: 2 x (qkv, out, w1, w2, w3)
-    "z_image": dict(workflow="train_then_generate_z_image.api.json", modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
+    "z_image": dict(te={"text_encoders.qwen3_4b"}, workflow="train_then_generate_z_image.api.json", modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
                     arch="Z-Image/lora", absent=("adaLN", "refiner")),
     # refiners 2 x 6 + 2 x 5, layers 2 x 6, final_layer 2
-    "lumina2": dict(modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
+    "lumina2": dict(te={"text_encoders.gemma2_2b"}, modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
                     module="networks.lora_lumina", base="lumina2", arch="lumina-2/lora"),
     # 2 double x 8 + 2 single x 2; the approximator stays frozen; T5 trains as lora_te1
     "chroma": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux", base="chroma",
                    arch="chroma/lora", absent=("distilled_guidance",),
-                   te="lora_te1"),
+                   te={"lora_te1"}),
     # 1 double x 15 + 2 single x 8: routed experts frozen
-    "hidream": dict(modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
-                    base="hidream_i1", arch="hidream-i1/lora", absent=("ff_i_experts_",), lr=3e-2),
+    "hidream": dict(te={"lora_te1", "lora_te2", "lora_te3", "text_encoders.llama"}, modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
+                    base="hidream_i1", arch="hidream-i1/lora", absent=("ff_i_experts_",), lr=3e-2, drop=0.97),
     # 2 double x 8 + 2 single x 2; the shared modulation stays frozen
-    "flux2": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux_2", base="flux2",
+    "flux2": dict(te={"text_encoders.qwen3_4b"}, modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux_2", base="flux2",
                   arch="Flux.2-dev/lora", absent=("modulation",), lr=3e-2),
     # 2 double x 10 + 2 single x 3; the text token refiner stays frozen
-    "hunyuan_image": dict(modules=26, lists=("double_blocks", "single_blocks"), module="networks.lora_hunyuan_image",
+    "hunyuan_image": dict(te={"text_encoders.qwen25_7b"}, modules=26, lists=("double_blocks", "single_blocks"), module="networks.lora_hunyuan_image",
                           base="hunyuan_image_2.1", arch="hunyuan-image-2.1/lora",
                           absent=("txt_in",)),
     # a one-frame clip: 2 blocks x (self/cross attention q, k, v, o + ffn.0, ffn.2)
-    "wan21": dict(modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora"),
+    "wan21": dict(te={"text_encoders.umt5xxl"}, modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora"),
     # the generic family: every Linear of the block lists it finds
     # n_layers 3 of which 1 double: 1 x 16 + 2 x 8
     "auraflow": dict(modules=1 * 16 + 2 * 8, lists=("double_layers", "single_layers"), module="networks.lora",
@@ -83,10 +86,14 @@ def _graph(comfy, family: str) -> dict:
     train_id = graphs.one(p, "LoraLoop_TrainLoRA")
     if exp.get("options"):  # discrete models: one timestep, so the paired batches repeat exactly
         graphs.train_options(p, train_id, **exp["options"])
-    if exp.get("te"):
-        p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_t5"] = True
+    if exp.get("te"):  # every text encoder of the family trains along (T5 through train_t5)
+        inject = p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]
+        inject["train_text_encoder"] = True
+        inject["train_t5"] = family in ("chroma", "hidream")
         p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")  # captions encoded while training
         graphs.train_options(p, train_id, text_encoder_lr=1e-3)
+    # Save LoRA's verify: the file through ComfyUI's loader against the trained network (reported on the node)
+    p[graphs.one(p, "LoraLoop_SaveLoRA")]["inputs"].update(verify=True, model=[train_id, 0], clip=[train_id, 1])
     p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
                  "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
     p["eval"]["inputs"].update(network=[train_id, 2], steps=EVAL_STEPS, learning_rate=1e-12)
@@ -122,10 +129,16 @@ def test_family_trains_saves_and_reloads_exactly(comfy, family):
 
     save = [k for k in graphs.nodes_of(p, "LoraLoop_SaveLoRA") if k != "eval_save"][0]
     name = graphs.saved_lora(ex, None, save)
+    report = outputs[save]["text"][0]
+    m = re.search(r"verify: 0 unloaded keys, largest prediction difference ([0-9.e+-]+)", report)
+    assert m and float(m.group(1)) <= 1e-5, report
+    if exp.get("te"):
+        te_diff = re.search(r"text encoder ([0-9.e+-]+)", report)
+        assert te_diff and float(te_diff.group(1)) <= 1e-5, report
     with safe_open(os.path.join(comfy["tmp"], "models", "loras", name), "pt") as f:
         keys = list(f.keys())
         meta = f.metadata()
-    modules = {k.split(".")[0] for k in keys}
+    modules = {split_kohya_key(k)[0] for k in keys}
     unet = {m for m in modules if m.startswith("lora_unet_")}
     te = modules - unet
     assert len(unet) == exp["modules"], sorted(unet)
@@ -134,7 +147,7 @@ def test_family_trains_saves_and_reloads_exactly(comfy, family):
     assert all(m.startswith(tuple(f"lora_unet_{lst}_" for lst in exp["lists"])) for m in unet), sorted(unet)
     for word in exp.get("absent", ()):
         assert not any(word in m for m in unet), (word, sorted(unet))
-    assert {m.split("_encoder_")[0] for m in te} == ({exp["te"]} if exp.get("te") else set()), sorted(te)[:4]
+    assert {_te_prefix(m) for m in te} == exp.get("te", set()), sorted(te)[:4]
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
     assert meta["ss_network_module"] == exp["module"]
     assert meta["ss_base_model_version"] == exp["base"]
@@ -154,9 +167,25 @@ def test_family_trains_saves_and_reloads_exactly(comfy, family):
     trained, loaded, base = (res[f"dit_{family}_{t}"] for t in ("trained", "loaded", "base"))
     assert _rel(loaded, trained) <= 1e-5
     assert _rel(trained, base) > 1e-6, "the trained LoRA has no effect"
-    if exp.get("te"):
-        ct, cl, cb = (res[f"dit_{family}_{t}_cond"][0][0] for t in ("trained", "loaded", "base"))
-        assert _rel(cl, ct) <= 1e-5 and _rel(ct, cb) > 1e-7
+    if exp.get("te"):  # every tensor of the conditioning: as trained == as loaded, != the base encoders'
+        ct, cl, cb = (_cond_tensors(res[f"dit_{family}_{t}_cond"][0]) for t in ("trained", "loaded", "base"))
+        assert ct.keys() == cl.keys() == cb.keys()
+        for k in ct:
+            assert _rel(cl[k], ct[k]) <= 1e-5, k
+        assert max(_rel(ct[k], cb[k]) for k in ct) > 1e-7, "the text-encoder LoRA had no effect"
+
+
+def _te_prefix(name: str) -> str:
+    if name.startswith("text_encoders."):
+        return ".".join(name.split(".")[:2])
+    return re.match(r"lora_te\d*", name).group(0)
+
+
+def _cond_tensors(entry) -> dict:
+    tensor, extra = entry
+    out = {"cond": tensor}
+    out.update({k: v for k, v in extra.items() if torch.is_tensor(v) and v.is_floating_point()})
+    return out
 
 
 def test_refused_parameterisation_names_itself(comfy):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import nn
 
-from ..network import TE_ROOT, UNET_ROOT, Target
+from ..network import COMFY_TE_PREFIX, TE_ROOT, UNET_ROOT, Target
 
 def opt(options: Any, name: str, default: Any) -> Any:
     """Read ``name`` from an options object or mapping (``None`` -> default)."""
@@ -70,6 +70,7 @@ def kohya_name(prefix: str, path: str) -> str:
 CLIP_PARENTS = ("CLIPAttention", "CLIPMLP")
 T5_PARENTS = ("T5Attention", "T5DenseGatedActDense", "T5DenseActDense")
 _LAYER_RE = re.compile(r"encoder\.layers\.(\d+)\.")
+LLM_PARENTS = ("Attention", "MLP")  # comfy/text_encoders/llama.py: Llama, Mistral, Qwen, Gemma
 
 
 def clip_layers_in_use(encoder: nn.Module) -> Optional[int]:
@@ -110,6 +111,38 @@ def t5_targets(clip_model: nn.Module, attr: str = "t5xxl", prefix: str = "lora_t
         return []
     return collect_targets(enc.transformer, T5_PARENTS, root_key=TE_ROOT, name_of=lambda p: kohya_name(prefix, p),
                            is_text_encoder=True, path_prefix=f"{attr}.transformer.")
+
+
+def llm_targets(clip_model: nn.Module, attr: str) -> list[Target]:
+    """An LLM text encoder's attention ``q/k/v/o_proj`` and MLP ``gate/up/down_proj`` in the layers it uses
+    (``clip_model.<attr>.transformer.model.layers``; a vision tower is left alone), named
+    ``text_encoders.<path>``: ComfyUI's generic text-encoder key, the only one ``comfy/lora.py``
+    ``model_lora_keys_clip`` maps for these encoders (kohya has no names for them)."""
+    enc = getattr(clip_model, attr, None)
+    layers = getattr(getattr(getattr(enc, "transformer", None), "model", None), "layers", None)
+    if layers is None:
+        return []
+    in_use = clip_layers_in_use(enc)
+    base = f"{attr}.transformer.model.layers."
+
+    def name_of(path: str) -> Optional[str]:
+        if in_use is not None and int(path.split(".", 1)[0]) >= in_use:
+            return None
+        return f"{COMFY_TE_PREFIX}{base}{path}"
+
+    return collect_targets(layers, LLM_PARENTS, root_key=TE_ROOT, name_of=name_of, is_text_encoder=True,
+                           path_prefix=base)
+
+
+def comfy_t5_targets(clip_model: nn.Module, attr: str) -> list[Target]:
+    """A T5-family encoder that kohya does not name (UMT5, byT5): the ``t5_targets`` modules named
+    ``text_encoders.<path>``."""
+    enc = getattr(clip_model, attr, None)
+    if enc is None or getattr(enc, "transformer", None) is None:
+        return []
+    base = f"{attr}.transformer."
+    return collect_targets(enc.transformer, T5_PARENTS, root_key=TE_ROOT, is_text_encoder=True, path_prefix=base,
+                           name_of=lambda p: f"{COMFY_TE_PREFIX}{base}{p}")
 
 
 # --------------------------------------------------------------------------- the strategy

@@ -22,6 +22,7 @@ class Flux2Family(GenericFamily):
     network_module = "networks.lora_flux_2"
     supports_conv = False
     block_lists = ("double_blocks", "single_blocks")
+    text_encoders = (("mistral3_24b", "llm"), ("qwen3_4b", "llm"))
     modelspec_implementation = "https://github.com/black-forest-labs/flux2"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:

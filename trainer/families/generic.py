@@ -5,7 +5,8 @@ structure (``blocks.find_block_lists``: lists of modules that hold Linear layers
 Layers outside the blocks (embedders, final layers, norms, time and text projections) stay frozen, as every
 kohya-style trainer leaves them. Names are ``lora_unet_<module path>``, which ComfyUI's
 ``comfy/lora.py`` ``model_lora_keys_unet`` maps for every model. The objective comes from the model's own
-``model_sampling``; conds from its own ``extra_conds``. The text encoder is not trained.
+``model_sampling``; conds from its own ``extra_conds``. Its text encoder is not trained; named families list
+theirs (``text_encoders``).
 
 Named families subclass this and narrow the block classes (``block_classes``) or drop layers
 (``exclude``), and give the names, metadata and defaults their own trainers use.
@@ -19,7 +20,7 @@ from typing import Any, Optional, Sequence
 from torch import nn
 
 from ..network import UNET_ROOT, Target
-from .base import Family, collect_targets, kohya_name
+from .base import Family, clip_targets, collect_targets, comfy_t5_targets, kohya_name, llm_targets, opt, t5_targets
 from .blocks import describe_block_lists, find_block_lists, linears_outside
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class GenericFamily(Family):
     block_lists: Optional[tuple[str, ...]] = None
     exclude: Optional[re.Pattern] = None
     also: tuple[str, ...] = ()
+    #: the text encoders ``train_text_encoder`` trains, as (attribute of ComfyUI's text-encoder model, kind):
+    #: ``llm`` (``llm_targets``), ``umt5`` (``comfy_t5_targets``), ``clip_l`` / ``clip_g`` (kohya ``lora_te1`` /
+    #: ``lora_te2``); ``t5``: the T5-XXL ``train_t5`` trains, with its kohya prefix
+    text_encoders: tuple[tuple[str, str], ...] = ()
+    t5: Optional[tuple[str, str]] = None
 
     def unet_targets(self, root: nn.Module, unet_config: dict, conv: bool = False, options: Any = None) -> list[Target]:
         lists = find_block_lists(root)
@@ -96,8 +102,24 @@ class GenericFamily(Family):
                  f" ({', '.join(outside[:6])}{', ...' if len(outside) > 6 else ''})" if outside else "")
 
     def text_encoder_targets(self, clip_model: nn.Module, options: Any = None) -> list[Target]:
-        raise ValueError(f"{self.display_name}: training the text encoder is not supported for this model; "
-                         "set train_text_encoder (and train_t5) to false on Inject LoRA")
+        out: list[Target] = []
+        if opt(options, "train_text_encoder", False):
+            for attr, kind in self.text_encoders:
+                if kind == "llm":
+                    out += llm_targets(clip_model, attr)
+                elif kind == "umt5":
+                    out += comfy_t5_targets(clip_model, attr)
+                else:
+                    out += clip_targets(clip_model, attr, {"clip_l": "lora_te1", "clip_g": "lora_te2"}[kind])
+        if opt(options, "train_t5", False) and self.t5 is not None:
+            out += t5_targets(clip_model, *self.t5)
+        if not out:
+            which = "train_t5" if opt(options, "train_t5", False) and not self.text_encoders else "train_text_encoder"
+            names = ", ".join(a for a, _ in self.text_encoders) or "none"
+            raise ValueError(f"{self.display_name}: no text-encoder layers to train in this CLIP (trainable "
+                             f"encoders of this family: {names}); set {which} (and train_t5) to false on "
+                             "Inject LoRA, or connect the family's own text encoder")
+        return out
 
     def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
                            config_class_names: Optional[list[str]] = None) -> str:

@@ -22,6 +22,7 @@ class HunyuanImageFamily(GenericFamily):
     network_module = "networks.lora_hunyuan_image"
     supports_conv = False
     block_lists = ("double_blocks", "single_blocks")
+    text_encoders = (("qwen25_7b", "llm"),)
     modelspec_implementation = "https://github.com/Tencent-Hunyuan/HunyuanImage-2.1"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:

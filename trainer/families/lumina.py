@@ -30,6 +30,7 @@ class Lumina2Family(GenericFamily):
     supports_conv = False
     block_lists = ("noise_refiner", "context_refiner", "layers")
     also = ("final_layer",)
+    text_encoders = (("gemma2_2b", "llm"),)
     modelspec_implementation = "https://github.com/Alpha-VLLM/Lumina-Image-2.0"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
@@ -50,6 +51,7 @@ class ZImageFamily(Lumina2Family):
     block_lists = ("layers",)
     also = ()
     exclude = re.compile(r"(^|\.)adaLN_modulation\.")
+    text_encoders = (("qwen3_4b", "llm"),)
     modelspec_implementation = "https://github.com/Tongyi-MAI/Z-Image"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:

@@ -19,6 +19,7 @@ class QwenImageFamily(GenericFamily):
     network_module = "networks.lora_qwen_image"
     supports_conv = False
     block_lists = ("transformer_blocks",)
+    text_encoders = (("qwen25_7b", "llm"),)
     modelspec_implementation = "https://github.com/QwenLM/Qwen-Image"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:

@@ -25,6 +25,7 @@ class WanFamily(GenericFamily):
     network_module = "networks.lora_wan"
     supports_conv = False
     block_lists = ("blocks",)
+    text_encoders = (("umt5xxl", "umt5"),)
     modelspec_implementation = "https://github.com/Wan-Video/Wan2.1"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
