@@ -74,3 +74,33 @@ def test_wan_image_to_video_is_refused(comfy):  # noqa: F811
     mp = comfy.model_patcher.ModelPatcher(model, load_device=META, offload_device=META)
     with pytest.raises(ValueError, match="36 input channels for 16 latent channels.*image-to-video"):
         detect_model_family(mp)
+
+
+# text encoder -> (ComfyUI config whose clip_target builds it, expected modules): 7 per layer in use (q, k, v, o,
+# gate, up, down; T5: q, k, v, o, wi_0, wi_1, wo); "hidden", -2 encoders leave their last layer out
+TE_CASES = {
+    "Qwen2.5-VL-7B (Qwen-Image)": ("QwenImage", fs.QWEN_IMAGE, "qwen_image", {"text_encoders.qwen25_7b": 28 * 7}),
+    "Qwen3-4B (Z-Image)": ("ZImage", fs.Z_IMAGE_TURBO, "z_image", {"text_encoders.qwen3_4b": 35 * 7}),
+    "Gemma-2-2B (Lumina 2)": ("Lumina2", fs.LUMINA2, "lumina2", {"text_encoders.gemma2_2b": 25 * 7}),
+    "UMT5-XXL (Wan)": ("WAN21_T2V", fs.WAN21_14B, "wan", {"text_encoders.umt5xxl": 24 * 7}),
+}
+
+
+@pytest.mark.parametrize("case", list(TE_CASES))
+def test_full_size_text_encoder_targets_comfy_loads(comfy, case):  # noqa: F811
+    import comfy.lora
+
+    config_class, cfg, family, expected = TE_CASES[case]
+    mc, _, names = _build(config_class, cfg)
+    fam = detect_family(names, mc.unet_config)
+    assert fam.name == family
+    te = mc.clip_target().clip(device=META, dtype=torch.bfloat16)
+    targets = fam.text_encoder_targets(te, {"train_text_encoder": True})
+    counts = {}
+    for t in targets:
+        counts[t.prefix] = counts.get(t.prefix, 0) + 1
+    assert counts == expected, counts
+    key_map = comfy.lora.model_lora_keys_clip(te, {})
+    bad = [t.name for t in targets if key_map.get(t.name) != f"{t.path}.weight"]
+    assert not bad, f"{len(bad)} TE names ComfyUI would not load: {bad[:5]}"
+    assert all(isinstance(te.get_submodule(t.path), torch.nn.Linear) for t in targets)
