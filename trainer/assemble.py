@@ -96,7 +96,8 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
                                  train_unet=any(k.startswith("lora_unet_") for k in init_state),
                                  train_text_encoder=any(k.startswith(("lora_te", COMFY_TE_PREFIX))
                                                         for k in init_state),
-                                 train_t5=any(k.startswith("lora_te3_") for k in init_state) and family.name in ("sd3", "flux"),
+                                 train_t5=family.t5_prefix is not None
+                                 and any(k.startswith(family.t5_prefix + "_") for k in init_state),
                                  train_blocks="all", seed=cfg.seed)
         targets = network_targets(family, unet_root, unet_config, te_root, file_cfg)
         in_file = {split_kohya_key(k)[0] for k in init_state}

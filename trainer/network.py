@@ -4,7 +4,8 @@ The network is installed on the base modules as a *forward override* of each tar
 instance attribute ``forward`` (``org(x) + lora.delta(x)``); the base modules' parameters and
 state_dict keys never change and the LoRA parameters are never registered into the base tree.
 ``network.state_dict()`` keys are kohya keys (``<name>.lora_down.weight``, ``.lora_up.weight``,
-``.alpha``), the same as ``kohya_state_dict()``.
+``.alpha``), the same as ``kohya_state_dict()``, except that ComfyUI's dotted ``text_encoders.<path>`` names
+register with ``:`` for ``.`` (``module_key``); ``kohya_state_dict()`` always gives the file's keys.
 """
 from __future__ import annotations
 
@@ -133,10 +134,10 @@ class NetworkSpec:
         return out
 
 
-def _checked(module: nn.Module) -> nn.Module:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{type(module).__name__} is not a torch.nn.Module")
-    return module
+def module_key(name: str) -> str:
+    """The key a LoRA module is registered under: its file name, with ``:`` for the dots of ComfyUI's
+    ``text_encoders.<path>`` names (torch module names cannot hold dots)."""
+    return name.replace(".", ":")
 
 
 class LoRANetwork(nn.Module):
@@ -151,10 +152,7 @@ class LoRANetwork(nn.Module):
             if t.name in self._targets:
                 raise ValueError(f"duplicate LoRA target name {t.name}")
             self._targets[t.name] = t
-            # registered under its file name, so state_dict() keys are the file's keys; ComfyUI's dotted
-            # text_encoders.<path> names are set directly (add_module refuses dots; state_dict and load_state_dict
-            # only join the registered names)
-            self._modules[t.name] = _checked(loras[t.name])
+            self.add_module(module_key(t.name), loras[t.name])
         extra = sorted(set(loras) - set(self._targets))
         if extra:
             raise ValueError(f"LoRA modules without a target: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
@@ -265,13 +263,13 @@ class LoRANetwork(nn.Module):
         return list(self._targets)
 
     def lora(self, name: str) -> LoRAModule:
-        return self._modules[name]  # type: ignore[return-value]
+        return self._modules[module_key(name)]  # type: ignore[return-value]
 
     def loras(self) -> list[LoRAModule]:
-        return [self._modules[n] for n in self._targets]  # type: ignore[misc]
+        return [self._modules[module_key(n)] for n in self._targets]  # type: ignore[misc]
 
     def items(self) -> list[tuple[Target, LoRAModule]]:
-        return [(t, self._modules[n]) for n, t in self._targets.items()]  # type: ignore[misc]
+        return [(t, self._modules[module_key(n)]) for n, t in self._targets.items()]  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -418,10 +416,10 @@ class LoRANetwork(nn.Module):
             names = [n for n, t in self._targets.items() if t.prefix == prefix]
             plain, plus = [], []
             for n in names:
-                m = self._modules[n]
+                m = self._modules[module_key(n)]
                 plain.append(m.lora_down.weight)
                 (plus if ratio else plain).append(m.lora_up.weight)
-            group_name = "unet" if not is_te else prefix[len("lora_"):]
+            group_name = "unet" if not is_te else prefix[len("lora_"):] if prefix.startswith("lora_") else prefix
             for gname, params, glr in ((group_name, plain, lr), (f"{group_name} plus", plus, lr * (ratio or 1.0))):
                 if not params:
                     continue

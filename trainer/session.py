@@ -92,7 +92,16 @@ def _downscale(data: EncodedDataset) -> int | None:
     return None
 
 
-def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress, keep=()):
+def _plan_cond(data: EncodedDataset, clip):
+    """One caption's CONDITIONING for planning: a cached one, else the first caption encoded now (captions that
+    train with the text encoder, or change per epoch, are not cached); None without either."""
+    cond = next(iter(data.text_conds.values()), None)
+    if cond is None and clip is not None and data.dataset.images:
+        cond = ca.encode_caption(clip, data.dataset.images[0].caption)
+    return cond
+
+
+def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Progress, keep=(), clip=None):
     """The memory plan this run follows (``cfg.memory_mode``; ``auto`` asks ComfyUI what is free), logged and
     noted on the node, with the budget and every plan. (None, 0, []) when the step could not be measured: the
     mode's own defaults then apply."""
@@ -106,7 +115,7 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
         plans = ca.plan_training(mp, net, batch=batch, width=width, height=height,
                                  compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
                                  optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_type),
-                                 cond=next(iter(data.text_conds.values()), None), downscale=_downscale(data))
+                                 cond=_plan_cond(data, clip), downscale=_downscale(data))
     except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
         log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan "
                     "(auto: checkpointed)",
@@ -184,7 +193,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     spec = ca.objective_spec(mp)
     objective = build_objective(spec, cfg, family)
     guidance = cfg.guidance_scale if family.takes_guidance(ca.unet_config(model)) else None
-    plan, budget, plans = _memory_plan(mp, net, data, cfg, progress, keep=[clip_t.patcher] if train_te else [])
+    plan, budget, plans = _memory_plan(mp, net, data, cfg, progress, keep=[clip_t.patcher] if train_te else [],
+                                       clip=clip_t if clip_t is not None else clip)
     # without a plan: auto checkpoints (the safe choice), the explicit modes run as named
     checkpointing = plan.checkpointing if plan is not None else cfg.memory_mode != "resident"
     stream = cfg.memory_mode == "streamed" or (plan is not None and plan.mode == "streamed")

@@ -102,8 +102,10 @@ def test_generic_metadata_names_the_model_class():
 
 
 def test_generic_refuses_text_encoder_training():
-    with pytest.raises(ValueError, match="train_text_encoder"):
-        GENERIC.text_encoder_targets(nn.Module(), {})
+    with pytest.raises(ValueError, match="set train_text_encoder"):
+        GENERIC.text_encoder_targets(nn.Module(), {"train_text_encoder": True})
+    with pytest.raises(ValueError, match="set train_t5"):
+        GENERIC.text_encoder_targets(nn.Module(), {"train_t5": True})
 
 
 def test_trained_like_a_block():

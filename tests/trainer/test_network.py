@@ -245,3 +245,34 @@ def test_conv3x3_needs_conv_rank():
         LoRANetwork.create([Target("lora_unet_conv", "unet", "conv", "linear")], roots, NetworkSpec("test", 4, 4.0))
     with pytest.raises(ValueError, match="none of the 1 targets is a 3x3 conv"):  # the header would lie
         LoRANetwork.create([Target("lora_unet_to_q", "unet", "to_q", "linear")], roots, NetworkSpec("t", 4, 4.0, 2, 1.0))
+
+
+def test_comfy_text_encoder_names_round_trip():
+    """ComfyUI's dotted text_encoders.<path> names: the file keys keep them, torch's state dict round-trips, the
+    LR group is named after the encoder; any other dotted name is refused."""
+    roots = {"te": TE()}
+    targets = [Target("text_encoders.llm.fc1", "te", "fc1", "linear", True),
+               Target("text_encoders.llm.fc2", "te", "fc2", "linear", True)]
+    assert targets[0].prefix == "text_encoders.llm"
+    net = LoRANetwork.create(targets, roots, NetworkSpec(rank=2, alpha=1.0), seed=0)
+    sd = net.kohya_state_dict()
+    assert set(sd) == {f"text_encoders.llm.fc{i}.{s}" for i in (1, 2)
+                       for s in ("lora_down.weight", "lora_up.weight", "alpha")}
+    other = LoRANetwork.create(targets, roots, NetworkSpec(rank=2, alpha=1.0), seed=1)
+    other.load_state_dict(net.state_dict(), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(other.kohya_state_dict().values(), sd.values()))
+    loaded = LoRANetwork.from_kohya_state_dict(sd, targets, roots)
+    assert loaded.lora("text_encoders.llm.fc2") is not None and len(loaded) == 2
+    assert {g["name"] for g in net.param_groups(1e-3, text_encoder_lr=1e-4)} == {"text_encoders.llm"}
+    with torch.no_grad():
+        for m in net.loras():
+            m.lora_up.weight.fill_(0.1)
+    x = torch.randn(3, 6)
+    base = roots["te"](x)
+    net.install(roots)
+    try:
+        assert not torch.allclose(roots["te"](x), base)
+    finally:
+        net.remove()
+    with pytest.raises(ValueError, match="must not contain dots"):
+        Target("lora_te1.fc1", "te", "fc1", "linear", True)

@@ -12,13 +12,14 @@ from trainer.adapter.autograd import functional_residuals, gradient_checkpointin
 class Block(torch.nn.Module):
     def __init__(self, width, inplace=True):
         super().__init__()
-        self.norm, self.lin, self.inplace = torch.nn.LayerNorm(width), torch.nn.Linear(width, width), inplace
+        # a Linear named attn: what makes a list of these a list of transformer blocks (families.blocks)
+        self.norm, self.attn, self.inplace = torch.nn.LayerNorm(width), torch.nn.Linear(width, width), inplace
 
     def forward(self, x):
         if self.inplace:
-            x += self.lin(self.norm(x))
+            x += self.attn(self.norm(x))
             return x
-        return x + self.lin(self.norm(x))
+        return x + self.attn(self.norm(x))
 
 
 class Model(torch.nn.Module):

@@ -75,12 +75,12 @@ def override_forwards(modules, make_forward, method: str = "forward"):
 
 # The block lists whose children are recomputed in backward: ``input_blocks`` / ``middle_block`` /
 # ``output_blocks`` of comfy/ldm/modules/diffusionmodules/openaimodel.py UNetModel (inside each
-# TimestepEmbedSequential), ``double_blocks`` / ``single_blocks`` of comfy/ldm/flux/model.py Flux,
-# ``joint_blocks`` of comfy/ldm/modules/diffusionmodules/mmdit.py MMDiT, ``layers`` of
-# comfy/clip_model.py CLIPEncoder and ``block`` of comfy/text_encoders/t5.py T5Stack; in any other model, the
-# block lists the generic family trains (``families.blocks.is_block_list``).
-CHECKPOINT_CONTAINERS = ("input_blocks", "middle_block", "output_blocks", "double_blocks", "single_blocks",
-                         "joint_blocks", "transformer_blocks", "layers", "block")
+# TimestepEmbedSequential), and every list of transformer blocks (``families.blocks.is_block_list``: blocks with
+# Linear and attention layers): ``double_blocks`` / ``single_blocks`` of comfy/ldm/flux/model.py, ``joint_blocks``
+# of comfy/ldm/modules/diffusionmodules/mmdit.py, ``layers`` of comfy/clip_model.py CLIPEncoder and of the LLM
+# encoders, ``block`` of comfy/text_encoders/t5.py T5Stack, and the lists of the newer models (``blocks``,
+# ``transformer_blocks``, ``noise_refiner`` ...). Lists of plain MLPs (Chroma's guidance approximator) are not.
+UNET_CONTAINERS = ("input_blocks", "middle_block", "output_blocks")
 
 
 def checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
@@ -90,7 +90,7 @@ def checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
 
     def walk(module: torch.nn.Module) -> None:
         for name, child in module.named_children():
-            if (name in CHECKPOINT_CONTAINERS and isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential))) \
+            if (name in UNET_CONTAINERS and isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential))) \
                     or is_block_list(child):
                 for block in child.children():
                     if type(block).__name__ == "TimestepEmbedSequential":

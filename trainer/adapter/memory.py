@@ -12,6 +12,8 @@ Free memory comes from ``comfy.model_management.get_free_memory`` (plus what the
 holds there), so ``auto`` plans against the same number ComfyUI's loader uses."""
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass
 
@@ -159,6 +161,28 @@ def model_memory(root: torch.nn.Module) -> ModelMemory:
     return ModelMemory(weight_bytes(root), [weight_bytes(b) for b in checkpoint_blocks(root)])
 
 
+@contextlib.contextmanager
+def _meta_free_memory():
+    """ComfyUI's attention picks (``comfy/ldm/modules/attention.py`` split and sub-quadratic attention, called
+    directly by models that pass no transformer_options, e.g. HunyuanDiT) ask ``get_free_memory`` for the
+    tensors' device; for the meta device there is no answer, so it reports plenty (one chunk: the count is of
+    what is kept for backward, not of the chunking)."""
+    import comfy.model_management as mm
+
+    org = mm.get_free_memory
+
+    def free(dev=None, torch_free_too=False):
+        if getattr(dev, "type", None) == "meta":
+            return (1 << 50, 1 << 50) if torch_free_too else 1 << 50
+        return org(dev, torch_free_too)
+
+    mm.get_free_memory = free
+    try:
+        yield
+    finally:
+        mm.get_free_memory = org
+
+
 def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
                  compute_dtype: torch.dtype = torch.float32) -> StepMemory:
     """Run one forward + backward of ``model`` (a ComfyUI BaseModel, normally from ``meta_model``) with a copy
@@ -172,8 +196,8 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
     b = x_shape[0]
     opts = {"optimized_attention_override": planning_attention, "cond_or_uncond": [0] * b}
     try:
-        with torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), recast_in_backward(root), \
-                functional_residuals(root), gradient_checkpointing(root, checkpointing):
+        with _meta_free_memory(), torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), \
+                recast_in_backward(root), functional_residuals(root), gradient_checkpointing(root, checkpointing):
             x = torch.empty(x_shape, device=device, dtype=compute_dtype)
             sigma = torch.empty(b, device=device, dtype=torch.float32)
             c = {k: (v.to(device=device, dtype=compute_dtype if v.is_floating_point() else v.dtype)

@@ -74,8 +74,8 @@ LLM_PARENTS = ("Attention", "MLP")  # comfy/text_encoders/llama.py: Llama, Mistr
 
 
 def clip_layers_in_use(encoder: nn.Module) -> Optional[int]:
-    """Layers a ComfyUI ``SDClipModel`` uses by default (``layer="hidden"``, ``layer_idx=-2`` -> n-1);
-    None when it uses all of them."""
+    """Layers a ComfyUI ``SDClipModel`` uses by default (``layer="hidden"``, ``layer_idx=-2`` -> n-1; a list of
+    layers, FLUX.2's Mistral ``[10, 20, 30]`` -> 30); None when it uses all of them."""
     layer, idx = None, None
     default = getattr(encoder, "options_default", None)
     if isinstance(default, tuple) and len(default) >= 2:
@@ -83,6 +83,9 @@ def clip_layers_in_use(encoder: nn.Module) -> Optional[int]:
     n = getattr(encoder, "num_layers", None)
     if layer == "hidden" and isinstance(idx, int) and isinstance(n, int):
         return (n + idx + 1) if idx < 0 else idx + 1
+    if isinstance(layer, (list, tuple)) and layer and all(isinstance(i, int) for i in layer):
+        # comfy/text_encoders/llama.py: a list of layers takes each one's input (n: the final output)
+        return max(layer) if not isinstance(n, int) or max(layer) < n else None
     return None
 
 
@@ -158,6 +161,7 @@ class Family:
     default_objective: str = "eps"             # "eps" | "v" | "flow"
     modelspec_implementation: str = "diffusers"
     latent_channels: int = 4
+    t5_prefix: Optional[str] = None            # kohya prefix of the T5-XXL ``train_t5`` trains (``lora_te3``)
 
     def __repr__(self) -> str:
         return f"<Family {self.name}>"

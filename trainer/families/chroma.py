@@ -26,6 +26,7 @@ class ChromaFamily(GenericFamily):
     network_module = "networks.lora_flux"
     supports_conv = False
     te_prefixes = ("lora_te1",)
+    t5_prefix = "lora_te1"
     block_lists = ("double_blocks", "single_blocks")
     modelspec_implementation = "https://huggingface.co/lodestones/Chroma"
 

@@ -24,6 +24,7 @@ class FluxFamily(Family):
     network_module = "networks.lora_flux"
     te_prefixes = ("lora_te1", "lora_te3")
     default_objective = "flow"
+    t5_prefix = "lora_te3"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     latent_channels = 16
 

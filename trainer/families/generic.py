@@ -88,7 +88,8 @@ class GenericFamily(Family):
 
             out += collect_targets(lst, classes, root_key=UNET_ROOT, name_of=name_of, conv3x3=conv,
                                    path_prefix=f"{path}.")
-        out.sort(key=lambda t: _order(root).get(t.path, 0))
+        order = _order(root)
+        out.sort(key=lambda t: order.get(t.path, 0))
         self.log_choice(root, out, excluded)
         return out
 
@@ -114,7 +115,8 @@ class GenericFamily(Family):
         if opt(options, "train_t5", False) and self.t5 is not None:
             out += t5_targets(clip_model, *self.t5)
         if not out:
-            which = "train_t5" if opt(options, "train_t5", False) and not self.text_encoders else "train_text_encoder"
+            t5_only = opt(options, "train_t5", False) and not opt(options, "train_text_encoder", False)
+            which = "train_t5" if t5_only else "train_text_encoder"
             names = ", ".join(a for a, _ in self.text_encoders) or "none"
             raise ValueError(f"{self.display_name}: no text-encoder layers to train in this CLIP (trainable "
                              f"encoders of this family: {names}); set {which} (and train_t5) to false on "

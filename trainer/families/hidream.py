@@ -24,6 +24,7 @@ class HiDreamFamily(GenericFamily):
     exclude = re.compile(r"(^|\.)experts\.")
     text_encoders = (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("llama", "llm"))
     t5 = ("t5xxl", "lora_te3")
+    t5_prefix = "lora_te3"
     modelspec_implementation = "https://github.com/HiDream-ai/HiDream-I1"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:

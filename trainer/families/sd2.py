@@ -1,4 +1,4 @@
-"""SD 2.x: ComfyUI ``SD20`` (unCLIP variants are refused: they need an image embedding); names as SD1 (``lora_te`` for OpenCLIP-H).
+"""SD 2.x: ComfyUI ``SD20`` / ``SD21UnclipL`` / ``SD21UnclipH``; names as SD1 (``lora_te`` for OpenCLIP-H).
 
 kohya loads SD2's OpenCLIP-H as a 23-layer HF CLIP (the last layer is never used: SD2 conditions on
 the penultimate layer), so its TE has 23 x 6 = 138 modules. ComfyUI's ``clip_h`` holds all 24
@@ -18,7 +18,7 @@ from .sd_unet import UNetFamily
 class SD2Family(UNetFamily):
     name = "sd2"
     display_name = "Stable Diffusion 2.x"
-    config_classes = ("SD20",)
+    config_classes = ("SD20", "SD21UnclipL", "SD21UnclipH")
     te_prefixes = ("lora_te",)
     default_objective = "v"  # SD 2.x 768-v; the trainer follows the model's model_sampling
     clip_attr = "clip_h"

@@ -34,6 +34,7 @@ class SD3Family(Family):
     network_module = "networks.lora_sd3"
     te_prefixes = ("lora_te1", "lora_te2", "lora_te3")
     default_objective = "flow"
+    t5_prefix = "lora_te3"
     latent_channels = 16
 
     def unet_targets(self, root: nn.Module, unet_config: dict, conv: bool = False, options: Any = None) -> list[Target]:
