@@ -29,10 +29,14 @@ class InjectLoRA(io.ComfyNode):
             description="Create a kohya LoRA (LierLa, or C3Lier with conv_dim) on the loaded model's kohya targets and "
                         "inject it as a bypass on a clone. The input MODEL/CLIP are not modified.",
             is_experimental=True,
-            inputs=[io.Model.Input("model", tooltip="The MODEL to train (SD1.x, SD2.x, SDXL, SD3/3.5 or FLUX.1).")]
+            inputs=[io.Model.Input("model", tooltip="The MODEL to train: SD1.x/2.x, SDXL, SD3/3.5, FLUX.1/2, "
+                                                    "Qwen-Image, Z-Image, Lumina 2, Chroma, HiDream, HunyuanImage "
+                                                    "2.1, Wan, or any other model ComfyUI samples (the generic "
+                                                    "family).")]
             + [widget(NetworkConfig, n) for n in MAIN]
             + [io.Clip.Input("clip", optional=True, tooltip="The CLIP of the same checkpoint. Needed to train the "
-                                                            "text encoder (and to load a file with lora_te keys)."),
+                                                            "text encoder (and to load a file with text-encoder "
+                                                            "keys)."),
                io.Combo.Input("init_lora", options=_lora_files(), default=NONE, optional=True,
                               tooltip="Start from an existing kohya LoRA in models/loras: its modules, ranks, alphas "
                                       "and weights are used (and written to the new file's header) instead of a "

@@ -57,8 +57,8 @@ TOPICS = (
                           "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision")),)),
     Topic("noise_loss", "LoraLoop_NoiseLossSettings", "Noise & Loss (LoRA Loop)", NoiseLossSettingsIO,
           "noise_loss_settings", "Train LoRA",
-          "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3/FLUX) timestep "
-          "sampling and guidance.",
+          "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3, FLUX and the newer "
+          "families) timestep sampling and guidance.",
           ((TrainConfig, ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type",
                           "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "guidance_scale")),)),
     Topic("checkpoints", "LoraLoop_CheckpointSettings", "Checkpoints & Resume (LoRA Loop)", CheckpointSettingsIO,

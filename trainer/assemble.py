@@ -84,7 +84,7 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
     them); fresh, the config's."""
     if cfg.conv_dim > 0 and not family.supports_conv:
         raise ValueError(f"conv_dim={cfg.conv_dim}: {family.display_name} has no 3x3 conv targets (LoRA-C3Lier is "
-                         "for the SD1/SD2/SDXL U-Net); set conv_dim to 0")
+                         "for the SD1/SD2/SDXL U-Net and the generic family's models); set conv_dim to 0")
     roots = {UNET_ROOT: unet_root}
     if te_root is not None:
         roots[TE_ROOT] = te_root

@@ -54,15 +54,18 @@ class NetworkConfig:
                                         "means alpha = rank.", min=0.0, max=1024.0, step=0.5)
     conv_dim: int = option(0, "Rank for 3x3 convs. 0 = LoRA-LierLa (transformer blocks only); > 0 = LoRA-C3Lier: "
                               "also ResBlock 3x3 convs, their time-embedding Linear and 1x1 shortcut, and down/up-"
-                              "sampler convs (kohya conv_dim). SD1/SD2/SDXL only (an error on other models).",
+                              "sampler convs (kohya conv_dim). SD1/SD2/SDXL, and the 3x3 convs inside the blocks of "
+                              "models the generic family trains; an error on the other families.",
                            min=0, max=1024)
     conv_alpha: float = option(1.0, "Alpha for the 3x3 conv modules (kohya conv_alpha, default 1.0).",
                                min=0.0, max=1024.0, step=0.5)
     train_unet: bool = option(True, "Train the diffusion model (U-Net / transformer) LoRA.")
-    train_text_encoder: bool = option(False, "Also train LoRA on the CLIP text encoder(s) (attention and MLP "
-                                             "linears). Needs the CLIP input.")
-    train_t5: bool = option(False, "SD3/FLUX: also train LoRA on T5-XXL (kohya train_t5xxl). Off by default: large "
-                                   "and rarely helpful.")
+    train_text_encoder: bool = option(False, "Also train LoRA on the text encoder(s): CLIP attention and MLP linears "
+                                             "(SD/SDXL/SD3/FLUX.1), the LLM or UMT5 encoder of the newer families "
+                                             "(Qwen2.5-VL, Qwen3, Gemma, Llama, Mistral, UMT5; docs/families.md). "
+                                             "Needs the CLIP input.")
+    train_t5: bool = option(False, "SD3/FLUX.1/Chroma/HiDream: also train LoRA on T5-XXL (kohya train_t5xxl). Off "
+                                   "by default: large and rarely helpful.")
     train_blocks: str = option("all", "FLUX: which transformer blocks get LoRA: all, single or double (kohya "
                                       "train_blocks).", choices=("all", "single", "double"))
     seed: int = option(0, "Seed for the LoRA down-projection initialisation.", widget="init_seed", **SEED)
@@ -144,7 +147,8 @@ class TrainConfig:
                                        "sigmoid_scale).", min=0.01, max=10.0, step=0.01)
     discrete_flow_shift: float = option(3.0, "Shift for timestep_sampling=shift (kohya discrete_flow_shift; 3.1582 "
                                              "matches flux_shift at 1024 px).", min=0.01, max=100.0, step=0.0001)
-    guidance_scale: float = option(1.0, "FLUX dev: guidance value fed to the guidance-distilled model while "
+    guidance_scale: float = option(1.0, "FLUX.1 dev, FLUX.2 dev and other models with a distilled-guidance input: "
+                                        "guidance value fed to the model while "
                                         "training. 1.0 as sd-scripts recommends for LoRA (kohya's CLI default 3.5): "
                                         "the LoRA then learns without leaning on the distilled guidance, and still "
                                         "works at the usual 3.5 when sampling.", min=0.0, max=100.0, step=0.1)

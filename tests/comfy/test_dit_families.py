@@ -29,35 +29,40 @@ WORKFLOW = "train_then_generate_flux.api.json"
 STEPS = 8
 EVAL_STEPS = 3
 
-# family -> the tiny model's expected modules and the file's metadata
+# family -> the tiny model's expected modules (count, block lists, what must be absent), its text encoders'
+# prefixes, the file's metadata, and the workflow / learning rate / loss fall / options its run uses
 FAMILIES = {
     # 2 blocks x 14 Linear (img/txt mod, 8 attention, 4 MLP)
-    "qwen_image": dict(te={"text_encoders.qwen25_7b"}, workflow="train_then_generate_qwen_image.api.json", modules=28, lists=("transformer_blocks",), module="networks.lora_qwen_image",
-                       base="qwen_image", arch="Qwen-Image/lora"),
+    "qwen_image": dict(modules=28, lists=("transformer_blocks",), te={"text_encoders.qwen25_7b"},
+                       module="networks.lora_qwen_image", base="qwen_image", arch="Qwen-Image/lora",
+                       workflow="train_then_generate_qwen_image.api.json"),
     # layers only, adaLN excluded: 2 x (qkv, out, w1, w2, w3)
-    "z_image": dict(te={"text_encoders.qwen3_4b"}, workflow="train_then_generate_z_image.api.json", modules=10, lists=("layers",), module="networks.lora_zimage", base="z_image",
-                    arch="Z-Image/lora", absent=("adaLN", "refiner")),
+    "z_image": dict(modules=10, lists=("layers",), absent=("adaLN", "refiner"), te={"text_encoders.qwen3_4b"},
+                    module="networks.lora_zimage", base="z_image", arch="Z-Image/lora",
+                    workflow="train_then_generate_z_image.api.json"),
     # refiners 2 x 6 + 2 x 5, layers 2 x 6, final_layer 2
-    "lumina2": dict(te={"text_encoders.gemma2_2b"}, modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
-                    module="networks.lora_lumina", base="lumina2", arch="lumina-2/lora"),
+    "lumina2": dict(modules=36, lists=("noise_refiner", "context_refiner", "layers", "final_layer"),
+                    te={"text_encoders.gemma2_2b"}, module="networks.lora_lumina", base="lumina2",
+                    arch="lumina-2/lora"),
     # 2 double x 8 + 2 single x 2; the approximator stays frozen; T5 trains as lora_te1
-    "chroma": dict(modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux", base="chroma",
-                   arch="chroma/lora", absent=("distilled_guidance",),
-                   te={"lora_te1"}),
+    "chroma": dict(modules=20, lists=("double_blocks", "single_blocks"), absent=("distilled_guidance",),
+                   te={"lora_te1"}, module="networks.lora_flux", base="chroma", arch="chroma/lora"),
     # 1 double x 15 + 2 single x 8: routed experts frozen
-    "hidream": dict(te={"lora_te1", "lora_te2", "lora_te3", "text_encoders.llama"}, modules=31, lists=("double_stream_blocks", "single_stream_blocks"), module="networks.lora",
-                    base="hidream_i1", arch="hidream-i1/lora", absent=("ff_i_experts_",), lr=3e-2, drop=0.97),
+    "hidream": dict(modules=31, lists=("double_stream_blocks", "single_stream_blocks"), absent=("ff_i_experts_",),
+                    te={"lora_te1", "lora_te2", "lora_te3", "text_encoders.llama"}, module="networks.lora",
+                    base="hidream_i1", arch="hidream-i1/lora", lr=3e-2, drop=0.97),
     # 2 double x 8 + 2 single x 2; the shared modulation stays frozen
-    "flux2": dict(te={"text_encoders.qwen3_4b"}, modules=20, lists=("double_blocks", "single_blocks"), module="networks.lora_flux_2", base="flux2",
-                  arch="Flux.2-dev/lora", absent=("modulation",), lr=3e-2),
+    "flux2": dict(modules=20, lists=("double_blocks", "single_blocks"), absent=("modulation",),
+                  te={"text_encoders.qwen3_4b"}, module="networks.lora_flux_2", base="flux2", arch="Flux.2-dev/lora",
+                  lr=3e-2),
     # 2 double x 10 + 2 single x 3; the text token refiner stays frozen
-    "hunyuan_image": dict(te={"text_encoders.qwen25_7b"}, modules=26, lists=("double_blocks", "single_blocks"), module="networks.lora_hunyuan_image",
-                          base="hunyuan_image_2.1", arch="hunyuan-image-2.1/lora",
-                          absent=("txt_in",)),
+    "hunyuan_image": dict(modules=26, lists=("double_blocks", "single_blocks"), absent=("txt_in",),
+                          te={"text_encoders.qwen25_7b"}, module="networks.lora_hunyuan_image",
+                          base="hunyuan_image_2.1", arch="hunyuan-image-2.1/lora"),
     # a one-frame clip: 2 blocks x (self/cross attention q, k, v, o + ffn.0, ffn.2)
-    "wan21": dict(te={"text_encoders.umt5xxl"}, modules=20, lists=("blocks",), module="networks.lora_wan", base="wan2.1", arch="wan2.1/lora"),
-    # the generic family: every Linear of the block lists it finds
-    # n_layers 3 of which 1 double: 1 x 16 + 2 x 8
+    "wan21": dict(modules=20, lists=("blocks",), te={"text_encoders.umt5xxl"}, module="networks.lora_wan",
+                  base="wan2.1", arch="wan2.1/lora"),
+    # the generic family: every Linear of the block lists it finds; n_layers 3 of which 1 double: 1 x 16 + 2 x 8
     "auraflow": dict(modules=1 * 16 + 2 * 8, lists=("double_layers", "single_layers"), module="networks.lora",
                      base="auraflow", arch="auraflow/lora", lr=3e-2),
     "kandinsky5_image": dict(modules=1 * 7 + 2 * 11, lists=("text_transformer_blocks", "visual_transformer_blocks"),
@@ -66,6 +71,7 @@ FAMILIES = {
     "hunyuan_dit": dict(modules=3 * 8 + 1 * 9, lists=("blocks",), module="networks.lora", base="hunyuandit",
                         arch="hunyuandit/lora", options=dict(min_timestep=500, max_timestep=500)),
 }
+
 
 
 def _results():
@@ -161,7 +167,8 @@ def test_family_trains_saves_and_reloads_exactly(comfy, family):
     q = {k: v for k, v in p.items() if k not in ("eval", "eval_save")}
     q["ll"] = {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1], "lora_name": name,
                                                       "strength_model": 1.0, "strength_clip": 1.0}}
-    for model_ref, clip_ref, tag, prefix in (([train, 0], [train, 1], "trained", "t"), (["ll", 0], ["ll", 1], "loaded", "l"),
+    for model_ref, clip_ref, tag, prefix in (([train, 0], [train, 1], "trained", "t"),
+                                             (["ll", 0], ["ll", 1], "loaded", "l"),
                                              ([loader, 0], [loader, 1], "base", "b")):
         graphs.add_predict_branch(q, model_ref, clip_ref, f"dit_{family}_{tag}", prefix, 0.7,
                                   text="sks pattern 0, checkerboard", save_cond=True)

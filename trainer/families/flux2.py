@@ -8,7 +8,7 @@ Targets (musubi-tuner ``networks/lora_flux_2.py``): every Linear in ``double_blo
 (``lora_unet_double_blocks_0_img_attn_qkv``). Timesteps: musubi's ``flux2_shift`` (FLUX's resolution-dependent
 shift on one token per latent pixel); the guidance input gets ``guidance_scale`` (musubi feeds 1.0). ComfyUI 0.8.0
 loads FLUX.2-dev only: its detection builds every FLUX.2 checkpoint with dev's 48 heads, so the klein models do
-not load there. The Mistral text encoder is not trained.
+not load there. ``train_text_encoder`` trains the Mistral encoder's layers it reads (``text_encoders.`` keys).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Targets (ai-toolkit ``hidream_model.py``): the Linear layers of ``double_stream_
 (+ the ``_t`` text versions in double blocks), the shared experts and the text feed-forward); the routed MoE
 ``experts`` and the router stay frozen, as in ai-toolkit: 16 x 15 + 32 x 8 = 496 at full size. ai-toolkit writes
 peft keys (``diffusion_model.<path>.lora_A``); we write kohya keys on the same paths, which ComfyUI maps alike.
-Timesteps: ai-toolkit's static ``shift`` 3.0. The four text encoders are not trained.
+Timesteps: ai-toolkit's static ``shift`` 3.0. ``train_text_encoder`` trains CLIP-L / CLIP-G (``lora_te1`` /
+``lora_te2``) and Llama 3.1 (``text_encoders.`` keys), ``train_t5`` T5-XXL (``lora_te3``): the names ComfyUI maps for HiDream.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ and ``single_blocks`` (``linear1``, ``linear2``, ``modulation.lin``: 3): 20 x 10
 refiner and the byT5 projector stay frozen. Names are ComfyUI's module names, which is what sd-scripts'
 ``networks/convert_hunyuan_image_lora_to_comfy.py`` writes (sd-scripts' own ``img_mlp_fc1`` / ``img_mod_linear``
 names do not load in ComfyUI 0.8.0). Timesteps: sd-scripts' flow shift 5.0 (its ``sigma`` sampling draws the shifted
-sigma uniformly; we draw it logit-normal). No guidance input on the base model. The Qwen2.5-VL and byT5 text
-encoders are not trained. The refiner model is refused (it needs the base model's latent).
+sigma uniformly; we draw it logit-normal). No guidance input on the base model. ``train_text_encoder`` trains
+Qwen2.5-VL (``text_encoders.`` keys); byT5 stays frozen. The refiner model is refused (it needs the base model's
+latent).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ adaLN) and ``layers`` (26 for Lumina 2, 30 for Z-Image), each with ``attention.q
   (``lora_unet_layers_0_attention_qkv``), what musubi's ``convert_z_image_lora_to_comfy.py`` writes; musubi's
   own split ``attention_to_q`` names do not load in ComfyUI 0.8.0. Timesteps: musubi's documented ``shift`` 2.0.
 
-Neither text encoder (Gemma 2 / Qwen3) is trained: ComfyUI only maps ``text_encoders.<path>`` keys for them.
+``train_text_encoder`` trains Gemma 2 / Qwen3 under ``text_encoders.<path>`` keys, the only ones ComfyUI maps for
+them (sd-scripts' ``lora_te_`` names for Lumina's Gemma do not load in ComfyUI).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ each ``transformer_blocks.N``: ``img_mod.1`` / ``txt_mod.1``, ``attn.to_q/k/v``,
 ``attn.to_out.0``, ``attn.to_add_out``, ``img_mlp`` / ``txt_mlp`` ``net.0.proj`` and ``net.2``: 60 x 14 = 840 at
 full size. ComfyUI's module names are the diffusers names musubi uses, so ``lora_unet_transformer_blocks_0_attn_to_q``
 is musubi's key and ComfyUI's ``model_lora_keys_unet`` maps it. Timesteps: musubi's documented ``shift`` with
-``discrete_flow_shift`` 2.2; no guidance input. The Qwen2.5-VL text encoder is not trained (no trainer does).
+``discrete_flow_shift`` 2.2; no guidance input. ``train_text_encoder`` trains Qwen2.5-VL's language layers
+(``text_encoders.`` keys; no other trainer offers it).
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ Targets (musubi-tuner ``networks/lora_wan.py``, parent class ``WanAttentionBlock
 A14B ships two experts (high and low noise) that ComfyUI loads as two WAN21_T2V models; each trains on its own
 MODEL, over the whole sigma range (musubi's ``--min_timestep`` / ``--max_timestep`` split is not applied). Both files
 say ``wan2.1/lora``, as musubi writes them. Timesteps: musubi's documented ``shift`` with ``discrete_flow_shift``
-3.0. The UMT5 text encoder is not trained. Image-to-video checkpoints (more input channels than latent channels,
-the image goes in concatenated) are refused.
+3.0. ``train_text_encoder`` trains UMT5 (``text_encoders.`` keys). Image-to-video checkpoints (more input
+channels than latent channels: the image goes in concatenated) are refused.
 """
 from __future__ import annotations
 
