@@ -83,7 +83,29 @@ TE_CASES = {
     "Qwen3-4B (Z-Image)": ("ZImage", fs.Z_IMAGE_TURBO, "z_image", {"text_encoders.qwen3_4b": 35 * 7}),
     "Gemma-2-2B (Lumina 2)": ("Lumina2", fs.LUMINA2, "lumina2", {"text_encoders.gemma2_2b": 25 * 7}),
     "UMT5-XXL (Wan)": ("WAN21_T2V", fs.WAN21_14B, "wan", {"text_encoders.umt5xxl": 24 * 7}),
+    # FLUX.2 reads the inputs of Mistral's layers 10, 20 and 30: 30 of 40 layers
+    "Mistral-3-24B (FLUX.2)": ("Flux2", fs.FLUX2_DEV, "flux2", {"text_encoders.mistral3_24b": 30 * 7}),
+    # HiDream reads every Llama hidden state; CLIP-L 12 x 6, CLIP-G 32 x 6 (its pooled outputs)
+    "Llama-3.1-8B + CLIP-L/G (HiDream)": ("HiDream", fs.HIDREAM_I1, "hidream",
+                                          {"text_encoders.llama": 32 * 7, "lora_te1": 72, "lora_te2": 192}),
+    # layer_idx -3: 26 of 28 layers
+    "Qwen2.5-VL-7B (HunyuanImage 2.1)": ("HunyuanImage21", fs.HUNYUAN_IMAGE21, "hunyuan_image",
+                                         {"text_encoders.qwen25_7b": 26 * 7}),
 }
+
+
+def _text_encoder(mc, config_class: str):
+    """The text-encoder model ComfyUI's CLIPLoader builds for the family (FLUX.2's and HiDream's
+    ``clip_target()`` return None in ComfyUI 0.8.0)."""
+    if config_class == "Flux2":
+        import comfy.text_encoders.flux as flux
+
+        return flux.flux2_te()(device=META, dtype=torch.bfloat16)
+    if config_class == "HiDream":
+        import comfy.text_encoders.hidream as hidream
+
+        return hidream.hidream_clip()(device=META, dtype=torch.bfloat16)
+    return mc.clip_target().clip(device=META, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("case", list(TE_CASES))
@@ -94,7 +116,7 @@ def test_full_size_text_encoder_targets_comfy_loads(comfy, case):  # noqa: F811
     mc, _, names = _build(config_class, cfg)
     fam = detect_family(names, mc.unet_config)
     assert fam.name == family
-    te = mc.clip_target().clip(device=META, dtype=torch.bfloat16)
+    te = _text_encoder(mc, config_class)
     targets = fam.text_encoder_targets(te, {"train_text_encoder": True})
     counts = {}
     for t in targets:
