@@ -62,6 +62,8 @@ FAMILIES = {
     # a one-frame clip: 2 blocks x (self/cross attention q, k, v, o + ffn.0, ffn.2)
     "wan21": dict(modules=20, lists=("blocks",), te={"text_encoders.umt5xxl"}, module="networks.lora_wan",
                   base="wan2.1", arch="wan2.1/lora"),
+    "wan22": dict(modules=20, lists=("blocks",), te={"text_encoders.umt5xxl"}, module="networks.lora_wan",
+                  base="wan2.2", arch="wan2.1/lora", lr=3e-2),
     # the generic family: every Linear of the block lists it finds; n_layers 3 of which 1 double: 1 x 16 + 2 x 8
     "auraflow": dict(modules=1 * 16 + 2 * 8, lists=("double_layers", "single_layers"), module="networks.lora",
                      base="auraflow", arch="auraflow/lora", lr=3e-2),

@@ -1,6 +1,6 @@
-"""Tiny, deterministic models of the newer families (Qwen-Image, Z-Image, Lumina 2, HiDream, Chroma, Wan 2.1) and of
-models only the generic family handles (AuraFlow, Kandinsky 5 image, HunyuanDiT; Cosmos Predict2, which it refuses),
-built in code through ComfyUI's real classes.
+"""Tiny, deterministic models of the newer families (Qwen-Image, Z-Image, Lumina 2, HiDream, Chroma, FLUX.2,
+HunyuanImage 2.1, Wan 2.1 and 2.2) and of models only the generic family handles (AuraFlow, Kandinsky 5 image,
+HunyuanDiT; Cosmos Predict2, which it refuses), built in code through ComfyUI's real classes.
 
 Same contract as ``tiny_models.build`` (which dispatches here): ``(ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE)``
 built inside ``torch.inference_mode()``, every parameter filled from ``seed`` by ``tiny_models.init_module``, text
@@ -11,8 +11,11 @@ encoders in fp32.
 * text encoders: the family's real ``clip_target()`` shrunk through ``<model_name>_model_config`` model_options
   (which ``comfy/sd1_clip.py`` ``SDClipModel`` writes over the ``comfy/text_encoders/llama.py`` config dataclasses);
   vocab sizes stay real, since the bundled tokenizers produce real ids;
-* VAEs: Qwen-Image and Wan get a tiny real Wan 2.1 VAE (``comfy/ldm/wan/vae.py``, detected by ``comfy.sd.VAE`` from
-  its state-dict keys), so their latents are 5-D (B, 16, 1, h, w); the others a tiny 16-channel AutoencoderKL.
+* VAEs: Qwen-Image and Wan 2.1 get a tiny real Wan 2.1 VAE (``comfy/ldm/wan/vae.py``, detected by ``comfy.sd.VAE``
+  from its state-dict keys), so their latents are 5-D (B, 16, 1, h, w), Wan 2.2 its 48-channel 16x VAE; the others a
+  tiny AutoencoderKL with the family's channels and downscale (FLUX.2 128 at 16x, HunyuanImage 64 at 32x);
+* FLUX.2's captions come from the tiny Qwen3 encoder: ComfyUI 0.8.0 takes FLUX.2's Mistral tokenizer from the
+  checkpoint file, and its converter does not run on transformers 5.
 
 Deviations forced by ComfyUI's code:
 * ``head_dim`` of the llama.py configs is a class attribute, not a dataclass field: tiny Qwen / Llama encoders
@@ -86,6 +89,8 @@ _WAN = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "
         "num_layers": 2, "text_dim": UMT5["d_model"]}
 UNET.update({
     "wan21": {**_WAN, "in_dim": 16, "out_dim": 16},
+    # WAN22_T2V is Wan 2.2's TI2V-5B layout: 48-channel latents from its 16x VAE
+    "wan22": {**_WAN, "in_dim": 48, "out_dim": 48},
     # models only the generic family handles
     "auraflow": {"cond_seq_dim": PILE_T5XL["d_model"], "max_seq": 16 * 16, "n_double_layers": 1, "n_layers": 3,
                  "dim": 64, "n_heads": 2, "global_conddim": 64, "in_channels": 4, "out_channels": 4, "patch_size": 2},
@@ -124,7 +129,7 @@ UNET.update({
                         "extra_t_extrapolation_ratio": 1.0, "rope_enable_fps_modulation": False},
 })
 CONFIG_CLASS = {"qwen_image": "QwenImage", "z_image": "ZImage", "lumina2": "Lumina2", "hidream": "HiDream",
-                "chroma": "Chroma", "wan21": "WAN21_T2V", "auraflow": "AuraFlow", "kandinsky5_image": "Kandinsky5Image",
+                "chroma": "Chroma", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V", "auraflow": "AuraFlow", "kandinsky5_image": "Kandinsky5Image",
                 "hunyuan_dit": "HunyuanDiT", "cosmos_predict2": "CosmosT2IPredict2", "flux2": "Flux2",
                 "hunyuan_image": "HunyuanImage21"}
 FAMILIES = tuple(UNET)
@@ -248,6 +253,30 @@ def wan21_vae(seed: int):
     return comfy.sd.VAE(sd=ref.state_dict())
 
 
+def wan22_vae(seed: int):
+    """A tiny real Wan 2.2 VAE (``comfy/ldm/wan/vae2_2.py``, 48 channels, 16x) through ``comfy.sd.VAE``'s own
+    detection; comfy/sd.py fixes its widths (160 / 256), so the class is given tiny ones while the VAE is built."""
+    import comfy.ldm.wan.vae2_2 as wv2
+
+    widths = {"dim": WAN_VAE_DIM, "dec_dim": WAN_VAE_DIM}
+    ref = wv2.WanVAE(z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                     temperal_downsample=[False, True, True], dropout=0.0, **widths)
+    init_module(ref, seed)
+    org = wv2.WanVAE
+
+    def tiny(**cfg):
+        return org(**{**cfg, **widths})
+
+    wv2.WanVAE = tiny
+    try:
+        import comfy.sd
+
+        vae = comfy.sd.VAE(sd=ref.state_dict())
+    finally:
+        wv2.WanVAE = org
+    return vae
+
+
 def _hidream_clip_target():
     import comfy.supported_models_base
     import comfy.text_encoders.hidream as hidream
@@ -289,10 +318,10 @@ def build(family: str, seed: int = 0, dtype: torch.dtype | None = None):
         elif family in ("chroma", "cosmos_predict2"):
             clip = _clip(mc.clip_target({}), {"t5xxl_model_config": dict(T5XXL)}, seed + 1)
             vae = kl_vae(16, seed + 2) if family == "chroma" else wan21_vae(seed + 2)
-        elif family == "wan21":
+        elif family in ("wan21", "wan22"):
             clip = _clip(mc.clip_target({}), {"umt5xxl_model_config": dict(UMT5)}, seed + 1,
                          tokenizer_data={"spiece_model": t5_style_spiece()})
-            vae = wan21_vae(seed + 2)
+            vae = wan21_vae(seed + 2) if family == "wan21" else wan22_vae(seed + 2)
         elif family == "auraflow":
             clip = _clip(mc.clip_target({}), {"pile_t5xl_model_config": dict(PILE_T5XL)}, seed + 1)
             vae = kl_vae(4, seed + 2)

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 BASE_FAMILIES = ("sd15", "sd2v", "sdxl", "sd3", "flux", "flux_schnell")
 # the newer families and generic-family models are built by tiny_dits.py (same contract)
-DIT_FAMILIES = ("qwen_image", "z_image", "lumina2", "hidream", "chroma", "wan21", "auraflow", "kandinsky5_image",
-                "hunyuan_dit", "cosmos_predict2", "flux2", "hunyuan_image")
+DIT_FAMILIES = ("qwen_image", "z_image", "lumina2", "hidream", "chroma", "flux2", "hunyuan_image", "wan21", "wan22",
+                "auraflow", "kandinsky5_image", "hunyuan_dit", "cosmos_predict2")
 FAMILIES = BASE_FAMILIES + DIT_FAMILIES
 
 # Tiny text encoder configs (CLIP-L and CLIP-G/T5 differ in width, so a mix-up of encoders breaks loudly).
