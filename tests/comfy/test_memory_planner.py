@@ -102,3 +102,32 @@ def test_auto_fits_full_flux_dev_on_16_8_and_6_gb_cards(comfy):
     assert fits6 and plan6.mode == "streamed" and plan6.blocks_to_swap > 40
     huge, _ = choose_plan(plans, 200 * 10**9)
     assert huge.mode == "resident"                                       # never streams when everything fits
+
+
+def test_a_text_encoder_lora_that_trains_along_is_in_the_estimate(comfy):  # noqa: F811
+    """LoRA + gradients + optimizer state of the text encoder count like the diffusion model's."""
+    import tiny_models
+    from trainer.adapter import memory as am
+    from trainer.assemble import build_network
+    from trainer.config import NetworkConfig
+    from trainer.families import get_family
+    from trainer.network import TE_ROOT
+    from trainer.optim import optimizer_state_bytes
+
+    mp, clip, _ = tiny_models.build("sd15", 0)
+    mc, root = mp.model.model_config, mp.model.diffusion_model
+
+    def plans(train_te: bool):
+        net = build_network(get_family("sd1"), root, mc.unet_config, clip.cond_stage_model,
+                            NetworkConfig(network_dim=4, network_alpha=4, train_text_encoder=train_te))
+        return net, am.plans_for(mc, net, batch=1, width=64, height=64, weight_dtype=torch.float32,
+                                 compute_dtype=torch.float32, optimizer_state_bytes=optimizer_state_bytes("AdamW"),
+                                 weights_root=root)
+
+    _, unet_only = plans(False)
+    net, with_te = plans(True)
+    te_params = sum(p.numel() * p.element_size() for p in net.subset(TE_ROOT).parameters())
+    assert te_params > 0
+    # parameters + gradients + AdamW's two moments
+    grown = with_te[0].estimate.network - unet_only[0].estimate.network
+    assert grown >= 3 * te_params, (grown, te_params)

@@ -288,7 +288,7 @@ def plans_for(model_config, network, *, batch: int, width: int, height: int, wei
                               compute_dtype=compute_dtype) for ck in (False, True)]
     root = weights_root if weights_root is not None else meta.diffusion_model
     mem = model_memory(root)
-    params = list(network.subset(UNET_ROOT).parameters())
+    params = list(network.parameters())  # a text encoder's LoRA trains on the same device, with its own state
     n = sum(p.numel() for p in params)
     item = params[0].element_size() if params else 4
     return plan_candidates(weights=mem.weights, block_weights=mem.block_weights,
