@@ -157,6 +157,13 @@ def _out_of_memory_message(device_text: str, step: int, plan, plans, budget: int
             f"{saved_note} (device: {device_text})")
 
 
+def _preview_out_of_memory_message(device_text: str, step: int, preview, saved_note: str) -> str:
+    size = f"{preview.width} x {preview.height}, {preview.steps} steps" if preview is not None else "previews"
+    return (f"out of memory while sampling the preview after step {step} ({size}): training itself fits. Lower the "
+            "Previews node's width and height or its steps (or clear its prompts to sample none) and queue again: "
+            f"training continues from the last completed step. {saved_note} (device: {device_text})")
+
+
 def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progress: Progress | None = None,
           checkpoints: CheckpointWriter | None = None, resume: TrainState | None = None,
           resume_source: str = "the training state", preview: PreviewConfig | None = None, vae=None,
@@ -300,9 +307,13 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                 run_previews(info.step)
             clock["t"] = time.perf_counter()
 
+        sampling = {"preview": False}  # an out-of-memory while previews sample gets its own advice
+
         def run_previews(step: int) -> None:
             preview_clock["t"] = time.perf_counter()
+            sampling["preview"] = True
             imgs = runner.run(step, net)
+            sampling["preview"] = False
             progress.preview(step, imgs)
 
         result, oom = None, None
@@ -328,7 +339,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             raise TrainingDiverged(e.step, e.loss, detail=where) from None
         except BaseException as e:
             if is_out_of_memory(e):  # handled below, once this frame no longer holds the failed step's tensors
-                oom = (trainer.step + 1, (str(e).strip().splitlines() or [type(e).__name__])[0])
+                oom = (trainer.step + 1, (str(e).strip().splitlines() or [type(e).__name__])[0], sampling["preview"])
             else:
                 if ca.is_interrupt(e):
                     outcome["status"] = "cancelled"
@@ -344,7 +355,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                 p.grad = None
             net.eval()
         if oom is not None:
-            step, device_text = oom
+            step, device_text, in_preview = oom
             ca.free_device_memory()
             try:
                 saved = keep_stopped_run("saved at out of memory")
@@ -354,6 +365,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                 log.exception("LoRA Loop: could not save the state after running out of memory")
                 note = "The last completed step could not be saved (see the console)."
             outcome["message"] = "out of memory"
+            if in_preview:
+                raise TrainingOutOfMemory(_preview_out_of_memory_message(device_text, trainer.step, preview, note))
             raise TrainingOutOfMemory(_out_of_memory_message(device_text, step, plan, plans, budget, note))
         state = capture_state(trainer, net, {"cancelled": bool(result.stopped_early), "started_at": started})
     if on_state is not None and (trainer.step > start_step or resume is not None):

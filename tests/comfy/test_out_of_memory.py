@@ -49,3 +49,28 @@ def test_out_of_memory_saves_the_last_step_names_a_plan_that_fits_and_continues(
     q = {loader: p[loader]}
     graphs.add_predict_branch(q, [loader, 0], [loader, 1], "after_oom", "k", sigma=1.0, text="x", seed=1)
     comfy_env.run_prompt(q, "after-oom", executor=ex)
+
+
+def test_out_of_memory_while_previews_sample_says_so_and_keeps_the_steps(comfy):
+    """Previews sample on the training device after a step: out of memory there names the preview settings (not a
+    memory plan), and the trained steps are saved."""
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "oom_preview"), n=2)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=6, save_name="oomp")
+    loader = graphs.one(p, "LoraLoopTest_TinyModel")
+    inject = graphs.one(p, "LoraLoop_InjectLoRA")
+    p["oom"] = {"class_type": "LoraLoopTest_OutOfMemoryAt", "inputs": {"model": [loader, 0], "step": 1,
+                                                                       "during": "sampling"}}
+    p[inject]["inputs"]["model"] = ["oom", 0]
+    train = graphs.one(p, "LoraLoop_TrainLoRA")
+    graphs.train_options(p, train, memory="resident", output_name="oomp_run", preview_prompts="a test",
+                         preview_every_n_steps=2, preview_steps=2, preview_width=64, preview_height=64,
+                         preview_vae=[loader, 2])
+    ex = comfy_env.new_executor()
+    comfy_env.execute(p, "oomp-1", executor=ex)
+    assert not ex.success
+    msg = [d for e, d in ex.status_messages if e == "execution_error"][0]["exception_message"]
+    assert "out of memory while sampling the preview after step 2 (64 x 64, 2 steps): training itself fits" in msg, msg
+    assert "Previews node's width and height" in msg and "memory=" not in msg, msg
+    saved = msg.split("Step 2 is saved: ")[1].split(".safetensors")[0] + ".safetensors"
+    with safe_open(saved, "pt") as f:
+        assert f.metadata()["ss_steps"] == "2"

@@ -212,17 +212,20 @@ class OutOfMemoryAt(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LoraLoopTest_OutOfMemoryAt", display_name="Out Of Memory At (LoRA Loop tests)",
-            category=CATEGORY, inputs=[io.Model.Input("model"), io.Int.Input("step", default=3, min=1)],
+            category=CATEGORY, inputs=[io.Model.Input("model"), io.Int.Input("step", default=3, min=1),
+                                       io.Combo.Input("during", options=["training", "sampling"], default="training",
+                                                      optional=True)],
             outputs=[io.Model.Output()])
 
     @classmethod
-    def execute(cls, model, step) -> io.NodeOutput:
+    def execute(cls, model, step, during="training") -> io.NodeOutput:
+        """Raise CUDA's out-of-memory error at the ``step``-th model call that trains (grad on) or samples."""
         import comfy.patcher_extension as pe
 
         calls = {"n": 0}
 
         def oom(executor, x, t, *args, **kwargs):
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() == (during == "training"):
                 calls["n"] += 1
                 if calls["n"] == step:
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
