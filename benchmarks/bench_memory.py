@@ -49,6 +49,9 @@ def models():
         ("FLUX.2-dev fp8", "Flux2", fs.FLUX2_DEV, 1024, fp8, (512, 15360)),
         ("HunyuanImage-2.1 fp8", "HunyuanImage21", fs.HUNYUAN_IMAGE21, 2048, fp8, (64, 3584)),
         ("Wan2.1-T2V-14B fp8", "WAN21_T2V", fs.WAN21_14B, 832, fp8, (512, 4096)),
+        # T5 tokens, pooled CLIP-L + CLIP-G, every Llama layer's hidden states
+        ("HiDream-I1 fp8", "HiDream", fs.HIDREAM_I1, 1024, fp8,
+         {"cond": (128, 4096), "pooled_output": (2048,), "conditioning_llama3": (48, 128, 4096)}),
     ]
 
 
@@ -70,8 +73,13 @@ def plan_model(label, cls_name, unet_config, res, weight_dtype, cond_shape=None,
     net = build_network(fam, model.diffusion_model, mc.unet_config, None, NetworkConfig(network_dim=rank,
                                                                                          network_alpha=rank))
     t0 = time.perf_counter()
-    cond = ([[torch.empty((1,) + tuple(cond_shape), device="meta", dtype=compute), {"pooled_output": None}]]
-            if cond_shape else None)
+    cond = None
+    if cond_shape:  # (tokens, width), or {"cond": (tokens, width), extra name: shape, ...}
+        shapes = cond_shape if isinstance(cond_shape, dict) else {"cond": cond_shape}
+        extra = {k: torch.empty((1,) + tuple(v), device="meta", dtype=compute)
+                 for k, v in shapes.items() if k != "cond"}
+        cond = [[torch.empty((1,) + tuple(shapes["cond"]), device="meta", dtype=compute),
+                 {"pooled_output": None, **extra}]]
     plans = am.plans_for(mc, net, batch=1, width=res, height=res, weight_dtype=weight_dtype, compute_dtype=compute,
                          optimizer_state_bytes=optimizer_state_bytes("AdamW"), cond=cond)
     by_mode = {p.mode: p.estimate for p in plans if p.mode != "streamed"}

@@ -56,9 +56,7 @@ def test_every_memory_mode_trains_the_same_lora(comfy, family):  # noqa: F811
         ex, _ = comfy_env.run_prompt(p, f"dgc-{family}-{mode}")
         notes = ex.history_result["outputs"][train]["lora_loop_chart"][0]["notes"]
         plan = [n for n in notes if n.startswith("memory: ")]
-        # HiDream's MoE routing cannot be counted on the meta device: no estimate, the mode still applies
-        assert plan and (plan[0].startswith(f"memory: {mode}") or
-                         (family == "hidream" and plan[0].endswith(f"running {mode}"))), notes
+        assert plan and plan[0].startswith(f"memory: {mode}"), notes
         results.append(_load(os.path.join(comfy["tmp"], "models", "loras", graphs.saved_lora(ex, p))))
     a, b, c = results
     assert a.keys() == b.keys() == c.keys()

@@ -163,10 +163,11 @@ def model_memory(root: torch.nn.Module) -> ModelMemory:
 
 @contextlib.contextmanager
 def _meta_free_memory():
-    """ComfyUI's attention picks (``comfy/ldm/modules/attention.py`` split and sub-quadratic attention, called
-    directly by models that pass no transformer_options, e.g. HunyuanDiT) ask ``get_free_memory`` for the
-    tensors' device; for the meta device there is no answer, so it reports plenty (one chunk: the count is of
-    what is kept for backward, not of the chunking)."""
+    """What the meta device cannot answer while a step is counted there. ComfyUI's attention picks
+    (``comfy/ldm/modules/attention.py`` split and sub-quadratic attention, called directly by models that pass no
+    transformer_options, e.g. HunyuanDiT) ask ``get_free_memory`` for the tensors' device: it reports plenty (one
+    chunk: the count is of what is kept for backward, not of the chunking). ``torch.nonzero``: see
+    ``_meta_nonzero``."""
     import comfy.model_management as mm
 
     org = mm.get_free_memory
@@ -178,9 +179,31 @@ def _meta_free_memory():
 
     mm.get_free_memory = free
     try:
-        yield
+        with _meta_nonzero():
+            yield
     finally:
         mm.get_free_memory = org
+
+
+@contextlib.contextmanager
+def _meta_nonzero():
+    """``torch.nonzero`` on the meta device (HiDream's mixture-of-experts routing, ``comfy/ldm/hidream/model.py``)
+    has no data to count; PyTorch's switch makes it assume every element is non-zero: every expert sees every
+    token, an upper bound of what routing keeps for backward."""
+    try:
+        import torch.fx.experimental._config as fx_config
+    except ImportError:  # a PyTorch without the switch: such models stay without a plan
+        yield
+        return
+    org = getattr(fx_config, "meta_nonzero_assume_all_nonzero", None)
+    if org is None:
+        yield
+        return
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    try:
+        yield
+    finally:
+        fx_config.meta_nonzero_assume_all_nonzero = org
 
 
 def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
