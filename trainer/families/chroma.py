@@ -10,7 +10,7 @@ T5 of a model; sd-scripts writes ``lora_te3_``, which ComfyUI does not map for C
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -28,24 +28,15 @@ class ChromaFamily(GenericFamily):
     te_prefixes = ("lora_te1",)
     t5_prefix = "lora_te1"
     block_lists = ("double_blocks", "single_blocks")
+    base_version = architecture = "chroma"
+    flow_sampling = ("sigmoid", None)
+    guidance = False
     modelspec_implementation = "https://huggingface.co/lodestones/Chroma"
 
     def text_encoder_targets(self, clip_model: nn.Module, options: Any = None) -> list[Target]:
         if opt(options, "train_text_encoder", False) or opt(options, "train_t5", False):
             return t5_targets(clip_model, "t5xxl", "lora_te1")
         return []
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "chroma"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "chroma"
-
-    def takes_guidance(self, unet_config: Optional[dict] = None) -> bool:
-        return False
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "sigmoid", shift
 
 
 FAMILY = ChromaFamily()

@@ -23,19 +23,10 @@ class Flux2Family(GenericFamily):
     supports_conv = False
     block_lists = ("double_blocks", "single_blocks")
     text_encoders = (("mistral3_24b", "llm"), ("qwen3_4b", "llm"))
+    base_version, architecture = "flux2", "Flux.2-dev"
+    flow_sampling = ("flux2_shift", None)
+    downscale = 16
     modelspec_implementation = "https://github.com/black-forest-labs/flux2"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "flux2"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "Flux.2-dev"
-
-    def latent_downscale(self, unet_config=None) -> int:
-        return 16
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "flux2_shift", shift
 
 
 FAMILY = Flux2Family()

@@ -60,6 +60,16 @@ class GenericFamily(Family):
     #: ``lora_te2``); ``t5``: the T5-XXL ``train_t5`` trains, with its kohya prefix
     text_encoders: tuple[tuple[str, str], ...] = ()
     t5: Optional[tuple[str, str]] = None
+    #: what the family's own trainer writes and uses: ``ss_base_model_version`` and ``modelspec.architecture``
+    #: (None: the lowercased ComfyUI class), ``timestep_sampling=model`` as (sampling, fixed shift; None: the
+    #: model's own shift), the recommended resolution, the VAE's downscale, and whether the model gets
+    #: ``guidance_scale`` (None: when its config has a guidance embedding)
+    base_version: Optional[str] = None
+    architecture: Optional[str] = None
+    flow_sampling: tuple[str, Optional[float]] = ("shift", None)
+    resolution: tuple[int, int] = (1024, 1024)
+    downscale: int = 8
+    guidance: Optional[bool] = None
 
     def unet_targets(self, root: nn.Module, unet_config: dict, conv: bool = False, options: Any = None) -> list[Target]:
         lists = find_block_lists(root)
@@ -125,14 +135,26 @@ class GenericFamily(Family):
 
     def base_model_version(self, unet_config: Optional[dict] = None, objective: Optional[str] = None,
                            config_class_names: Optional[list[str]] = None) -> str:
+        if self.base_version:
+            return self.base_version
         names = list(config_class_names or [])
         return model_id(names[0]) if names else self.name
 
     def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return self.base_model_version(unet_config, objective, config_class_names)
+        return self.architecture or self.base_model_version(unet_config, objective, config_class_names)
 
     def default_resolution(self, objective: Optional[str] = None) -> tuple[int, int]:
-        return (1024, 1024)
+        return self.resolution
+
+    def latent_downscale(self, unet_config: Optional[dict] = None) -> int:
+        return self.downscale
+
+    def takes_guidance(self, unet_config: Optional[dict] = None) -> bool:
+        return super().takes_guidance(unet_config) if self.guidance is None else self.guidance
+
+    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
+        sampling, fixed = self.flow_sampling
+        return sampling, shift if fixed is None else fixed
 
     def prediction_type(self, objective: Optional[str] = None) -> Optional[str]:
         if objective == "flow":

@@ -26,19 +26,10 @@ class HiDreamFamily(GenericFamily):
     text_encoders = (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("llama", "llm"))
     t5 = ("t5xxl", "lora_te3")
     t5_prefix = "lora_te3"
+    base_version, architecture = "hidream_i1", "hidream-i1"
+    flow_sampling = ("shift", 3.0)
+    guidance = False
     modelspec_implementation = "https://github.com/HiDream-ai/HiDream-I1"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "hidream_i1"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "hidream-i1"
-
-    def takes_guidance(self, unet_config=None) -> bool:
-        return False
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "shift", 3.0
 
 
 FAMILY = HiDreamFamily()

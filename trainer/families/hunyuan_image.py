@@ -24,22 +24,11 @@ class HunyuanImageFamily(GenericFamily):
     supports_conv = False
     block_lists = ("double_blocks", "single_blocks")
     text_encoders = (("qwen25_7b", "llm"),)
+    base_version, architecture = "hunyuan_image_2.1", "hunyuan-image-2.1"
+    flow_sampling = ("shift", 5.0)
+    resolution = (2048, 2048)
+    downscale = 32
     modelspec_implementation = "https://github.com/Tencent-Hunyuan/HunyuanImage-2.1"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "hunyuan_image_2.1"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "hunyuan-image-2.1"
-
-    def default_resolution(self, objective=None) -> tuple[int, int]:
-        return (2048, 2048)
-
-    def latent_downscale(self, unet_config=None) -> int:
-        return 32
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "shift", 5.0
 
 
 FAMILY = HunyuanImageFamily()

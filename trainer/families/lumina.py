@@ -32,16 +32,9 @@ class Lumina2Family(GenericFamily):
     block_lists = ("noise_refiner", "context_refiner", "layers")
     also = ("final_layer",)
     text_encoders = (("gemma2_2b", "llm"),)
+    base_version, architecture = "lumina2", "lumina-2"
+    flow_sampling = ("flux_shift", None)
     modelspec_implementation = "https://github.com/Alpha-VLLM/Lumina-Image-2.0"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "lumina2"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "lumina-2"
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "flux_shift", shift
 
 
 class ZImageFamily(Lumina2Family):
@@ -53,16 +46,9 @@ class ZImageFamily(Lumina2Family):
     also = ()
     exclude = re.compile(r"(^|\.)adaLN_modulation\.")
     text_encoders = (("qwen3_4b", "llm"),)
+    base_version, architecture = "z_image", "Z-Image"
+    flow_sampling = ("shift", 2.0)
     modelspec_implementation = "https://github.com/Tongyi-MAI/Z-Image"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "z_image"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "Z-Image"
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "shift", 2.0
 
 
 LUMINA2 = Lumina2Family()

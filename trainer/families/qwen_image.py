@@ -21,19 +21,10 @@ class QwenImageFamily(GenericFamily):
     supports_conv = False
     block_lists = ("transformer_blocks",)
     text_encoders = (("qwen25_7b", "llm"),)
+    base_version, architecture = "qwen_image", "Qwen-Image"
+    flow_sampling = ("shift", 2.2)
+    resolution = (1328, 1328)
     modelspec_implementation = "https://github.com/QwenLM/Qwen-Image"
-
-    def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "qwen_image"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "Qwen-Image"
-
-    def default_resolution(self, objective=None) -> tuple[int, int]:
-        return (1328, 1328)
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "shift", 2.2
 
 
 FAMILY = QwenImageFamily()

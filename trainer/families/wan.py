@@ -26,13 +26,13 @@ class WanFamily(GenericFamily):
     supports_conv = False
     block_lists = ("blocks",)
     text_encoders = (("umt5xxl", "umt5"),)
+    architecture = "wan2.1"  # musubi-tuner's, for 2.2 too
+    flow_sampling = ("shift", 3.0)
+    resolution = (832, 480)
     modelspec_implementation = "https://github.com/Wan-Video/Wan2.1"
 
     def base_model_version(self, unet_config=None, objective=None, config_class_names=None) -> str:
         return "wan2.2" if "WAN22_T2V" in (config_class_names or []) else "wan2.1"
-
-    def modelspec_architecture(self, unet_config=None, objective=None, config_class_names=None) -> str:
-        return "wan2.1"
 
     def refuse(self, unet_config: Optional[dict], latent_channels: int) -> Optional[str]:
         in_dim = (unet_config or {}).get("in_dim")
@@ -43,12 +43,6 @@ class WanFamily(GenericFamily):
 
     def latent_downscale(self, unet_config=None) -> int:
         return 16 if (unet_config or {}).get("in_dim") == 48 else 8  # Wan 2.2's 48-channel VAE: 16x
-
-    def default_resolution(self, objective=None) -> tuple[int, int]:
-        return (832, 480)
-
-    def model_timestep_sampling(self, shift: float) -> tuple[str, float]:
-        return "shift", 3.0
 
 
 FAMILY = WanFamily()
