@@ -102,13 +102,7 @@ def _graph(comfy, family: str) -> dict:
         graphs.train_options(p, train_id, text_encoder_lr=1e-3)
     # Save LoRA's verify: the file through ComfyUI's loader against the trained network (reported on the node)
     p[graphs.one(p, "LoraLoop_SaveLoRA")]["inputs"].update(verify=True, model=[train_id, 0], clip=[train_id, 1])
-    p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
-                 "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
-    p["eval"]["inputs"].update(network=[train_id, 2], steps=EVAL_STEPS, learning_rate=1e-12)
-    if exp.get("te"):
-        graphs.train_options(p, "eval", text_encoder_lr=1e-12)
-    p["eval_save"] = {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["eval", 2], "filename": "eval",
-                                                                    "save_dtype": "fp32", "if_exists": "increment"}}
+    graphs.add_paired_eval(p, train_id, EVAL_STEPS, text_encoder=bool(exp.get("te")))
     return p
 
 

@@ -78,12 +78,7 @@ def _family_graph(comfy, family: str) -> dict:
     if family == "sdxl":
         graphs.train_options(p, train_id, min_timestep=500, max_timestep=500)  # one timestep: a repeated batch
     # the same draws again with the trained network (lr ~ 0: it stays as trained)
-    p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
-                 "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
-    p["eval"]["inputs"].update(network=[train_id, 2], steps=EVAL_STEPS, learning_rate=1e-12)
-    graphs.train_options(p, "eval", text_encoder_lr=1e-12)
-    p["eval_save"] = {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["eval", 2], "filename": "eval",
-                                                                    "save_dtype": "fp32", "if_exists": "increment"}}
+    graphs.add_paired_eval(p, train_id, EVAL_STEPS, text_encoder=True)
     return p
 
 

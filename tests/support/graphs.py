@@ -161,6 +161,19 @@ def caption_options(p: dict, **options) -> dict:
     return node
 
 
+def add_paired_eval(p: dict, train_id: str, steps: int, text_encoder: bool = False) -> None:
+    """A second Train LoRA ("eval") that continues from ``train_id``'s network with a negligible learning rate and
+    the same seed: it sees exactly the noise/timestep draws of the first ``steps`` steps, so its losses are the
+    trained network's on the same batches (a paired comparison). Saved by "eval_save" so that it runs."""
+    p["eval"] = {"class_type": "LoraLoop_TrainLoRA",
+                 "inputs": {k: v for k, v in p[train_id]["inputs"].items() if k != "optimizer_settings"}}
+    p["eval"]["inputs"].update(network=[train_id, 2], steps=steps, learning_rate=1e-12)
+    if text_encoder:
+        train_options(p, "eval", text_encoder_lr=1e-12)
+    p["eval_save"] = {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["eval", 2], "filename": "eval",
+                                                                    "save_dtype": "fp32", "if_exists": "increment"}}
+
+
 def add_predict_branch(p: dict, model_ref, clip_ref, name: str, prefix: str, sigma: float = 2.0,
                        text: str = "sks pattern 1, checkerboard", save_cond: bool = False, seed: int = 7) -> None:
     """Add CLIPTextEncode -> LoraLoopTest_ModelPredict -> SaveTensor (RESULTS[name]) for ``model_ref``;
