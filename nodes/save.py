@@ -60,6 +60,13 @@ class SaveLoRA(io.ComfyNode):
         if verify and model is None:
             raise ValueError("Save LoRA: verify needs the model input: connect Train LoRA's model (and clip) outputs, "
                              "or turn verify off")
+        from ..trainer import distributed
+
+        ctx = distributed.current()
+        if not ctx.main:  # headless, several processes: the first one writes the file
+            text = f"not written by process {ctx.rank} of {ctx.world_size}: process 0 saves {filename}"
+            return io.NodeOutput(filename, ui={"text": [text]})
+
         def status(text: str) -> None:  # shown in the node's "saved" box (web/loss_chart.js)
             send_event(SAVE_EVENT, {"node": uid, "display_node": uid, "text": text})
 

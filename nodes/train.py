@@ -113,6 +113,8 @@ class TrainLoRA(io.ComfyNode):
             if s is not None:
                 train_values.update(s.values)
         cfg = TrainConfig(**train_values)
+        if getattr(dataset, "plan", None) is not None:  # max_train_epochs: steps follow from the dataset
+            cfg = cfg.with_epochs_resolved(dataset.dataset, dataset.plan)
         ckpt_values = dict(ckpts.values) if ckpts is not None else {}
         ckpt_values["output_name"] = (widgets.get("output_name") or "").strip() or CheckpointConfig().output_name
         ckpt = CheckpointConfig(**ckpt_values)
@@ -161,4 +163,4 @@ def _without_steps(cfg: TrainConfig):
     """The config without what does not change the trained weights: steps (continuation) and the memory mode."""
     import dataclasses
 
-    return dataclasses.replace(cfg, max_train_steps=1, memory_mode="auto", blocks_to_swap=0)
+    return dataclasses.replace(cfg, max_train_steps=1, max_train_epochs=0, memory_mode="auto", blocks_to_swap=0)

@@ -117,6 +117,10 @@ class TrainConfig:
                                        "default 1.0).", min=0.0, max=1000.0, step=0.01)
     gradient_accumulation_steps: int = option(1, "Micro-batches summed per optimizer step (kohya "
                                                  "gradient_accumulation_steps).", min=1, max=1024)
+    max_train_epochs: int = option(0, "Train this many epochs instead of 'steps': steps = epochs x ceil(batches "
+                                      "per epoch / gradient_accumulation_steps), an epoch being every image times "
+                                      "its repeats (kohya max_train_epochs, which also wins over max_train_steps). "
+                                      "0 = off: 'steps' counts.", min=0, max=100_000)
     optimizer_args: str = option("", "Extra optimizer arguments, sd-scripts style: 'weight_decay=0.1 "
                                      "betas=0.9,0.99' (kohya optimizer_args). Weight decay is the optimizer's own "
                                      "default unless set here (AdamW 0.01, Adam and SGD 0).", check=_optimizer_args)
@@ -166,3 +170,18 @@ class TrainConfig:
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         return _optimizer_args(self.optimizer_args)
+
+    def with_epochs_resolved(self, dataset, plan) -> "TrainConfig":
+        """This config with ``max_train_steps`` from ``max_train_epochs`` (when set) for ``dataset`` bucketed by
+        ``plan``, counting the global batches of all processes (kohya: epochs x ceil(batches / processes /
+        accumulation))."""
+        if not self.max_train_epochs:
+            return self
+        import dataclasses
+        import math
+
+        from .batching import batches_per_epoch
+        from .distributed import global_dataset
+
+        per_epoch = math.ceil(batches_per_epoch(global_dataset(dataset), plan) / self.gradient_accumulation_steps)
+        return dataclasses.replace(self, max_train_steps=max(1, self.max_train_epochs * per_epoch))

@@ -6,6 +6,7 @@ drawn from generators seeded by (seed, step, micro-step), so a run is reproducib
 CPU and a resumed run continues exactly where it stopped."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ import torch
 
 from .batching import Sample, epoch_batches
 from .captions import process_caption
+from . import distributed
 from .config import TrainConfig
 from .encoded import EncodedDataset
 from .objectives import make_noise, per_sample_loss
@@ -107,6 +109,9 @@ class Trainer:
         self.text_encoder = text_encoder
         self.size_conditioning = size_conditioning
         self.train_te = bool(network.text_encoder_names)
+        self.ctx = distributed.current()  # several processes: global batches, sharded, gradients summed
+        self.stream_data = data if not self.ctx.distributed else dataclasses.replace(
+            data, dataset=distributed.global_dataset(data.dataset))
         groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate,
@@ -145,12 +150,16 @@ class Trainer:
         self.lrs = list(lrs)
 
     # -- data -----------------------------------------------------------------------------------------
-    def _batch_inputs(self, pos: Position, samples: list[Sample]):
+    def _batch_inputs(self, pos: Position, samples: list[Sample], shard: tuple[int, int] | None = None):
+        """(x0 of the whole batch, conds of ``samples[lo:hi]``); ``shard`` None = all samples."""
         d = self.data
         raw = torch.stack([d.latents[(s.image_index, s.flip)] for s in samples])
         x0 = self.model.process_latent_in(raw.to(self.model.device, torch.float32))
+        lo, hi = shard if shard is not None else (0, len(samples))
         captions, sizes = [], []
         for i, s in enumerate(samples):
+            if not lo <= i < hi:
+                continue
             rec = d.dataset.images[s.image_index]
             subset = d.dataset.subsets[rec.subset_index]
             rng = random.Random(f"{self.cfg.seed}:{pos.epoch}:{pos.batch_index}:{i}")
@@ -169,20 +178,20 @@ class Trainer:
                     fresh = dict(zip(missing, self.text_encoder(missing)))
             for c in captions:
                 conds.append(d.text_conds[c] if c in d.text_conds else fresh[c])
-        return x0, self.model.batch_conds(conds, tuple(x0.shape), sizes)
+        return x0, self.model.batch_conds(conds, (hi - lo,) + tuple(x0.shape[1:]), sizes)
 
     # -- the step -------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
         cfg = self.cfg
         accum = cfg.gradient_accumulation_steps
-        stream = batch_stream(self.data, cfg.seed, self.position, with_count=True)
+        stream = batch_stream(self.stream_data, cfg.seed, self.position, with_count=True)
         t0 = time.perf_counter()
         stopped = False
         start_step = self.step
         self.network.train()
         while self.step < cfg.max_train_steps:
-            if should_stop is not None and should_stop():
+            if self.ctx.any(should_stop is not None and should_stop()):  # every rank stops after the same step
                 stopped = True
                 break
             try:
@@ -206,26 +215,44 @@ class Trainer:
 
     def _step(self, stream, accum: int) -> tuple[float, Position, int]:
         """One optimizer step (``accum`` micro-batches). Returns (loss, position of the last batch, batches
-        in its epoch). Raises TrainingDiverged before touching the weights when the loss is not finite."""
+        in its epoch). Raises TrainingDiverged before touching the weights when the loss is not finite.
+
+        Several processes (``distributed``): each batch is a global one; noise and timesteps are drawn for all of
+        it, this rank trains its shard with the loss divided by the global batch size, and the gradients are
+        summed over the ranks: the same step as one process with the whole batch."""
         cfg = self.cfg
+        ctx = self.ctx
         step_loss = 0.0
         for micro in range(accum):
             pos, samples, n_batches = next(stream)
             gen = _seeded(cfg.seed, self.step, micro)
-            x0, conds = self._batch_inputs(pos, samples)
+            shard = ctx.shard(len(samples)) if ctx.distributed else None
+            if shard is not None and shard[0] == shard[1]:
+                continue  # fewer samples than processes: this rank only joins the gradient sum
+            x0, conds = self._batch_inputs(pos, samples, shard)
             noise = make_noise(x0, gen, cfg.noise_offset)
             sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
             sigma = sigma.to(x0.device)
+            if shard is not None:
+                lo, hi = shard
+                x0, noise, sigma = x0[lo:hi], noise[lo:hi], sigma[lo:hi]
             x_t = self.objective.noisy(x0, noise, sigma)
             with self.model.autocast():
                 denoised = self.model.denoise(x_t, sigma, conds)
             pred = self.objective.prediction(denoised.float(), x_t, sigma)
             target = self.objective.target(x0, noise, sigma)
             weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
-            loss = (per_sample_loss(pred, target, cfg.loss_type) * weights).mean()
+            per_sample = per_sample_loss(pred, target, cfg.loss_type) * weights
+            loss = per_sample.mean() if shard is None else per_sample.sum() / len(samples)
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             step_loss += loss.item() / accum
+        if ctx.distributed:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            ctx.all_reduce_sum_([p.grad for p in self.params])
+            step_loss = ctx.sum(step_loss)
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(self.step + 1, step_loss)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from . import adapter as ca
+from . import distributed
 from .assemble import build_objective
 from .checkpoints import CheckpointWriter, Saved, apply_state, capture_state
 from .config import TrainConfig
@@ -234,7 +235,9 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         progress.phase(f"sampling preview {i + 1}/{n}, step {done}/{total}",
                        eta.remaining(step, preview_left=(n - i, total - done)))
 
-    runner = _preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step, load)
+    main = distributed.current().main  # several processes: only the first samples previews and writes files
+    runner = (_preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step, load)
+              if main else None)
     summary = DatasetSummary.of(data.dataset, data.plan)
     started = float((resume.extra or {}).get("started_at") or time.time()) if resume is not None else time.time()
 
@@ -263,7 +266,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
                              model_name=model_name)
 
         def save(reason: str, periodic: bool = False) -> Saved | None:
-            if checkpoints is None or trainer.step <= start_step:
+            if checkpoints is None or trainer.step <= start_step or not main:
                 return checkpoints.last if checkpoints is not None else None
             progress.phase(f"saving checkpoint (step {trainer.step})", None)
             t0 = time.perf_counter()
