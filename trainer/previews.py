@@ -41,7 +41,9 @@ def _schedulers() -> list[str]:
 @dataclass(frozen=True)
 class PreviewConfig:
     prompts: str = option("", "Preview prompt(s), one per line (lines starting with '#' are skipped). Empty = no "
-                              "previews.", multiline=True)
+                              "previews. A line may carry sd-scripts' sample-prompt options for its image: --n "
+                              "negative, --w/--h size, --d seed, --l cfg, --s steps, --ss sampler.",
+                          multiline=True)
     negative: str = option("", "Negative prompt for every preview (used when cfg > 1).", multiline=True)
     sampler: str = option("euler", "ComfyUI sampler for the previews.", choices=_samplers)
     scheduler: str = option("normal", "ComfyUI scheduler for the previews.", choices=_schedulers)
@@ -60,6 +62,12 @@ class PreviewConfig:
     def prompt_list(self) -> list[str]:
         return [ln.strip() for ln in (self.prompts or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
+    def prompt_specs(self) -> list["PromptSpec"]:
+        """Each prompt line with its own settings: sd-scripts' sample-prompt options in the line override this
+        node's values for that image (``--n`` negative, ``--w`` / ``--h`` size, ``--d`` seed, ``--l`` cfg,
+        ``--s`` steps, ``--ss`` sampler); a line without them uses the node's values and seed + its index."""
+        return [parse_prompt_line(line, self, self.seed + i) for i, line in enumerate(self.prompt_list())]
+
     @property
     def enabled(self) -> bool:
         return bool(self.prompt_list())
@@ -68,6 +76,71 @@ class PreviewConfig:
         if not self.enabled:
             return False
         return step >= total or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    prompt: str
+    negative: str
+    config: PreviewConfig
+    seed: int
+
+
+# sd-scripts' sample_sampler names -> ComfyUI's sampler (and scheduler) names
+KOHYA_SAMPLERS = {"ddim": ("ddim", None), "pndm": ("euler", None), "lms": ("lms", None), "euler": ("euler", None),
+                  "euler_a": ("euler_ancestral", None), "heun": ("heun", None), "dpm_2": ("dpm_2", None),
+                  "dpm_2_a": ("dpm_2_ancestral", None), "dpmsolver": ("dpmpp_2m", None),
+                  "dpmsolver++": ("dpmpp_2m", None), "dpmsingle": ("dpmpp_sde", None),
+                  "k_lms": ("lms", "karras"), "k_euler": ("euler", "karras"),
+                  "k_euler_a": ("euler_ancestral", "karras"), "k_dpm_2": ("dpm_2", "karras"),
+                  "k_dpm_2_a": ("dpm_2_ancestral", "karras")}
+
+
+def kohya_sampler(name: str) -> tuple[str, str | None]:
+    """(ComfyUI sampler, scheduler or None) for an sd-scripts sampler name (a ComfyUI name passes through)."""
+    key = name.strip().lower()
+    if key in KOHYA_SAMPLERS:
+        return KOHYA_SAMPLERS[key]
+    return key, None
+
+
+def parse_prompt_line(line: str, cfg: PreviewConfig, seed: int) -> PromptSpec:
+    """One sample-prompt line in sd-scripts' format (``a cat --n blurry --w 512 --h 768 --d 42 --l 7 --s 28``):
+    the text before the first `` --`` is the prompt; each option overrides ``cfg`` for this image. Sizes are
+    rounded down to multiples of 8; an option we do not know is ignored with a warning (as sd-scripts does)."""
+    import dataclasses
+
+    parts = (" " + line).split(" --")
+    prompt = parts[0].strip()
+    negative, changes = cfg.negative, {}
+    for part in parts[1:]:
+        key, _, value = part.strip().partition(" ")
+        value = value.strip()
+        try:
+            if key == "n":
+                negative = value
+            elif key in ("w", "h"):
+                changes["width" if key == "w" else "height"] = max(16, int(value) // 8 * 8)
+            elif key == "d":
+                seed = int(value)
+            elif key == "l":
+                changes["cfg"] = float(value)
+            elif key == "s":
+                changes["steps"] = int(value)
+            elif key == "ss":
+                sampler, scheduler = kohya_sampler(value)
+                changes["sampler"] = sampler
+                if scheduler:
+                    changes["scheduler"] = scheduler
+            else:
+                log.warning("LoRA Loop: preview prompt option --%s is not supported (ignored): %r", key, line)
+        except ValueError:
+            raise ValueError(f"preview prompt {line!r}: --{key} needs a number, got {value!r}") from None
+    try:
+        config = dataclasses.replace(cfg, **changes) if changes else cfg
+    except ValueError as e:
+        raise ValueError(f"preview prompt {line!r}: {e}") from None
+    return PromptSpec(prompt, negative, config, seed)
 
 
 # sample(prompt, negative, config, seed, on_step) -> IMAGE tensor (B, H, W, 3) in [0, 1]; on_step(done, total)
@@ -119,15 +192,15 @@ class PreviewRunner:
         network.eval()
         out: list[torch.Tensor] = []
         try:
-            prompts = self.cfg.prompt_list()
+            prompts = self.cfg.prompt_specs()
             with isolated_rng(), torch.inference_mode(False), torch.no_grad():
-                for i, prompt in enumerate(prompts):
+                for i, spec in enumerate(prompts):
                     def on_step(done: int, total: int, i: int = i) -> None:
                         if self.progress is not None:
                             self.progress(i, len(prompts), done, total)
 
-                    on_step(0, self.cfg.steps)
-                    img = self.sample(prompt, self.cfg.negative, self.cfg, self.cfg.seed + i, on_step)
+                    on_step(0, spec.config.steps)
+                    img = self.sample(spec.prompt, spec.negative, spec.config, spec.seed, on_step)
                     out.extend(img.detach().float().cpu().clamp(0, 1)[j:j + 1] for j in range(img.shape[0]))
         finally:
             network.train(was_training)

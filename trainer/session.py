@@ -73,8 +73,9 @@ def _preview_runner(preview: PreviewConfig | None, mp, clip, vae, train_te: bool
 
     if not train_te:  # encode once, before the model is loaded for training
         with torch.inference_mode(False), torch.no_grad():
-            for t in preview.prompt_list() + [preview.negative]:
-                conds(t)
+            for spec in preview.prompt_specs():
+                conds(spec.prompt)
+                conds(spec.negative)
 
     def sample(prompt: str, negative: str, c: PreviewConfig, seed: int, on_step) -> torch.Tensor:
         return ca.sample_preview(mp, conds(prompt), conds(negative), vae, sampler=c.sampler, scheduler=c.scheduler,
