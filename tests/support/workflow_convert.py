@@ -1,6 +1,7 @@
 """API-format <-> UI-format (LiteGraph) conversion for the shipped example workflows.
 
-Uses the live node definitions (``INPUT_TYPES`` of ComfyUI's registered classes, the same data
+UI -> API is the pack's own (headless/workflow.py, used by the run_workflow command); this file adds API -> UI.
+Both use the live node definitions (``INPUT_TYPES`` of ComfyUI's registered classes, the same data
 ``/object_info`` serves), so the example UI workflows and their API twins under tests/workflows stay
 in sync: ``ui_to_api(example) == api_twin`` is tested. Run as a script to regenerate the UI files:
 ``python tests/support/workflow_convert.py`` (needs a ComfyUI checkout, see comfy_env)."""
@@ -10,44 +11,13 @@ import json
 import os
 import sys
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# frontend-only nodes (never sent to the server): the note each template carries
-VIRTUAL_NODES = {"MarkdownNote", "Note"}
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if PACK_ROOT not in sys.path:  # appended: ComfyUI's own ``nodes`` module is never shadowed by the pack's
+    sys.path.append(PACK_ROOT)
+
+from headless.workflow import VIRTUAL_NODES, _default, _has_control, _is_widget, _node_def, ui_to_api  # noqa: E402,F401
+
 NOTE_ID = 100
-# The frontend adds a "control after generate" widget after INT inputs that ask for it, and after any INT
-# input named seed / noise_seed; its value is stored in widgets_values right after the seed.
-SEED_NAMES = ("seed", "noise_seed")
-
-
-def _has_control(name: str, spec) -> bool:
-    return spec[0] == "INT" and ((len(spec) > 1 and spec[1].get("control_after_generate")) or name in SEED_NAMES)
-
-
-def _node_def(class_type: str):
-    import nodes
-
-    cls = nodes.NODE_CLASS_MAPPINGS[class_type]
-    it = cls.INPUT_TYPES()
-    inputs = list(it.get("required", {}).items()) + list(it.get("optional", {}).items())
-    outputs = list(getattr(cls, "RETURN_TYPES", ()))
-    names = list(getattr(cls, "RETURN_NAMES", None) or outputs)
-    return inputs, outputs, names
-
-
-def _is_widget(spec) -> bool:
-    t = spec[0]
-    return isinstance(t, list) or t in WIDGET_TYPES
-
-
-def _default(spec):
-    t, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-    if "default" in opts:
-        return opts["default"]
-    if isinstance(t, list):
-        return t[0] if t else None
-    if t == "COMBO":
-        return (opts.get("options") or [None])[0]
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(t)
 
 
 def api_to_ui(api: dict, layout: dict[str, tuple] | None = None, note: str | None = None,
@@ -105,35 +75,6 @@ def api_to_ui(api: dict, layout: dict[str, tuple] | None = None, note: str | Non
     return {"last_node_id": max(n["id"] for n in ui_nodes), "last_link_id": link_id, "nodes": ui_nodes,
             "links": links, "groups": [], "config": {},
             "extra": {"ds": {"scale": view["scale"], "offset": list(view["offset"])}}, "version": 0.4}
-
-
-def ui_to_api(ui: dict) -> dict:
-    """The inverse: what the frontend's graphToPrompt produces for these simple graphs."""
-    links = {l[0]: l for l in ui["links"]}
-    api = {}
-    for node in sorted(ui["nodes"], key=lambda n: n["id"]):
-        if node.get("mode", 0) != 0 or node["type"] in VIRTUAL_NODES:
-            continue
-        inputs, _, _ = _node_def(node["type"])
-        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = list(node.get("widgets_values", []))
-        out = {}
-        for name, spec in inputs:
-            if _is_widget(spec):
-                v = values.pop(0)
-                if _has_control(name, spec):
-                    values.pop(0)
-                if name in linked:
-                    continue
-                out[name] = v
-            if name in linked:
-                l = linked[name]
-                out[name] = [str(l[1]), l[2]]
-        entry = {"class_type": node["type"], "inputs": out}
-        if node.get("title"):
-            entry["_meta"] = {"title": node["title"]}
-        api[str(node["id"])] = entry
-    return api
 
 
 def main() -> None:
