@@ -16,7 +16,7 @@ import pytest
 
 import comfy_env
 import graphs
-from comfy_fixtures import comfy  # noqa: F401
+from comfy_fixtures import comfy, tiny_sd15  # noqa: F401
 
 pytestmark = pytest.mark.comfy
 
@@ -190,15 +190,6 @@ def test_bad_workflow_file_exits_2(comfy, tmp_path, capsys):
     assert run_workflow.main([str(tmp_path / "missing.json")]) == 2
 
 
-@pytest.fixture(scope="session")
-def tiny_sd15(comfy, tmp_path_factory) -> str:
-    """A tiny single-file SD1.5 checkpoint (about 630 MB, a few seconds), written once per session."""
-    from headless.tiny_checkpoint import write_sd15
-
-    return comfy_env.call(write_sd15, str(tmp_path_factory.mktemp("tiny_ckpt") / "tiny_sd15.safetensors"))
-
-
-@pytest.mark.slow
 def test_template_runs_headless_as_a_script(comfy, tiny_sd15, tmp_path):
     from PIL import Image
 
