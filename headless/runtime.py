@@ -51,8 +51,9 @@ def register(kind: str, path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
-    if kind == "unet_gguf":
-        kind = "unet_gguf" if "unet_gguf" in folder_paths.folder_names_and_paths else "diffusion_models"
+    if kind in ("unet_gguf", "clip_gguf"):  # city96/ComfyUI-GGUF's folder kinds, when that pack is loaded
+        kind = kind if kind in folder_paths.folder_names_and_paths else (
+            "diffusion_models" if kind == "unet_gguf" else "text_encoders")
     folder = os.path.dirname(path)
     folder_paths.add_model_folder_path(kind, folder, is_default=True)
     return os.path.basename(path)
