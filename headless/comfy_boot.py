@@ -63,6 +63,30 @@ def _world() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", "0") or 0))
 
 
+def _apply_paths(root: str, args) -> None:
+    """The folders ComfyUI's main.py sets up from its flags and extra_model_paths.yaml, so that the headless
+    commands see the same models and write to the same output folder as the user's ComfyUI."""
+    import itertools
+
+    import folder_paths
+    import utils.extra_config
+
+    default = os.path.join(root, "extra_model_paths.yaml")
+    if os.path.isfile(default):
+        utils.extra_config.load_extra_path_config(default)
+    for path in itertools.chain(*(args.extra_model_paths_config or [])):
+        utils.extra_config.load_extra_path_config(path)
+    if args.output_directory:
+        folder_paths.set_output_directory(os.path.abspath(args.output_directory))
+    if args.input_directory:
+        folder_paths.set_input_directory(os.path.abspath(args.input_directory))
+    if args.user_directory:
+        folder_paths.set_user_directory(os.path.abspath(args.user_directory))
+    if args.temp_directory:
+        folder_paths.set_temp_directory(os.path.join(os.path.abspath(args.temp_directory), "temp"))
+    os.makedirs(folder_paths.get_temp_directory(), exist_ok=True)
+
+
 def boot(argv: list[str]) -> tuple[Comfy, list[str]]:
     opts, rest = _boot_options(argv)
     root = find_comfyui(opts.comfyui)
@@ -96,6 +120,7 @@ def boot(argv: list[str]) -> tuple[Comfy, list[str]]:
     if cpu:
         args.cpu = True
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", force=True)
+    _apply_paths(root, args)
     import comfy.model_management  # noqa: F401
     import nodes
 
