@@ -656,3 +656,15 @@ def test_module_imports_without_comfyui_or_torch():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_argument_table_in_docs_is_current():
+    """docs/headless.md lists every sd-scripts argument with its kind and target, generated from OPTIONS."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+    import headless_docs
+
+    with open(headless_docs.PAGE, encoding="utf-8") as f:
+        block = headless_docs.current_block(f.read())
+    assert block.strip() == headless_docs.render().strip(), \
+        "docs/headless.md is stale: run `python tests/support/headless_docs.py`"
+    assert "`--network_dim`" in block and "`--max_train_epochs`" in block
