@@ -82,10 +82,13 @@ class _Console:
     """The global progress hook: a tqdm bar per node (Train LoRA's own step line excepted), previews to a callback,
     and ComfyUI's Cancel check as the server's hook does it."""
 
-    def __init__(self, prompt: dict, on_preview, quiet_nodes: set[str]):
+    def __init__(self, prompt: dict, on_preview, quiet_nodes: set[str], collective_stop: bool = False):
         self.prompt = prompt
         self.on_preview = on_preview
         self.quiet = quiet_nodes
+        # several processes: Train LoRA's ranks agree on stopping between steps; one rank raising alone would leave
+        # the others waiting in the next gradient all-reduce
+        self.collective_stop = collective_stop
         self.bars: dict[str, Any] = {}
 
     def __call__(self, value, total, preview, prompt_id=None, node_id=None):
@@ -105,7 +108,8 @@ class _Console:
                                                      dynamic_ncols=True, mininterval=0.5)
             bar.n = value
             bar.refresh()
-        mm.throw_exception_if_processing_interrupted()
+        if not (self.collective_stop and str(node_id) in self.quiet):
+            mm.throw_exception_if_processing_interrupted()
 
     def close(self):
         for bar in self.bars.values():
@@ -121,24 +125,27 @@ class _CtrlC:
         self.previous = None
 
     def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self.previous = None
+        # SIGTERM too: accelerate's launcher (torchrun) passes Ctrl-C on to each process and soon after terminates it
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame):
         import comfy.model_management as mm
 
         self.count += 1
-        if self.count > 1:
+        if self.count > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
         print(f"\nCtrl-C: stopping {self.what} (press Ctrl-C again to quit at once)", flush=True)
         mm.interrupt_current_processing(True)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
         return False
 
 
@@ -168,7 +175,9 @@ def run(prompt: dict, *, on_preview: Callable[[str, int, int, Any], None] | None
         return RunResult(False, error="the workflow does not validate:\n" + error)
     quiet = {str(n) for n in quiet_nodes} | {k for k, v in prompt.items()
                                              if v.get("class_type") == "LoraLoop_TrainLoRA"}
-    console = _Console(prompt, on_preview, quiet)
+    from ..trainer import distributed
+
+    console = _Console(prompt, on_preview, quiet, collective_stop=distributed.current().distributed)
     executor = execution.PromptExecutor(ConsoleServer(), cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0})
     mm.interrupt_current_processing(False)

@@ -166,3 +166,35 @@ def test_unknown_arguments_are_listed_in_one_message(comfy, tiny_sd15, tmp_path)
     assert p.returncode == 2, p.stderr[-3000:]
     line = [ln for ln in p.stderr.splitlines() if "--no_such_option" in ln]
     assert line and "--another_one" in line[0]
+
+
+def test_ctrl_c_under_accelerate_with_two_processes(comfy, tiny_sd15, tmp_path):
+    """Ctrl-C in the terminal reaches the launcher and both processes (one process group): both stop after the
+    same step (a collective decision, no rank left waiting in an all-reduce) and process 0 saves it, although the
+    launcher follows up with SIGTERM."""
+    toml = _dataset(tmp_path, batch=1)
+    cmd = ACCELERATE + ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", SCRIPT,
+                        f"--pretrained_model_name_or_path={tiny_sd15}", f"--dataset_config={toml}", "--output_dir=./out",
+                        "--output_name=run", "--network_dim=4", "--learning_rate=1e-3", "--seed=1",
+                        "--network_train_unet_only", "--max_train_steps=2000"]
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "LoRA Loop step: " not in log_path.read_text(errors="replace") or "/2000 [" not in \
+                log_path.read_text(errors="replace").split("LoRA Loop step: ")[-1]:
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log_path.read_text(errors="replace")
+    assert "stopped by Ctrl-C" in out, out[-4000:]
+    saved = glob.glob(str(tmp_path / "out" / "run_checkpoints" / "run-step*-state.json"))
+    assert len(saved) == 1, out[-4000:]
+    assert 0 < json.load(open(saved[0], encoding="utf-8"))["step"] < 2000
