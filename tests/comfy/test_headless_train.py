@@ -198,3 +198,17 @@ def test_ctrl_c_under_accelerate_with_two_processes(comfy, tiny_sd15, tmp_path):
     saved = glob.glob(str(tmp_path / "out" / "run_checkpoints" / "run-step*-state.json"))
     assert len(saved) == 1, out[-4000:]
     assert 0 < json.load(open(saved[0], encoding="utf-8"))["step"] < 2000
+
+
+def test_fp8_base_trains_on_the_fp8_weights_comfyui_loads(comfy, tiny_sd15, tmp_path):
+    """--fp8_base: ComfyUI's UNETLoader loads the diffusion model as fp8_e4m3fn (the text encoders and VAE come
+    from the checkpoint loader) and the LoRA trains on it."""
+    p = _run([sys.executable, SCRIPT, f"--pretrained_model_name_or_path={tiny_sd15}",
+              f"--dataset_config={_dataset(tmp_path, 2)}", "--output_dir=./out", "--output_name=f8", "--network_dim=4",
+              "--learning_rate=1e-3", "--max_train_steps=2", "--seed=3", "--fp8_base", "--network_train_unet_only"],
+             tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    assert "model weight dtype torch.float8_e4m3fn" in out
+    with safe_open(str(tmp_path / "out" / "f8.safetensors"), "pt") as f:
+        assert all(k.startswith("lora_unet_") for k in f.keys())
