@@ -16,8 +16,10 @@ implemented.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import re
 from dataclasses import dataclass, fields
 
 from .options import check_options, option
@@ -46,8 +48,9 @@ def caption_path(image_path: str, extension: str) -> str:
     return os.path.splitext(str(image_path))[0] + normalize_extension(extension)
 
 
-def read_caption(image_path: str, extension: str = ".txt") -> str | None:
-    """The caption of ``image_path``: first line of ``<stem><extension>``, stripped.
+def read_caption(image_path: str, extension: str = ".txt", all_lines: bool = False) -> str | None:
+    """The caption of ``image_path``: first line of ``<stem><extension>``, stripped (``all_lines``: every non-empty
+    line, joined by newlines, as sd-scripts reads captions with ``enable_wildcard``: one is picked per use).
 
     Missing file -> ``None``. Empty file -> ``None`` and a warning. Not UTF-8 -> CaptionError."""
     path = caption_path(image_path, extension)
@@ -67,7 +70,10 @@ def read_caption(image_path: str, extension: str = ".txt") -> str | None:
         return None
     # kohya reads with open(..., "rt"): lines end at \n, \r\n or \r only (str.splitlines() would also split
     # at \f, \v, \x1c-\x1e, \x85, \u2028 and \u2029, which kohya keeps in the caption)
-    first = text.replace("\r\n", "\n").replace("\r", "\n").split("\n", 1)[0].strip()
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if all_lines:
+        return "\n".join(ln.strip() for ln in lines if ln.strip())
+    first = lines[0].strip()
     if not first:
         logger.warning("caption file %s starts with an empty line; like kohya only the first line is used", path)
     return first
@@ -94,6 +100,15 @@ class CaptionOptions:
                                                     "never).", min=0, max=100_000)
     caption_tag_dropout_rate: float = option(0.0, "Probability of dropping each (non-kept) tag.", min=0.0, max=1.0,
                                              step=0.01)
+    enable_wildcard: bool = option(False, "Wildcards (kohya enable_wildcard): '{red|blue} car' picks one choice "
+                                          "each time the caption is used ('{{' and '}}' are literal braces), and a "
+                                          "caption file with several lines uses one line at random.")
+    token_warmup_min: int = option(1, "Token warm-up: how many (non-kept) tags the first step uses (kohya "
+                                      "token_warmup_min).", min=0, max=255)
+    token_warmup_step: float = option(0.0, "Token warm-up: until this step the number of tags grows linearly from "
+                                           "token_warmup_min to all of them; below 1 it is a fraction of the "
+                                           "training steps (kohya token_warmup_step). 0 = off.",
+                                      min=0.0, max=1_000_000.0, step=1.0)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -108,6 +123,8 @@ def is_deterministic(opts: CaptionOptions) -> bool:
     """True when a caption always processes to the same text (so text conds may be cached)."""
     return not (
         opts.shuffle_caption
+        or opts.enable_wildcard
+        or opts.token_warmup_step > 0
         or opts.caption_dropout_rate > 0
         or opts.caption_dropout_every_n_epochs > 0
         or opts.caption_tag_dropout_rate > 0
@@ -118,11 +135,33 @@ def _split_tokens(part: str, sep: str) -> list[str]:
     return [t.strip() for t in part.split(sep) if t.strip()]
 
 
-def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int = 0) -> str:
-    """Apply prefix/suffix, dropout, keep_tokens split, shuffle, tag dropout, secondary separator.
+def _wildcards(caption: str, rng: random.Random) -> str:
+    """kohya enable_wildcard: one line of a multi-line caption, then each '{a|b|c}' replaced by one choice
+    ('{{' / '}}' stay literal braces)."""
+    if "\n" in caption:
+        caption = rng.choice(caption.split("\n"))
+    open_, close = "\u2985", "\u2986"
+    while open_ in caption or close in caption:
+        open_, close = open_ + "\u2985", close + "\u2986"
+    caption = caption.replace("{{", open_).replace("}}", close)
+    caption = re.sub(r"\{([^}]+)\}", lambda m: rng.choice(m.group(1).split("|")), caption)
+    return caption.replace(open_, "{").replace(close, "}")
+
+
+def warmup_steps(opts: CaptionOptions, total_steps: int) -> int:
+    """token_warmup_step in steps (a value below 1 is a fraction of the training steps, as kohya)."""
+    w = opts.token_warmup_step
+    return math.floor(w * total_steps) if w < 1 else int(w)
+
+
+def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int = 0, step: int = 0,
+                    total_steps: int = 0) -> str:
+    """Apply prefix/suffix, dropout, wildcards, keep_tokens split, token warm-up, shuffle, tag dropout, secondary
+    separator.
 
     ``epoch`` counts from 1 like kohya's ``current_epoch`` (``caption_dropout_every_n_epochs=n``
-    drops when ``epoch % n == 0``; epoch 0 would always drop, so pass 1-based epochs).
+    drops when ``epoch % n == 0``; epoch 0 would always drop, so pass 1-based epochs). ``step`` is the
+    optimizer step the caption is used in (0-based) and ``total_steps`` the run's steps (token warm-up).
     The only randomness comes from ``rng``; calls are made in kohya's order."""
     if opts.caption_prefix:
         caption = opts.caption_prefix + " " + caption
@@ -136,9 +175,10 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoc
     if dropped:
         return ""
 
-    caption = caption.split("\n")[0]
+    caption = _wildcards(caption, rng) if opts.enable_wildcard else caption.split("\n")[0]
     sep = opts.caption_separator
-    if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0:
+    warmup = warmup_steps(opts, total_steps) if opts.token_warmup_step > 0 else 0
+    if opts.shuffle_caption or warmup > 0 or opts.caption_tag_dropout_rate > 0:
         fixed: list[str] = []
         flex: list[str] = []
         fixed_suffix: list[str] = []
@@ -156,6 +196,8 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoc
             if opts.keep_tokens > 0:
                 fixed = flex[: opts.keep_tokens]
                 flex = tokens[opts.keep_tokens:]
+        if warmup and step < warmup:
+            flex = flex[:math.floor(step * ((len(flex) - opts.token_warmup_min) / warmup)) + opts.token_warmup_min]
         if opts.shuffle_caption:
             rng.shuffle(flex)
         if opts.caption_tag_dropout_rate > 0:

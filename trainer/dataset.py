@@ -242,7 +242,7 @@ def _scan_subset(
         try:
             w, h = verify_image(path, max_pixels)
             digest = file_sha256(path)
-            cap = read_caption(path, sub.caption_extension)
+            cap = read_caption(path, sub.caption_extension, all_lines=sub.caption.enable_wildcard)
         except ImageError as e:
             logger.warning("skipping %s", e)
             skipped.append((path, e.reason))
@@ -386,6 +386,9 @@ SUPPORTED_KEYS: dict[str, tuple[str, str]] = {
     "caption_dropout_rate": (_FLOAT, _GDS),
     "caption_dropout_every_n_epochs": (_INT, _GDS),
     "caption_tag_dropout_rate": (_FLOAT, _GDS),
+    "enable_wildcard": (_BOOL, _GDS),
+    "token_warmup_min": (_INT, _GDS),
+    "token_warmup_step": (_FLOAT, _GDS),
 }
 
 #: kohya keys accepted (with their kohya placement) but not implemented: a warning when set.
@@ -393,9 +396,6 @@ IGNORED_KEYS: dict[str, tuple[str, str]] = {
     "color_aug": ("bool", _GDS),
     "random_crop": ("bool", _GDS),
     "face_crop_aug_range": ("any", _GDS),
-    "enable_wildcard": ("bool", _GDS),
-    "token_warmup_min": ("any", _GDS),
-    "token_warmup_step": ("any", _GDS),
     "custom_attributes": ("any", _GDS),
     "resize_interpolation": ("any", _GDS),
     "cache_info": ("bool", _GDS),

@@ -163,7 +163,8 @@ class Trainer:
             rec = d.dataset.images[s.image_index]
             subset = d.dataset.subsets[rec.subset_index]
             rng = random.Random(f"{self.cfg.seed}:{pos.epoch}:{pos.batch_index}:{i}")
-            captions.append(process_caption(rec.caption, subset.caption, rng, pos.epoch + 1))  # kohya epochs are 1-based
+            captions.append(process_caption(rec.caption, subset.caption, rng, pos.epoch + 1,  # kohya epochs: 1-based
+                                            self.step, self.cfg.max_train_steps))
             sizes.append(d.size_conditioning(s) if self.size_conditioning else None)
         if self.train_te:
             conds = self.text_encoder(captions)

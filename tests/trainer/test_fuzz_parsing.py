@@ -489,7 +489,8 @@ def valid_tables(draw, level: str):
         "keep_tokens_separator": st.text(max_size=3), "caption_separator": st.text(min_size=1, max_size=3),
         "secondary_separator": st.text(max_size=3), "caption_prefix": st.text(max_size=5),
         "caption_suffix": st.text(max_size=5), "caption_dropout_rate": rates, "caption_tag_dropout_rate": rates,
-        "caption_dropout_every_n_epochs": st.integers(0, 100_000),
+        "caption_dropout_every_n_epochs": st.integers(0, 100_000), "token_warmup_min": st.integers(0, 255),
+        "token_warmup_step": st.one_of(st.integers(0, 10_000), st.floats(0.0, 0.99)),
     }
     keys = draw(st.lists(st.sampled_from(LEVEL_KEYS[level]), max_size=6, unique=True))
     table = {}

@@ -226,22 +226,20 @@ def test_unknown_arguments_one_message():
 def test_unsupported_arguments_one_message():
     msg = refused(BASE + ["--network_dropout", "0.1", "--scale_weight_norms", "1", "--huber_c", "0.2",
                           "--multires_noise_iterations", "6", "--ip_noise_gamma", "0.1", "--masked_loss",
-                          "--color_aug", "--random_crop", "--token_warmup_step", "10", "--debiased_estimation_loss",
-                          "--zero_terminal_snr", "--lr_scheduler_type", "x.Y", "--max_token_length", "225",
-                          "--loss_type", "huber", "--optimizer_type", "Prodigy", "--network_module", "lycoris.kohya",
+                          "--color_aug", "--random_crop", "--debiased_estimation_loss",
+                          "--zero_terminal_snr", "--lr_decay_steps", "10", "--max_token_length", "225",
+                          "--loss_type", "huber", "--fused_backward_pass", "--network_module", "lycoris.kohya",
                           "--network_args", "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
-    for name in ("--network_dropout=0.1", "--scale_weight_norms", "--huber_c", "--multires_noise_iterations",
-                 "--ip_noise_gamma", "--masked_loss", "--color_aug", "--random_crop", "--token_warmup_step",
-                 "--debiased_estimation_loss", "--zero_terminal_snr", "--lr_scheduler_type", "--max_token_length",
-                 "--loss_type=huber", "--optimizer_type=Prodigy", "--network_module=lycoris.kohya",
-                 "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution=512,768"):
+    for name in ("--network_dropout=0.1", "--scale_weight_norms", "--masked_loss", "--color_aug", "--random_crop",
+                 "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
+                 "--network_module=lycoris.kohya", "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution=512,768"):
         assert name in msg, name
 
 
 def test_unsupported_at_their_default_values_pass():
     # an unsupported argument given with sd-scripts' default changes nothing
-    run(BASE + ["--huber_c", "0.1", "--multires_noise_discount", "0.3", "--weighting_scheme", "uniform",
+    run(BASE + ["--lr_decay_steps", "0", "--weighting_scheme", "uniform",
                 "--prior_loss_weight", "1.0", "--model_prediction_type", "raw"])
 
 
@@ -488,6 +486,9 @@ MAPPED_VALUES = [
     (["--lr_scheduler", "cosine", "--lr_warmup_steps", "20"], "LoraLoop_OptimizerSettings", "lr_warmup_steps", 20),
     (["--lr_scheduler_num_cycles", "3"], "LoraLoop_OptimizerSettings", "lr_scheduler_num_cycles", 3),
     (["--lr_scheduler_power", "2"], "LoraLoop_OptimizerSettings", "lr_scheduler_power", 2.0),
+    (["--enable_wildcard"], "LoraLoop_CaptionSettings", "enable_wildcard", True),
+    (["--token_warmup_min", "2"], "LoraLoop_CaptionSettings", "token_warmup_min", 2),
+    (["--token_warmup_step", "0.5"], "LoraLoop_CaptionSettings", "token_warmup_step", 0.5),
     (["--max_grad_norm", "0"], "LoraLoop_OptimizerSettings", "max_grad_norm", 0.0),
     (["--gradient_accumulation_steps", "4"], "LoraLoop_OptimizerSettings", "gradient_accumulation_steps", 4),
     (["--mixed_precision", "bf16"], "LoraLoop_OptimizerSettings", "mixed_precision", "bf16"),
