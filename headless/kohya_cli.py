@@ -14,7 +14,7 @@ Every argument has a kind (:data:`OPTION_TABLE` lists them with where each one g
   sd-scripts); the ones a run sets are listed by :func:`ignored` so the runtime can say so in one line.
 * ``unsupported``: changes the result in a way LoRA Loop does not implement; any of them set to something other
   than sd-scripts' default stops parsing with one message listing all of them. Some mapped arguments accept only
-  part of sd-scripts' values (``--loss_type huber``, a non-square ``--resolution``, an optimizer we do not have,
+  part of sd-scripts' values (a non-square ``--resolution``, an optimizer we do not have,
   ``--network_args`` keys other than conv_dim, conv_alpha, train_blocks, train_t5xxl, ...); the others are listed
   in the same message.
 
@@ -256,19 +256,19 @@ OPTIONS: tuple[Option, ...] = (
     _o("wandb_api_key", str, None, A, _LOG),
     _o("log_config", FLAG, False, A, _LOG),
     _o("noise_offset", float, None, M, f"{NOISE_LOSS}.noise_offset"),
-    _o("noise_offset_random_strength", FLAG, False, U),
-    _o("multires_noise_iterations", int, None, U),
-    _o("ip_noise_gamma", float, None, U),
-    _o("ip_noise_gamma_random_strength", FLAG, False, U),
-    _o("multires_noise_discount", float, 0.3, U),
-    _o("adaptive_noise_scale", float, None, U),
-    _o("zero_terminal_snr", FLAG, False, U),
+    _o("noise_offset_random_strength", FLAG, False, M, f"{NOISE_LOSS}.noise_offset_random_strength"),
+    _o("multires_noise_iterations", int, None, M, f"{NOISE_LOSS}.multires_noise_iterations"),
+    _o("ip_noise_gamma", float, None, M, f"{NOISE_LOSS}.ip_noise_gamma"),
+    _o("ip_noise_gamma_random_strength", FLAG, False, M, f"{NOISE_LOSS}.ip_noise_gamma_random_strength"),
+    _o("multires_noise_discount", float, 0.3, M, f"{NOISE_LOSS}.multires_noise_discount"),
+    _o("adaptive_noise_scale", float, None, M, f"{NOISE_LOSS}.adaptive_noise_scale"),
+    _o("zero_terminal_snr", FLAG, False, M, f"{NOISE_LOSS}.zero_terminal_snr"),
     _o("min_timestep", int, None, M, f"{NOISE_LOSS}.min_timestep (SD1/SD2/SDXL)"),
     _o("max_timestep", int, None, M, f"{NOISE_LOSS}.max_timestep (SD1/SD2/SDXL)"),
-    _o("loss_type", str, "l2", M, f"{NOISE_LOSS}.loss_type (l1, l2)", choices=("l1", "l2", "huber", "smooth_l1")),
-    _o("huber_schedule", str, "snr", U, choices=("constant", "exponential", "snr")),
-    _o("huber_c", float, 0.1, U),
-    _o("huber_scale", float, 1.0, U),
+    _o("loss_type", str, "l2", M, f"{NOISE_LOSS}.loss_type", choices=("l1", "l2", "huber", "smooth_l1")),
+    _o("huber_schedule", str, "snr", M, f"{NOISE_LOSS}.huber_schedule", choices=("constant", "exponential", "snr")),
+    _o("huber_c", float, 0.1, M, f"{NOISE_LOSS}.huber_c"),
+    _o("huber_scale", float, 1.0, M, f"{NOISE_LOSS}.huber_scale"),
     _o("lowram", FLAG, False, A, _SPEED),
     _o("highvram", FLAG, False, A, _SPEED),
     _o("sample_every_n_steps", int, None, M, f"{PREVIEWS}.every_n_steps"),
@@ -315,9 +315,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("dataset_config", str, None, G, f"{LOAD_DATASET}.path (the dataset TOML)"),
     # custom train functions
     _o("min_snr_gamma", float, None, M, f"{NOISE_LOSS}.min_snr_gamma"),
-    _o("scale_v_pred_loss_like_noise_pred", FLAG, False, U),
-    _o("v_pred_like_loss", float, None, U),
-    _o("debiased_estimation_loss", FLAG, False, U),
+    _o("scale_v_pred_loss_like_noise_pred", FLAG, False, M, f"{NOISE_LOSS}.scale_v_pred_loss_like_noise_pred"),
+    _o("v_pred_like_loss", float, None, M, f"{NOISE_LOSS}.v_pred_like_loss"),
+    _o("debiased_estimation_loss", FLAG, False, M, f"{NOISE_LOSS}.debiased_estimation_loss"),
     _o("weighted_captions", FLAG, False, U),
     # train_network.setup_parser
     _o("cpu_offload_checkpointing", FLAG, False, A, _SPEED),
@@ -502,6 +502,7 @@ class Parsed:
     def args(self) -> argparse.Namespace:
         return self.namespace
 
+    skipped: list[str] = field(default_factory=list)  # parse(strict=False): unknown and unsupported, left out
 
 def _differs(value, default) -> bool:
     empty = (None, [], ())
@@ -614,9 +615,10 @@ def read_config_file(name: str) -> tuple[dict[str, Any], list[str], str]:
     return known, unknown, path
 
 
-def parse(argv: list[str], *, rng: random.Random | None = None) -> Parsed:
+def parse(argv: list[str], *, rng: random.Random | None = None, strict: bool = True) -> Parsed:
     """Parse sd-scripts arguments (and ``--config_file``) into a :class:`Parsed` run; :class:`CliError` lists
-    what is refused."""
+    what is refused. ``strict=False`` (the Load kohya Config node): unknown arguments are dropped and unsupported
+    ones go back to sd-scripts' default, both listed in :attr:`Parsed.skipped` instead of raising."""
     ns, rest = build_parser().parse_known_args(argv)
     explicit, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
     cli = vars(explicit)
@@ -637,8 +639,22 @@ def parse(argv: list[str], *, rng: random.Random | None = None) -> Parsed:
                    if o.kind == UNSUPPORTED and _differs(values[o.name], o.default)
                    and not (o.name in _IGNORED_WITH_DATASET_CONFIG and a.dataset_config)]
     unsupported += _unsupported_values(a, given)
-    _refuse(unknown, unsupported, [])
-    return _derive(a, given, config_path, rng or random.Random())
+    if strict:
+        _refuse(unknown, unsupported, [])
+        return _derive(a, given, config_path, rng or random.Random())
+    for item in unsupported:  # back to sd-scripts' default (a --network_args item: only that key goes)
+        name = item.lstrip("-").split("=")[0].split(" ")[0]
+        if name == "network_args" and " " in item:
+            key = item.split(" ", 1)[1].split("=")[0]
+            a.network_args = [x for x in (a.network_args or []) if x.split("=")[0].strip() != key] or None
+        elif name in BY_NAME:
+            setattr(a, name, BY_NAME[name].default)
+    left = _unsupported_values(a, given)
+    if left:
+        _refuse([], left, [])
+    parsed = _derive(a, given, config_path, rng or random.Random())
+    parsed.skipped = list(dict.fromkeys(unknown + unsupported))
+    return parsed
 
 
 def _refuse(unknown: list[str], unsupported: list[str], invalid: list[str]) -> None:
@@ -707,8 +723,6 @@ def _unsupported_values(a, given: frozenset[str]) -> list[str]:
     """Mapped arguments set to a value (or combination) LoRA Loop does not implement."""
     out = []
     from_schedules = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
-    if a.loss_type not in ("l1", "l2"):
-        out.append(_show("loss_type", a.loss_type, "l1, l2"))
     if "timestep_sampling" in given and a.timestep_sampling not in _FLOW_SAMPLINGS:
         out.append(_show("timestep_sampling", a.timestep_sampling, ", ".join(_FLOW_SAMPLINGS)))
     if "model_prediction_type" in given and a.model_prediction_type != "raw":
@@ -1021,6 +1035,24 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(NOISE_LOSS, TrainConfig, "sigmoid_scale", a.sigmoid_scale, "--sigmoid_scale")
     inp.put(NOISE_LOSS, TrainConfig, "discrete_flow_shift", a.discrete_flow_shift, "--discrete_flow_shift")
     inp.put(NOISE_LOSS, TrainConfig, "guidance_scale", a.guidance_scale, "--guidance_scale")
+    inp.put(NOISE_LOSS, TrainConfig, "noise_offset_random_strength", a.noise_offset_random_strength,
+            "--noise_offset_random_strength")
+    inp.put(NOISE_LOSS, TrainConfig, "adaptive_noise_scale", a.adaptive_noise_scale or 0.0, "--adaptive_noise_scale")
+    inp.put(NOISE_LOSS, TrainConfig, "multires_noise_iterations", a.multires_noise_iterations or 0,
+            "--multires_noise_iterations")
+    inp.put(NOISE_LOSS, TrainConfig, "multires_noise_discount", a.multires_noise_discount, "--multires_noise_discount")
+    inp.put(NOISE_LOSS, TrainConfig, "ip_noise_gamma", a.ip_noise_gamma or 0.0, "--ip_noise_gamma")
+    inp.put(NOISE_LOSS, TrainConfig, "ip_noise_gamma_random_strength", a.ip_noise_gamma_random_strength,
+            "--ip_noise_gamma_random_strength")
+    inp.put(NOISE_LOSS, TrainConfig, "huber_schedule", a.huber_schedule, "--huber_schedule")
+    inp.put(NOISE_LOSS, TrainConfig, "huber_c", a.huber_c, "--huber_c")
+    inp.put(NOISE_LOSS, TrainConfig, "huber_scale", a.huber_scale, "--huber_scale")
+    inp.put(NOISE_LOSS, TrainConfig, "debiased_estimation_loss", a.debiased_estimation_loss,
+            "--debiased_estimation_loss")
+    inp.put(NOISE_LOSS, TrainConfig, "scale_v_pred_loss_like_noise_pred", a.scale_v_pred_loss_like_noise_pred,
+            "--scale_v_pred_loss_like_noise_pred")
+    inp.put(NOISE_LOSS, TrainConfig, "v_pred_like_loss", a.v_pred_like_loss or 0.0, "--v_pred_like_loss")
+    inp.put(NOISE_LOSS, TrainConfig, "zero_terminal_snr", a.zero_terminal_snr, "--zero_terminal_snr")
     if not invalid:
         try:
             TrainConfig(**inp.values(TrainConfig))

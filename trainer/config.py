@@ -130,14 +130,18 @@ class TrainConfig:
                                   choices=MIXED_PRECISION)
     # ---- Noise & Loss settings node
     noise_offset: float = option(0.0, "Add offset noise: noise += offset * randn(B, C, 1, 1) (kohya noise_offset; "
-                                      "~0.05-0.1 helps very dark/bright images).", min=0.0, max=1.0, step=0.001)
+                                      "~0.05-0.1 helps very dark/bright images). SD1/SD2/SDXL: flow models "
+                                      "(SD3, FLUX, ...) train on plain noise, as in sd-scripts.",
+                                 min=0.0, max=1.0, step=0.001)
     min_snr_gamma: float = option(0.0, "Min-SNR-gamma loss weighting for eps/v models (kohya min_snr_gamma; 5 is "
                                        "common). 0 = off. Ignored by flow models (SD3/FLUX), as in sd-scripts.",
                                   min=0.0, max=100.0, step=0.1)
     min_timestep: int = option(0, "Lowest training timestep for SD1/SD2/SDXL (kohya min_timestep).", min=0, max=1000)
     max_timestep: int = option(1000, "Upper bound (exclusive) of training timesteps for SD1/SD2/SDXL (kohya "
                                      "max_timestep).", min=0, max=1000)
-    loss_type: str = option("l2", "Loss: l2 (MSE) or l1 (kohya loss_type).", choices=("l2", "l1"))
+    loss_type: str = option("l2", "Loss (kohya loss_type): l2 (MSE), l1, huber = 2c(sqrt(d^2+c^2)-c) or smooth_l1 = "
+                                  "2(sqrt(d^2+c^2)-c), c per sample from huber_schedule.",
+                            choices=("l2", "l1", "huber", "smooth_l1"))
     timestep_sampling: str = option("model", "Flow models: how sigmas are drawn (kohya timestep_sampling). model = "
                                              "what the family's own trainers use: FLUX dev flux_shift "
                                              "(resolution-dependent); SD3 and FLUX schnell shift with the model's own "
@@ -156,6 +160,44 @@ class TrainConfig:
                                         "training. 1.0 as sd-scripts recommends for LoRA (kohya's CLI default 3.5): "
                                         "the LoRA then learns without leaning on the distilled guidance, and still "
                                         "works at the usual 3.5 when sampling.", min=0.0, max=100.0, step=0.1)
+    noise_offset_random_strength: bool = option(False, "Offset noise of a random strength U(0, 1) x noise_offset "
+                                                       "per batch (kohya noise_offset_random_strength).")
+    adaptive_noise_scale: float = option(0.0, "Adds |mean of each latent channel| x this to noise_offset (kohya "
+                                              "adaptive_noise_scale; needs noise_offset; may be negative, the offset "
+                                              "stays >= 0). 0 = off.", min=-1.0, max=1.0, step=0.0001)
+    multires_noise_iterations: int = option(0, "Pyramid (multi-resolution) noise with this many levels (kohya "
+                                               "multires_noise_iterations; 6-10 is usual). SD1/SD2/SDXL only, as in "
+                                               "sd-scripts. 0 = off.", min=0, max=64)
+    multires_noise_discount: float = option(0.3, "Weight of each coarser pyramid level: discount^level (kohya "
+                                                 "multires_noise_discount).", min=0.0, max=1.0, step=0.01)
+    ip_noise_gamma: float = option(0.0, "Input perturbation: the noisy input gets noise + gamma x randn, the target "
+                                        "keeps the noise (kohya ip_noise_gamma; ~0.1). Every model (sd-scripts' SD3 "
+                                        "trainer ignores it). 0 = off.", min=0.0, max=1.0, step=0.001)
+    ip_noise_gamma_random_strength: bool = option(False, "Input perturbation of a random strength U(0, 1) x "
+                                                         "ip_noise_gamma per batch (kohya "
+                                                         "ip_noise_gamma_random_strength).")
+    huber_schedule: str = option("snr", "huber/smooth_l1 threshold c per timestep t (kohya huber_schedule): constant "
+                                        "c x huber_scale; exponential exp(ln(c) t / 1000) x huber_scale; snr "
+                                        "(1 - c) / (1 + sigma)^2 + c (no huber_scale, as in sd-scripts). Flow models "
+                                        "use t = 1000 sigma; snr there uses the flow SNR, (1 - c)(1 - sigma)^2 + c, "
+                                        "where sd-scripts refuses it.", choices=("constant", "exponential", "snr"))
+    huber_c: float = option(0.1, "Huber threshold / decay parameter c (kohya huber_c).", min=0.0001, max=10.0,
+                            step=0.001)
+    huber_scale: float = option(1.0, "Scale of the constant and exponential huber schedules (kohya huber_scale).",
+                                min=0.0001, max=100.0, step=0.01)
+    debiased_estimation_loss: bool = option(False, "Weight the loss by 1/sqrt(SNR) (eps) or 1/(SNR+1) (v), SNR "
+                                                   "capped at 1000 (kohya debiased_estimation_loss). SD1/SD2/SDXL.")
+    scale_v_pred_loss_like_noise_pred: bool = option(False, "v-prediction models: weight the loss by SNR/(SNR+1) so "
+                                                            "it scales like an eps loss (kohya "
+                                                            "scale_v_pred_loss_like_noise_pred). An error on other "
+                                                            "models, as in sd-scripts.")
+    v_pred_like_loss: float = option(0.0, "eps models: add this x a v-prediction-like loss, loss x (1 + k (SNR+1)/"
+                                          "SNR) (kohya v_pred_like_loss). An error on v models, as in sd-scripts. "
+                                          "0 = off.", min=0.0, max=100.0, step=0.01)
+    zero_terminal_snr: bool = option(False, "Rescale the model's noise schedule to zero terminal SNR (kohya "
+                                            "zero_terminal_snr, meant for v-prediction); the last sigma is ComfyUI's "
+                                            "zsnr one, so sample with ModelSamplingDiscrete zsnr on. Loss weights keep "
+                                            "the original SNR, as in sd-scripts. SD1/SD2/SDXL.")
 
     def __post_init__(self):
         check_options(self)
@@ -163,6 +205,9 @@ class TrainConfig:
         if not ok:
             raise ValueError(f"need 0 <= min_timestep ({self.min_timestep}) < max_timestep ({self.max_timestep}) <= 1000 "
                              "(or min == max <= 999 to train one timestep)")
+        if self.adaptive_noise_scale and not self.noise_offset:
+            raise ValueError(f"adaptive_noise_scale={self.adaptive_noise_scale} needs noise_offset (sd-scripts' rule): "
+                             "set noise_offset, or adaptive_noise_scale to 0")
         if self.lr_scheduler == "constant" and self.lr_warmup_steps > 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} with lr_scheduler 'constant': a constant "
                              "schedule has no warm-up (sd-scripts' rule); choose 'constant_with_warmup' or set "

@@ -21,7 +21,8 @@ from .captions import process_caption
 from . import distributed
 from .config import TrainConfig
 from .encoded import EncodedDataset
-from .objectives import make_noise, per_sample_loss
+from .noise import StepNoise
+from .objectives import HUBER_OPTIONS, WEIGHTING_OPTIONS, per_sample_loss
 from .optim import build_optimizer, build_scheduler, load_scheduler_state
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class Trainer:
         self.text_encoder = text_encoder
         self.size_conditioning = size_conditioning
         self.train_te = bool(network.text_encoder_names)
+        self.noise = StepNoise.of(cfg, objective.kind)   # sd-scripts' noise options (trainer/noise.py)
+        self.huber = {k: getattr(cfg, k) for k in HUBER_OPTIONS} if cfg.loss_type in ("huber", "smooth_l1") else None
+        self.weighting = {k: getattr(cfg, k) for k in WEIGHTING_OPTIONS}
         self.ctx = distributed.current()  # several processes: global batches, sharded, gradients summed
         self.stream_data = data if not self.ctx.distributed else dataclasses.replace(
             data, dataset=distributed.global_dataset(data.dataset))
@@ -231,19 +235,21 @@ class Trainer:
             if shard is not None and shard[0] == shard[1]:
                 continue  # fewer samples than processes: this rank only joins the gradient sum
             x0, conds = self._batch_inputs(pos, samples, shard)
-            noise = make_noise(x0, gen, cfg.noise_offset)
+            noise = self.noise.noise(x0, gen)  # + offset / adaptive / pyramid noise (sd-scripts' order)
             sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
             sigma = sigma.to(x0.device)
+            input_noise = self.noise.input_noise(noise, gen)  # + ip_noise_gamma: the noisy input only
             if shard is not None:
                 lo, hi = shard
-                x0, noise, sigma = x0[lo:hi], noise[lo:hi], sigma[lo:hi]
-            x_t = self.objective.noisy(x0, noise, sigma)
+                x0, noise, input_noise, sigma = x0[lo:hi], noise[lo:hi], input_noise[lo:hi], sigma[lo:hi]
+            x_t = self.objective.noisy(x0, input_noise, sigma)
             with self.model.autocast():
                 denoised = self.model.denoise(x_t, sigma, conds)
             pred = self.objective.prediction(denoised.float(), x_t, sigma)
             target = self.objective.target(x0, noise, sigma)
-            weights = self.objective.loss_weight(sigma, cfg.min_snr_gamma)
-            per_sample = per_sample_loss(pred, target, cfg.loss_type) * weights
+            huber_c = self.objective.huber_threshold(sigma, **self.huber) if self.huber is not None else None
+            weights = self.objective.loss_weight(sigma, **self.weighting)
+            per_sample = per_sample_loss(pred, target, cfg.loss_type, huber_c) * weights
             loss = per_sample.mean() if shard is None else per_sample.sum() / len(samples)
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()

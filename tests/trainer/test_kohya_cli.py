@@ -235,6 +235,10 @@ def test_unsupported_arguments_one_message():
                  "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
                  "--network_module=lycoris.kohya", "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution=512,768"):
         assert name in msg, name
+    # the loss and noise options are implemented (mapped)
+    for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
+                 "--zero_terminal_snr", "--loss_type"):
+        assert name not in msg, name
 
 
 def test_unsupported_at_their_default_values_pass():
@@ -262,6 +266,7 @@ def test_invalid_values_are_reported_with_the_argument():
     msg = refused(BASE + ["--network_dim", "0", "--max_grad_norm", "-1"])
     assert msg.startswith("invalid arguments") and "--network_dim" in msg and "--max_grad_norm" in msg
     assert "constant" in refused(BASE + ["--lr_warmup_steps", "10"])  # sd-scripts refuses a constant warm-up too
+    assert "needs noise_offset" in refused(BASE + ["--adaptive_noise_scale", "0.01"])  # sd-scripts' rule too
     assert "--output_dir is required" in refused(BASE[:2])
     assert "--resolution is required" in refused(["--pretrained_model_name_or_path=m.safetensors",
                                                   "--train_data_dir=d", "--output_dir=o"])
@@ -498,6 +503,23 @@ MAPPED_VALUES = [
     (["--min_timestep", "100"], "LoraLoop_NoiseLossSettings", "min_timestep", 100),
     (["--max_timestep", "900"], "LoraLoop_NoiseLossSettings", "max_timestep", 900),
     (["--loss_type", "l1"], "LoraLoop_NoiseLossSettings", "loss_type", "l1"),
+    (["--loss_type", "smooth_l1"], "LoraLoop_NoiseLossSettings", "loss_type", "smooth_l1"),
+    (["--huber_schedule", "exponential"], "LoraLoop_NoiseLossSettings", "huber_schedule", "exponential"),
+    (["--huber_c", "0.2"], "LoraLoop_NoiseLossSettings", "huber_c", 0.2),
+    (["--huber_scale", "2"], "LoraLoop_NoiseLossSettings", "huber_scale", 2.0),
+    (["--noise_offset", "0.1", "--noise_offset_random_strength"], "LoraLoop_NoiseLossSettings",
+     "noise_offset_random_strength", True),
+    (["--noise_offset", "0.1", "--adaptive_noise_scale", "0.01"], "LoraLoop_NoiseLossSettings",
+     "adaptive_noise_scale", 0.01),
+    (["--multires_noise_iterations", "6"], "LoraLoop_NoiseLossSettings", "multires_noise_iterations", 6),
+    (["--multires_noise_discount", "0.1"], "LoraLoop_NoiseLossSettings", "multires_noise_discount", 0.1),
+    (["--ip_noise_gamma", "0.1"], "LoraLoop_NoiseLossSettings", "ip_noise_gamma", 0.1),
+    (["--ip_noise_gamma_random_strength"], "LoraLoop_NoiseLossSettings", "ip_noise_gamma_random_strength", True),
+    (["--debiased_estimation_loss"], "LoraLoop_NoiseLossSettings", "debiased_estimation_loss", True),
+    (["--scale_v_pred_loss_like_noise_pred"], "LoraLoop_NoiseLossSettings", "scale_v_pred_loss_like_noise_pred",
+     True),
+    (["--v_pred_like_loss", "0.5"], "LoraLoop_NoiseLossSettings", "v_pred_like_loss", 0.5),
+    (["--zero_terminal_snr"], "LoraLoop_NoiseLossSettings", "zero_terminal_snr", True),
     (["--timestep_sampling", "sigmoid"], "LoraLoop_NoiseLossSettings", "timestep_sampling", "sigmoid"),
     (["--guidance_scale", "1.0"], "LoraLoop_NoiseLossSettings", "guidance_scale", 1.0),
     (["--save_every_n_steps", "100"], "LoraLoop_CheckpointSettings", "save_every_n_steps", 100),
@@ -604,7 +626,11 @@ def test_every_emitted_input_name_is_a_node_input():
                         "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision",
                         "max_train_epochs")
     noise_fields = ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type", "timestep_sampling",
-                    "sigmoid_scale", "discrete_flow_shift", "guidance_scale")
+                    "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "noise_offset_random_strength",
+                    "adaptive_noise_scale", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
+                    "ip_noise_gamma_random_strength", "huber_schedule", "huber_c", "huber_scale",
+                    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+                    "zero_terminal_snr")
     main_fields = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                    "blocks_to_swap")
     allowed = {
