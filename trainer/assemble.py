@@ -5,16 +5,22 @@ import logging
 
 from .config import NetworkConfig, TrainConfig
 from .network import COMFY_TE_PREFIX, TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
-from .objectives import DiscreteObjective, FlowObjective
+from .objectives import DiscreteObjective, FlowObjective, check_weighting
 
 log = logging.getLogger(__name__)
 
 
 def build_objective(spec, cfg: TrainConfig, family):
     """``spec`` is the adapter's ObjectiveSpec (what the model's own model_sampling says); ``family`` decides
-    what ``timestep_sampling=model`` means for a flow model."""
+    what ``timestep_sampling=model`` means for a flow model. The loss-weight options are checked against the
+    model's prediction here, before anything loads (sd-scripts' rules)."""
+    check_weighting(spec.prediction, cfg.scale_v_pred_loss_like_noise_pred, cfg.v_pred_like_loss)
     if spec.kind == "discrete":
-        return DiscreteObjective(spec.sigmas, spec.prediction, cfg.min_timestep, cfg.max_timestep)
+        return DiscreteObjective(spec.sigmas, spec.prediction, cfg.min_timestep, cfg.max_timestep,
+                                 zero_terminal_snr=cfg.zero_terminal_snr)
+    if cfg.zero_terminal_snr:
+        log.warning("zero_terminal_snr ignored: it rescales a discrete (SD1/SD2/SDXL) noise schedule, and this is a "
+                    "flow-matching model (sd-scripts' flow trainers ignore it too)")
     sampling, shift = cfg.timestep_sampling, cfg.discrete_flow_shift
     if sampling == "model":
         sampling, shift = family.model_timestep_sampling(spec.shift)

@@ -96,6 +96,14 @@ def num_epochs(max_train_steps: int, batches_per_epoch: int, gradient_accumulati
     return math.ceil(max_train_steps / per_epoch)
 
 
+#: options whose "off" is sd-scripts' None (not given)
+_NONE_WHEN_OFF = ("noise_offset", "multires_noise_iterations", "adaptive_noise_scale", "ip_noise_gamma",
+                  "min_snr_gamma", "v_pred_like_loss")
+#: options sd-scripts' flow-model trainers do not apply (trainer/noise.py, objectives.FlowObjective)
+_NOT_FOR_FLOW = ("noise_offset", "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+                 "min_snr_gamma", "debiased_estimation_loss", "v_pred_like_loss", "zero_terminal_snr")
+
+
 @dataclass(frozen=True)
 class TrainingRecord:
     """One run, for the file header. ``epoch`` is the 1-based epoch of the last trained batch."""
@@ -121,13 +129,20 @@ class TrainingRecord:
                           self.config.gradient_accumulation_steps)
 
     def training_options(self) -> dict[str, Any]:
-        """kohya option name -> value, as the run used them (sd-scripts writes ``args.<name>``)."""
+        """kohya option name -> value, as the run used them (sd-scripts writes ``args.<name>``). An option that is
+        off at 0 is None, as sd-scripts writes an option not given; on a flow model the noise and loss-weight
+        options its trainers do not apply are written as off."""
         cfg = self.config
         out: dict[str, Any] = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__ if f != "optimizer_args"}
         out.update(optimizer=self.optimizer, mixed_precision=self.mixed_precision,
                    gradient_checkpointing=self.gradient_checkpointing, unet_lr=cfg.learning_rate,
                    text_encoder_lr=cfg.text_encoder_lr if self.trains_text_encoder else None,
                    cache_latents=True, min_timestep=cfg.min_timestep, max_timestep=cfg.max_timestep)
+        if self.prediction == "flow":
+            out.update({k: False if isinstance(out[k], bool) else 0 for k in _NOT_FOR_FLOW})
+        for k in _NONE_WHEN_OFF:
+            if not out[k]:
+                out[k] = None
         return out
 
 

@@ -122,3 +122,41 @@ def test_changing_captions_are_encoded_per_step(comfy):
     chart = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]
     assert len(chart["loss"]) == 3 and all(torch.isfinite(torch.tensor(chart["loss"])))
     assert [r for r in log.records[n:] if r.startswith("Encode Dataset:")]
+
+
+def test_noise_and_loss_options_reach_the_training_step(comfy):
+    """sd-scripts' loss and noise options on the Noise & Loss node: the run trains with them (another loss curve
+    than the defaults), the file records them under sd-scripts' ss_* keys, zero_terminal_snr trains on the table
+    ComfyUI's own zsnr sampling uses, and sd-scripts' rules are errors on Train LoRA."""
+    import comfy.model_sampling as ms
+
+    from trainer.objectives import ddpm_sigmas, zero_terminal_snr_sigmas
+
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "noiseloss"), n=2)
+    ex = comfy_env.new_executor()
+    losses = {}
+    for name, options in (("plain", {}),
+                          ("noiseloss", dict(loss_type="huber", huber_schedule="exponential", huber_c=0.2,
+                                             noise_offset=0.05, noise_offset_random_strength=True,
+                                             adaptive_noise_scale=0.01, multires_noise_iterations=3,
+                                             ip_noise_gamma=0.1, debiased_estimation_loss=True,
+                                             v_pred_like_loss=0.2, zero_terminal_snr=True))):
+        p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=2, save_name=name)
+        graphs.train_options(p, **options)
+        ex, _ = comfy_env.run_prompt(p, name, executor=ex)
+        losses[name] = ex.history_result["outputs"][graphs.one(p, "LoraLoop_TrainLoRA")]["lora_loop_chart"][0]["loss"]
+        with safe_open(_saved_path(comfy, ex, p), "pt") as f:
+            meta = f.metadata()
+    assert all(torch.isfinite(torch.tensor(losses["noiseloss"]))) and losses["noiseloss"] != losses["plain"]
+    assert (meta["ss_loss_type"], meta["ss_huber_schedule"], meta["ss_huber_c"], meta["ss_noise_offset"],
+            meta["ss_adaptive_noise_scale"], meta["ss_multires_noise_iterations"], meta["ss_ip_noise_gamma"],
+            meta["ss_debiased_estimation"], meta["ss_zero_terminal_snr"]) == \
+        ("huber", "exponential", "0.2", "0.05", "0.01", "3", "0.1", "True", "True")
+    theirs = ms.rescale_zero_terminal_snr_sigmas(ddpm_sigmas(dtype=torch.float64))
+    assert torch.allclose(zero_terminal_snr_sigmas(ddpm_sigmas()).double(), theirs, rtol=1e-5)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=1, save_name="bad")
+    graphs.train_options(p, scale_v_pred_loss_like_noise_pred=True)
+    comfy_env.execute(p, "bad", executor=ex)
+    errors = [d for e, d in ex.status_messages if e == "execution_error"]
+    assert errors and "scale_v_pred_loss_like_noise_pred needs a v-prediction model" in \
+        errors[0]["exception_message"], errors

@@ -1,8 +1,9 @@
 """One rank of a data-parallel trainer-tier run (tests/trainer/test_distributed.py): the tiny plain-torch trainer
 in a process group that accelerate sets up from the environment (WORLD_SIZE, RANK, MASTER_ADDR/PORT; gloo on the
-CPU). ``python distributed_worker.py <data folder> <per-process batch> <steps> <accum> <out.pt>``: rank 0 writes the
-trained LoRA state dict and the losses to ``out.pt``."""
+CPU). ``python distributed_worker.py <data folder> <per-process batch> <steps> <accum> <out.pt> [options JSON]``: rank
+0 writes the trained LoRA state dict and the losses to ``out.pt``; the JSON holds more TrainConfig values."""
 import dataclasses
+import json
 import os
 import sys
 
@@ -20,7 +21,7 @@ from trainer.loop import Trainer  # noqa: E402
 from trainer.objectives import DiscreteObjective, ddpm_sigmas  # noqa: E402
 
 
-def main(folder, batch, steps, accum, out):
+def main(folder, batch, steps, accum, out, options="{}"):
     ctx = distributed.init_from_environment(cpu=True)
     here = pathlib.Path(folder) / f"rank{ctx.rank}"  # each rank writes its own (identical) images
     here.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,7 @@ def main(folder, batch, steps, accum, out):
     model = TinyModel()
     net = installed(model)
     cfg = TrainConfig(max_train_steps=int(steps), learning_rate=3e-3, seed=5, gradient_accumulation_steps=int(accum),
-                      max_grad_norm=1.0)
+                      max_grad_norm=1.0, **json.loads(options))
     trainer = Trainer(model=model, network=net, data=data, cfg=cfg, objective=DiscreteObjective(ddpm_sigmas(), "eps"),
                       text_encoder=text_encoder)
     res = trainer.run()

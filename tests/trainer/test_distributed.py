@@ -4,6 +4,7 @@ global batch): noise and timesteps are drawn for the global batch, each rank tra
 The dataset has three images, so every epoch ends with a one-sample batch that leaves one rank without samples."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, world: int, batch: int, steps: int = 6, accum: int = 1, name: str = "out") -> dict:
+def _run(tmp_path, world: int, batch: int, steps: int = 6, accum: int = 1, name: str = "out", **options) -> dict:
     (tmp_path / "data").mkdir(exist_ok=True)
     out = tmp_path / f"{name}.pt"
     port = _free_port()
@@ -37,7 +38,7 @@ def _run(tmp_path, world: int, batch: int, steps: int = 6, accum: int = 1, name:
             for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
                 env.pop(k)
         procs.append(subprocess.Popen([sys.executable, WORKER, str(tmp_path / "data"), str(batch), str(steps),
-                                       str(accum), str(out)], env=env, stdout=subprocess.PIPE,
+                                       str(accum), str(out), json.dumps(options)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
@@ -69,6 +70,20 @@ def test_two_processes_with_gradient_accumulation(tmp_path):
     one = _run(tmp_path, world=1, batch=2, steps=3, accum=2, name="one")
     two = _run(tmp_path, world=2, batch=1, steps=3, accum=2, name="two")
     _close(one["sd"], two["sd"])
+
+
+def test_two_processes_equal_one_process_with_the_noise_and_loss_options(tmp_path):
+    """Offset (random strength, adaptive), pyramid and input-perturbation noise are drawn for the global batch (the
+    pyramid's std is the global batch's), the huber threshold and loss weights per sample."""
+    options = dict(noise_offset=0.1, noise_offset_random_strength=True, adaptive_noise_scale=0.05,
+                   multires_noise_iterations=3, ip_noise_gamma=0.1, ip_noise_gamma_random_strength=True,
+                   loss_type="huber", huber_schedule="snr", debiased_estimation_loss=True)
+    one = _run(tmp_path, world=1, batch=2, steps=4, name="one", **options)
+    two = _run(tmp_path, world=2, batch=1, steps=4, name="two", **options)
+    _close(one["sd"], two["sd"])
+    assert one["losses"] == pytest.approx(two["losses"], rel=1e-5)
+    plain = _run(tmp_path, world=1, batch=2, steps=4, name="plain")
+    assert plain["losses"] != pytest.approx(one["losses"], rel=1e-3)
 
 
 def test_shards_cover_the_batch_once():

@@ -245,3 +245,34 @@ def test_metadata_for_untrained_network_and_errors():
     assert json.loads(m["ss_network_args"]) == {"train_blocks": "single"}
     with pytest.raises(ValueError, match="family"):
         metadata_for(_network(""), None)
+
+
+def test_metadata_records_the_loss_and_noise_options_as_sd_scripts_writes_them(tmp_path):
+    _images(tmp_path / "data", ["a", "b"])
+    ds = load_folder(str(tmp_path / "data"))
+    m = metadata_for(_network(), _record(ds))  # defaults: what sd-scripts writes without the options
+    assert (m["ss_noise_offset"], m["ss_multires_noise_iterations"], m["ss_multires_noise_discount"],
+            m["ss_adaptive_noise_scale"], m["ss_ip_noise_gamma"], m["ss_min_snr_gamma"]) == \
+        ("None", "None", "0.3", "None", "None", "None")
+    assert (m["ss_loss_type"], m["ss_huber_schedule"], m["ss_huber_c"], m["ss_huber_scale"]) == \
+        ("l2", "snr", "0.1", "1.0")
+    assert (m["ss_zero_terminal_snr"], m["ss_debiased_estimation"], m["ss_noise_offset_random_strength"],
+            m["ss_ip_noise_gamma_random_strength"]) == ("False", "False", "False", "False")
+    cfg = TrainConfig(max_train_steps=10, noise_offset=0.05, noise_offset_random_strength=True,
+                      adaptive_noise_scale=0.01, multires_noise_iterations=6, multires_noise_discount=0.1,
+                      ip_noise_gamma=0.1, ip_noise_gamma_random_strength=True, loss_type="smooth_l1",
+                      huber_schedule="exponential", huber_c=0.2, huber_scale=2.0, debiased_estimation_loss=True,
+                      zero_terminal_snr=True, min_snr_gamma=5.0)
+    m = metadata_for(_network(), _record(ds, config=cfg))
+    assert (m["ss_noise_offset"], m["ss_noise_offset_random_strength"], m["ss_adaptive_noise_scale"],
+            m["ss_multires_noise_iterations"], m["ss_multires_noise_discount"], m["ss_ip_noise_gamma"],
+            m["ss_ip_noise_gamma_random_strength"]) == ("0.05", "True", "0.01", "6", "0.1", "0.1", "True")
+    assert (m["ss_loss_type"], m["ss_huber_schedule"], m["ss_huber_c"], m["ss_huber_scale"]) == \
+        ("smooth_l1", "exponential", "0.2", "2.0")
+    assert (m["ss_debiased_estimation"], m["ss_zero_terminal_snr"], m["ss_min_snr_gamma"]) == ("True", "True", "5.0")
+    # a flow model: what sd-scripts' flow trainers do not apply is recorded as off; ip noise and huber apply
+    f = metadata_for(_network("flux"), _record(ds, config=cfg, prediction="flow"))
+    assert (f["ss_noise_offset"], f["ss_adaptive_noise_scale"], f["ss_multires_noise_iterations"],
+            f["ss_min_snr_gamma"], f["ss_debiased_estimation"], f["ss_zero_terminal_snr"]) == \
+        ("None", "None", "None", "None", "False", "False")
+    assert (f["ss_ip_noise_gamma"], f["ss_loss_type"], f["ss_huber_schedule"]) == ("0.1", "smooth_l1", "exponential")
