@@ -280,7 +280,7 @@ OPTIONS: tuple[Option, ...] = (
         "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")),
     _o("config_file", str, None, G, "read as sd-scripts does (see the module doc)"),
     _o("output_config", FLAG, False, U),
-    _o("prior_loss_weight", float, 1.0, U),
+    _o("prior_loss_weight", float, 1.0, M, f"{NOISE_LOSS}.prior_loss_weight"),
     _o("conditioning_data_dir", str, None, U),
     _o("masked_loss", FLAG, False, U),
     # deepspeed

@@ -66,7 +66,8 @@ TOPICS = (
                           "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
                           "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength",
                           "huber_schedule", "huber_c", "huber_scale", "debiased_estimation_loss",
-                          "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr")),)),
+                          "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr",
+                          "prior_loss_weight")),)),
     Topic("checkpoints", "LoraLoop_CheckpointSettings", "Checkpoints & Resume (LoRA Loop)", CheckpointSettingsIO,
           "checkpoint_settings", "Train LoRA",
           "Periodic checkpoints (LoRA + resumable state) into <loras>/<output_name>_checkpoints, how many to keep, "

@@ -199,6 +199,22 @@ class TrainConfig:
                                             "zsnr one, so sample with ModelSamplingDiscrete zsnr on. Loss weights keep "
                                             "the original SNR, as in sd-scripts. SD1/SD2/SDXL.")
 
+    # ---- Validation settings node (sd-scripts' validation split and loss)
+    validation_split: float = option(0.0, "Fraction of each subset's images held out of training for the validation "
+                                          "loss: per subset, shuffled with validation_seed, training keeps "
+                                          "ceil(n x (1 - split)), validation the rest (kohya validation_split). "
+                                          "Regularisation images stay in training. 0 = no validation.",
+                                     min=0.0, max=0.99, step=0.01)
+    validation_seed: int = option(-1, "Seed of the split and of the validation noise (kohya validation_seed). -1 = "
+                                      "the training seed, as sd-scripts without it.", min=-1, max=2**63 - 1)
+    validate_every_n_steps: int = option(0, "Also compute the validation loss every N steps (kohya "
+                                            "validate_every_n_steps). 0 = off.", min=0, max=1_000_000)
+    validate_every_n_epochs: int = option(0, "Compute the validation loss at the end of every N-th epoch (kohya "
+                                             "validate_every_n_epochs). 0 = every epoch, sd-scripts' default.",
+                                          min=0, max=100_000)
+    max_validation_steps: int = option(0, "At most this many validation batches per validation (kohya "
+                                          "max_validation_steps). 0 = all of them.", min=0, max=1_000_000)
+
     def __post_init__(self):
         check_options(self)
         ok = 0 <= self.min_timestep < self.max_timestep <= 1000 or 0 <= self.min_timestep == self.max_timestep <= 999
@@ -220,6 +236,9 @@ class TrainConfig:
         """This config with ``max_train_steps`` from ``max_train_epochs`` (when set) for ``dataset`` bucketed by
         ``plan``, counting the global batches of all processes (kohya: epochs x ceil(batches / processes /
         accumulation))."""
+    prior_loss_weight: float = option(1.0, "Loss weight of regularisation images (subsets with is_reg; kohya "
+                                           "prior_loss_weight, default 1.0): each reg sample's loss is multiplied "
+                                           "by it.", min=0.0, max=100.0, step=0.01)
         if not self.max_train_epochs:
             return self
         import dataclasses

@@ -124,6 +124,8 @@ class Trainer:
                                          cfg.lr_warmup_steps, cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power)
         self.step = 0
         self.position = Position()
+        self.validator = None  # a validation.Validator: the held-out loss between steps, at its cadence
+        self.validation_losses: list[tuple[int, float]] = []  # (step, validation loss) of this run() call
         self.losses: list[float] = []
         self.lrs: list[float] = []
         self._last_lr = self.optimizer.param_groups[0]["lr"]
@@ -210,6 +212,9 @@ class Trainer:
             self.position = Position(pos.epoch, pos.batch_index + 1)
             self.losses.append(step_loss)
             self.lrs.append(self._last_lr)
+            if self.validator is not None and self.validator.due(self.step, pos.batch_index + 1 >= n_batches,
+                                                                 pos.epoch):  # no gradients, its own generators
+                self.validation_losses.append((self.step, self.validator.loss(self)))
             if on_step is not None:
                 on_step(StepInfo(self.step, cfg.max_train_steps, step_loss, self._last_lr, pos.epoch,
                                  time.perf_counter() - t0, epoch_end=pos.batch_index + 1 >= n_batches,
@@ -271,8 +276,40 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
+            if cfg.prior_loss_weight != 1.0:  # kohya: regularisation samples' loss x prior_loss_weight
+                per_sample = per_sample * self._prior_weights(samples[shard[0]:shard[1]] if shard else samples,
+                                                              per_sample)
         else:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, pos, n_batches
+
+    def _prior_weights(self, samples: list[Sample], like: torch.Tensor) -> torch.Tensor:
+        """prior_loss_weight for each regularisation sample, 1 for the others."""
+        d = self.data.dataset
+        w = [self.cfg.prior_loss_weight if d.subsets[d.images[s.image_index].subset_index].is_reg else 1.0
+             for s in samples]
+        return torch.tensor(w, dtype=like.dtype, device=like.device)
+
+    def _dropout_rng(self):
+        """The LoRA dropouts draw from torch's global generators (as sd-scripts', which gradient checkpointing
+        replays when it recomputes): inside a fork of them, seeded from (seed, step, rank), so a run and its resume
+        are reproducible and ComfyUI's own random state is left as it was. Without dropouts: nothing."""
+        if not self.dropouts:
+            return contextlib.nullcontext()
+        return _global_rng(_seeded(self.cfg.seed, self.step, _DROPOUT_STREAM + self.ctx.rank).initial_seed(),
+                           torch.device(self.model.device))
+
+
+_DROPOUT_STREAM = 1 << 20  # the noise generators use parts 0 .. accumulation-1
+
+
+@contextlib.contextmanager
+def _global_rng(seed: int, device: torch.device):
+    """torch's CPU generator (and ``device``'s) seeded with ``seed`` inside, restored after."""
+    cuda = device.type == "cuda"
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

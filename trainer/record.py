@@ -41,6 +41,7 @@ class DatasetSummary:
     bucket_info: dict | None
     #: kohya ``ss_datasets`` (one entry per [[datasets]]) when the dataset came from a TOML, else None
     datasets: list[dict[str, Any]] | None = None
+    num_validation_images: int = 0     # the images validation_split held out (each used once per validation)
 
     @classmethod
     def of(cls, dataset: LoraDataset, plan: BucketPlan) -> "DatasetSummary":
@@ -143,6 +144,11 @@ class TrainingRecord:
         for k in _NONE_WHEN_OFF:
             if not out[k]:
                 out[k] = None
+        # sd-scripts' validation options: not given = None (validation_seed -1: the training seed)
+        if out["validation_seed"] < 0:
+            out["validation_seed"] = None
+        for k in ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps"):
+            out[k] = out[k] or None
         return out
 
 

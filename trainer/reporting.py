@@ -95,6 +95,9 @@ class Progress:
     def phase(self, text: str, eta: float | None = None) -> None:
         """A long phase between steps is under way, e.g. 'sampling preview 2/4, step 7/20'."""
 
+    def validation(self, step: int, loss: float) -> None:
+        """The validation loss (trainer/validation.py) after ``step``."""
+
     def preview(self, step: int, images: list) -> None:
         """Preview images sampled at ``step`` ((1, H, W, 3) tensors)."""
 

@@ -4,6 +4,7 @@ This is the glue between the node and the plain-torch loop; everything that touc
 through ``adapter``."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from . import adapter as ca
-from . import distributed
+from . import distributed, validation
 from .assemble import build_objective
 from .checkpoints import CheckpointWriter, Saved, apply_state, capture_state
 from .config import TrainConfig
@@ -189,6 +190,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
 
 def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resume_source, preview, vae, on_state,
            model_name, outcome) -> SessionResult:
+    data, held_out = validation.split(data, cfg.validation_split, validation.validation_seed(cfg))
     family = ca.detect_family(model)
     if network.family and network.family != family.name:
         raise ValueError(f"the LoRA network was built for {network.family} but the MODEL is {family.name}; "
@@ -240,6 +242,8 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
     runner = (_preview_runner(preview, mp, clip_t if clip_t is not None else clip, vae, train_te, on_image_step, load)
               if main else None)
     summary = DatasetSummary.of(data.dataset, data.plan)
+    if held_out is not None:
+        summary = dataclasses.replace(summary, num_validation_images=len(held_out.dataset.images))
     started = float((resume.extra or {}).get("started_at") or time.time()) if resume is not None else time.time()
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -256,6 +260,11 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             apply_state(trainer, net, resume, resume_source)
             log.info("LoRA Loop: continuing from step %d (%s) to %d", trainer.step, resume_source,
                      cfg.max_train_steps)
+        if held_out is not None:
+            trainer.validator = validation.Validator(held_out, cfg)
+            log.info("LoRA Loop: validation on %d held-out images (%d batches x %d timesteps %s)",
+                     len(held_out.dataset.images), len(trainer.validator.batches),
+                     len(trainer.validator.timesteps), trainer.validator.timesteps)
         start_step = trainer.step
         if start_step:
             progress.start_at(start_step, trainer.losses, trainer.lrs)
@@ -305,6 +314,9 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         def on_step(info: StepInfo) -> None:
             eta.add_step(time.perf_counter() - clock["t"])
             progress.on_step(info, eta.remaining(info.step))
+            if trainer.validation_losses and trainer.validation_losses[-1][0] == info.step:
+                log.info("LoRA Loop: step %d: validation loss %.6f", info.step, trainer.validation_losses[-1][1])
+                progress.validation(*trainer.validation_losses[-1])
             if checkpoints is not None and checkpoints.due(info.step, info.epoch_end, info.epoch):
                 save("checkpoint", periodic=True)
             if runner is not None and runner.due(info.step, info.total):
