@@ -155,6 +155,9 @@ class TrainConfig:
                                        "sigmoid_scale).", min=0.01, max=10.0, step=0.01)
     discrete_flow_shift: float = option(3.0, "Shift for timestep_sampling=shift (kohya discrete_flow_shift; 3.1582 "
                                              "matches flux_shift at 1024 px).", min=0.01, max=100.0, step=0.0001)
+    prior_loss_weight: float = option(1.0, "Loss weight of regularisation images (subsets with is_reg; kohya "
+                                           "prior_loss_weight, default 1.0): each reg sample's loss is multiplied "
+                                           "by it.", min=0.0, max=100.0, step=0.01)
     guidance_scale: float = option(1.0, "FLUX.1 dev, FLUX.2 dev and other models with a distilled-guidance input: "
                                         "guidance value fed to the model while "
                                         "training. 1.0 as sd-scripts recommends for LoRA (kohya's CLI default 3.5): "
@@ -236,9 +239,6 @@ class TrainConfig:
         """This config with ``max_train_steps`` from ``max_train_epochs`` (when set) for ``dataset`` bucketed by
         ``plan``, counting the global batches of all processes (kohya: epochs x ceil(batches / processes /
         accumulation))."""
-    prior_loss_weight: float = option(1.0, "Loss weight of regularisation images (subsets with is_reg; kohya "
-                                           "prior_loss_weight, default 1.0): each reg sample's loss is multiplied "
-                                           "by it.", min=0.0, max=100.0, step=0.01)
         if not self.max_train_epochs:
             return self
         import dataclasses
