@@ -67,6 +67,8 @@ class NodeProgress(Progress):
         self.lrs: list[float] = []
         self.notes: list[str] = []
         self._pending: list[list] = []
+        self.validation_points: list[list] = []   # [[step, validation loss], ...] (trainer/validation.py)
+        self._pending_validation: list[list] = []
         self._last_send = 0.0
         self._t0 = time.perf_counter()
         self.status = "training"
@@ -137,6 +139,12 @@ class NodeProgress(Progress):
         if first or time.perf_counter() - self._last_send >= self.throttle_s:
             self._send()
 
+    def validation(self, step: int, loss: float) -> None:
+        """The validation loss after ``step``: the chart's second curve (events and the final UI)."""
+        self.validation_points.append([step, loss])
+        self._pending_validation.append([step, loss])
+        self._send()  # the console line is the session's log
+
     def preview(self, step: int, images) -> None:
         """Show preview images live on the node (ComfyUI's progress-bar preview)."""
         from ..trainer.previews import to_pil
@@ -179,6 +187,7 @@ class NodeProgress(Progress):
     def _send(self) -> None:
         self._last_send = time.perf_counter()
         points, self._pending = self._pending, []
+        validation, self._pending_validation = self._pending_validation, []
         srv = server()
         if srv is None or self.node_id is None:
             return
@@ -186,10 +195,13 @@ class NodeProgress(Progress):
                    "step": self.steps[-1] if self.steps else self.start_step, "total": self.total, "points": points,
                    "elapsed": time.perf_counter() - self._t0, "eta": self.eta, "status": self.status,
                    "phase": self.phase_text, "notes": self.notes[-NOTES_SHOWN:]}
+        if validation:
+            payload["validation"] = validation
         srv.send_sync(EVENT, payload, getattr(srv, "client_id", None))
         show_text(self.node_id, self.status_line())
 
     def final_ui(self) -> dict:
         return {UI_KEY: [{"steps": self.steps, "loss": self.losses, "lr": self.lrs, "total": self.total,
                           "elapsed": time.perf_counter() - self._t0, "status": self.status,
-                          "start": self.start_step, "notes": self.notes[-NOTES_SHOWN:]}]}
+                          "start": self.start_step, "notes": self.notes[-NOTES_SHOWN:],
+                          **({"validation": self.validation_points} if self.validation_points else {})}]}

@@ -15,7 +15,7 @@ from ..trainer.dataset import SubsetConfig
 from ..trainer.options import check_values
 from ..trainer.previews import PreviewConfig
 from ._api import (CATEGORY, CaptionSettingsIO, CheckpointSettingsIO, NoiseLossSettingsIO, OptimizerSettingsIO,
-                   PreviewSettingsIO, TrainState, io)
+                   PreviewSettingsIO, TrainState, ValidationSettingsIO, io)
 from .schema import values_of, widgets
 
 SETTINGS_CATEGORY = f"{CATEGORY}/settings"
@@ -90,6 +90,14 @@ TOPICS = (
           ((PreviewConfig, tuple(PreviewConfig.__dataclass_fields__)),),
           objects=(lambda: io.Vae.Input("vae", tooltip="The VAE of the checkpoint: decodes the previews."),),
           unconnected="no previews"),
+    Topic("validation", "LoraLoop_ValidationSettings", "Validation (LoRA Loop)", ValidationSettingsIO,
+          "validation_settings", "Train LoRA",
+          "Hold out a fraction of the dataset's images and chart their loss as a second curve (sd-scripts' "
+          "validation split): no gradients, 4 fixed timesteps, its own seed, every epoch or every N steps. The "
+          "held-out images are not trained on; validating never changes the LoRA trained on the rest.",
+          ((TrainConfig, ("validation_split", "validation_seed", "validate_every_n_steps",
+                          "validate_every_n_epochs", "max_validation_steps")),),
+          unconnected="no validation"),
     Topic("captions", "LoraLoop_CaptionSettings", "Captions & Augmentation (LoRA Loop)", CaptionSettingsIO,
           "caption_settings", "Load Dataset",
           "How captions are processed each time an image is used (kohya tag shuffling, kept tokens, separators, "

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                "blocks_to_swap")
 TOPICS = [BY_NAME[t] for t in ("optimizer", "noise_loss", "checkpoints", "previews")]  # its settings sockets
+VALIDATION = BY_NAME["validation"]  # a later socket: after the widgets
 TITLE = "Train LoRA (LoRA Loop)"
 REGISTRY = ContinuationRegistry()
 
@@ -53,7 +54,7 @@ class TrainLoRA(io.ComfyNode):
             category=f"{CATEGORY}/training",
             description="Train the injected LoRA on the encoded dataset and output the model with the trained "
                         "LoRA applied, ready for KSampler. Optional settings nodes (Optimizer, Noise & Loss, "
-                        "Checkpoints & Resume, Previews) plug into its settings inputs.",
+                        "Checkpoints & Resume, Previews, Validation) plug into its settings inputs.",
             is_experimental=True,
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL from Inject LoRA (or any MODEL of the same checkpoint). "
@@ -74,6 +75,7 @@ class TrainLoRA(io.ComfyNode):
                 widget(CheckpointConfig, "output_name", optional=True),
                 widget(TrainConfig, "memory_mode", optional=True),
                 widget(TrainConfig, "blocks_to_swap", optional=True),
+                receiver_input(VALIDATION),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied "
@@ -100,6 +102,7 @@ class TrainLoRA(io.ComfyNode):
 
         from ..trainer.checkpoints import CheckpointWriter, load_checkpoint_state
         from ..trainer.session import train
+        from ..trainer.validation import split, validation_seed
         from .save import loras_folder
 
         uid = str(cls.hidden.unique_id) if cls.hidden.unique_id is not None else None
@@ -108,13 +111,16 @@ class TrainLoRA(io.ComfyNode):
         legacy.check("LoraLoop_TrainLoRA", TITLE, uid, cls.hidden.prompt, cls.hidden.extra_pnginfo,
                      {k: v is not None for k, v in given.items()})
         opt, noise, ckpts, prev = (_settings(given[t.input_name], t.name, t.input_name) for t in TOPICS)
+        validation_settings = _settings(inputs.pop(VALIDATION.input_name, None), VALIDATION.name,
+                                        VALIDATION.input_name)
         train_values = values_of(TrainConfig, MAIN_FIELDS, widgets)
-        for s in (opt, noise):
+        for s in (opt, noise, validation_settings):
             if s is not None:
                 train_values.update(s.values)
         cfg = TrainConfig(**train_values)
         if getattr(dataset, "plan", None) is not None:  # max_train_epochs: steps follow from the dataset
-            cfg = cfg.with_epochs_resolved(dataset.dataset, dataset.plan)
+            trained = split(dataset, cfg.validation_split, validation_seed(cfg))[0]  # without the held-out images
+            cfg = cfg.with_epochs_resolved(trained.dataset, trained.plan)
         ckpt_values = dict(ckpts.values) if ckpts is not None else {}
         ckpt_values["output_name"] = (widgets.get("output_name") or "").strip() or CheckpointConfig().output_name
         ckpt = CheckpointConfig(**ckpt_values)

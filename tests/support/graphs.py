@@ -102,7 +102,8 @@ def tiny_train_graph(api: dict, *, family: str, dataset: str, steps: int = 6, lr
 SETTINGS_SOCKETS = {"optimizer_settings": "LoraLoop_OptimizerSettings",
                     "noise_loss_settings": "LoraLoop_NoiseLossSettings",
                     "checkpoint_settings": "LoraLoop_CheckpointSettings",
-                    "preview_settings": "LoraLoop_PreviewSettings"}
+                    "preview_settings": "LoraLoop_PreviewSettings",
+                    "validation_settings": "LoraLoop_ValidationSettings"}
 CAPTION_SOCKET = ("caption_settings", "LoraLoop_CaptionSettings")
 
 
