@@ -53,7 +53,9 @@ def _argv_of(path: str) -> tuple[list[str], list[str]]:
     from ..headless.kohya_cli import CliError
 
     if path.lower().endswith(".json"):
-        from ..headless.kohya_gui_json import gui_json_to_args
+        import folder_paths
+
+        from ..headless.kohya_gui_json import GuiJsonError, gui_json_to_args
 
         try:
             with open(path, encoding="utf-8") as f:
@@ -62,7 +64,11 @@ def _argv_of(path: str) -> tuple[list[str], list[str]]:
             raise CliError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if not isinstance(data, dict):
             raise CliError(f"{path}: a kohya_ss config is a JSON object of settings, got {type(data).__name__}")
-        return gui_json_to_args(data)
+        try:  # its sample prompts (which previews would need a VAE for) go to ComfyUI's temp folder, not output_dir
+            return gui_json_to_args(data, prompt_file=os.path.join(folder_paths.get_temp_directory(),
+                                                                   "lora_loop_kohya_gui_prompts.txt"))
+        except GuiJsonError as e:
+            raise CliError(f"{path}: {e}") from None
     return ["--config_file", path], []
 
 

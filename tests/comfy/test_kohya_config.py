@@ -132,3 +132,42 @@ def test_the_config_trains_through_the_graph(comfy, tmp_path):
     assert meta["ss_seed"] == "42" and meta["ss_shuffle_caption"] == "True"
     ckpts = os.listdir(os.path.join(os.path.dirname(saved), "my_lora_checkpoints"))
     assert any("step00000002" in c for c in ckpts)
+
+
+GUI_JSON = {  # shaped like the LoRA tab's "Save config" of the kohya_ss GUI: every key, GUI conventions
+    "LoRA_type": "Standard", "adaptive_noise_scale": 0, "additional_parameters": "", "bucket_no_upscale": True,
+    "bucket_reso_steps": 64, "cache_latents": True, "cache_latents_to_disk": False, "caption_dropout_every_n_epochs": 0,
+    "caption_dropout_rate": 0, "caption_extension": ".txt", "clip_skip": 1, "color_aug": False, "enable_bucket": True,
+    "epoch": 4, "flip_aug": False, "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+    "keep_tokens": "0", "learning_rate": 0.0003, "logging_dir": "", "lr_scheduler": "cosine", "lr_scheduler_args": "",
+    "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1, "lr_warmup": 10, "max_bucket_reso": 2048,
+    "max_grad_norm": 1, "max_resolution": "512,512", "max_timestep": 1000, "max_token_length": 75,
+    "max_train_epochs": 0, "max_train_steps": 0, "min_bucket_reso": 256, "min_snr_gamma": 0, "min_timestep": 0,
+    "mixed_precision": "bf16", "model_list": "custom", "network_alpha": 8, "network_dim": 16, "noise_offset": 0.05,
+    "noise_offset_type": "Original", "optimizer": "AdamW8bit", "optimizer_args": "", "output_dir": "/out",
+    "output_name": "gui_lora", "persistent_data_loader_workers": False,
+    "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5", "prior_loss_weight": 1, "reg_data_dir": "",
+    "sample_every_n_epochs": 0, "sample_every_n_steps": 0, "sample_prompts": "", "sample_sampler": "euler_a",
+    "save_every_n_epochs": 1, "save_model_as": "safetensors", "save_precision": "fp16", "seed": 1234,
+    "shuffle_caption": True, "text_encoder_lr": 0.00005, "train_batch_size": 2, "train_data_dir": "/data/img",
+    "unet_lr": 0.0003, "v2": False, "xformers": "xformers",
+}
+
+
+def test_a_kohya_ss_gui_json_fills_the_settings(comfy, tmp_path):
+    import json
+
+    path = tmp_path / "gui.json"
+    path.write_text(json.dumps(GUI_JSON), encoding="utf-8")
+    opt, noise, ckpt, caps, text = comfy_env.call(_node().execute, str(path)).result
+    assert opt.values["optimizer_type"] == "AdamW8bit" and opt.values["learning_rate"] == pytest.approx(3e-4)
+    assert opt.values["max_train_epochs"] == 4 and opt.values["lr_warmup_steps"] == pytest.approx(0.1)  # 10 %
+    assert opt.values["mixed_precision"] == "bf16" and opt.values["text_encoder_lr"] == pytest.approx(5e-5)
+    assert opt.values["seed"] == 1234 and opt.values["lr_scheduler"] == "cosine"
+    assert noise.values["noise_offset"] == 0.05 and ckpt.values["save_every_n_epochs"] == 1
+    assert caps.values["shuffle_caption"] is True
+    assert "network_dim=16" in text and "taken from the graph: " in text
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"learning_rate": 1e-4,\n "optimizer": }', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2"):
+        comfy_env.call(_node().execute, str(bad))
