@@ -5,9 +5,11 @@
 // - live, throttled: PromptServer.instance.send_sync("lora_loop.progress", detail, client_id) with
 //   detail = {node, display_node, prompt_id, step, total, points: [[step, loss, lr], ...] (new since
 //   the previous event), elapsed, eta (seconds or null), status: "training"|"done"|"cancelled"|"error",
-//   phase (what runs between steps, e.g. "sampling preview 1/2, step 3/20"), notes (what was saved)}.
+//   phase (what runs between steps, e.g. "sampling preview 1/2, step 3/20"), notes (what was saved),
+//   validation: [[step, validation loss], ...] (new since the previous event; only with a Validation node)}.
 //   `node` / `display_node` are execution ids ("12", or "5:3" inside a subgraph).
-// - final: Train LoRA's UI output {lora_loop_chart: [{steps, loss, lr, total, elapsed, status, notes}]} and
+// - final: Train LoRA's UI output {lora_loop_chart: [{steps, loss, lr, total, elapsed, status, notes,
+//   validation (only with a Validation node)}]} and
 //   Save LoRA's {lora_loop_saved: [{name, size, text}]}. They reach node.onExecuted live, the
 //   onNodeOutputsUpdated hook when the frontend restores outputs (switching workflow tabs), and are
 //   fetched from /history/<prompt id> when a finished job is opened from the queue ("Job <id>.json").
@@ -82,6 +84,7 @@ class NodeChart {
     this.el.dataset.step = String(s.step);
     this.el.dataset.total = String(s.total);
     this.el.dataset.status = s.status;
+    this.el.dataset.validation = String(s.validation.steps.length);
     this.headerEl.textContent = s.header();
     this.headerEl.title = s.header();
     this.noteEl.textContent = s.note();

@@ -286,3 +286,31 @@ def test_real_training_run_draws_points(comfy_page, comfy_server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     wait_attr(page, "window.__n", "status", "done", timeout=60_000)
     assert page.evaluate("() => window.__ll.attrs(window.__n).points") == len(final["steps"])
+
+
+# ---- validation curve ---------------------------------------------------------------------------
+
+def test_chart_draws_validation_points(comfy_page, comfy_server):
+    """Validation points from live events and from the final output: counted on the chart, shown in the header;
+    without them the header and the attribute stay as before."""
+    require_node(comfy_server)
+    page = comfy_page
+    install_helpers(page)
+    node_id = page.evaluate("() => { window.__n = window.__ll.add(); return String(window.__n.id); }")
+    chart = page.locator(CHART)
+    from playwright.sync_api import expect
+
+    expect(chart).to_have_count(1, timeout=TIMEOUT_MS)
+    page.evaluate("(d) => window.__ll.send(d)", event(node_id, 4, points(1, 4)))
+    expect(chart).to_have_attribute("data-points", "4", timeout=TIMEOUT_MS)
+    expect(chart).to_have_attribute("data-validation", "0")
+    assert "val" not in page.evaluate("() => window.__ll.attrs(window.__n).header")
+    page.evaluate("(d) => window.__ll.send(d)", {**event(node_id, 8, points(5, 4)), "validation": [[4, 0.5], [8, 0.4]]})
+    expect(chart).to_have_attribute("data-validation", "2", timeout=TIMEOUT_MS)
+    assert page.evaluate("() => window.__ll.attrs(window.__n).header") == \
+        "step 8/100 · loss 0.1250 · val 0.4000 · lr 1.0e-4 · ETA 0:12"
+    final = {"steps": list(range(1, 13)), "loss": [1.0 / s for s in range(1, 13)], "lr": [1e-4] * 12,
+             "total": 12, "elapsed": 3.0, "status": "done", "validation": [[4, 0.5], [8, 0.4], [12, 0.35]]}
+    page.evaluate("(out) => window.__n.onExecuted({lora_loop_chart: [out]})", final)
+    expect(chart).to_have_attribute("data-validation", "3", timeout=TIMEOUT_MS)
+    assert page.problems.ours() == [], "\n".join(page.problems.ours())

@@ -273,3 +273,17 @@ describe("ChartState phases and notes", () => {
     assert.ok(c.header().startsWith("step 3/4"));
   });
 });
+
+describe("ChartState validation points", () => {
+  test("rebuild takes them from the final output; a new run clears them; bounded", () => {
+    const c = new ChartState({ capacity: 4 });
+    c.rebuild({ steps: [1, 2, 3], loss: [1, 0.9, 0.8], lr: [1, 1, 1], total: 3, status: "done",
+                validation: [[1, 1.1], [3, 0.95]] });
+    assert.deepEqual(c.validation, { steps: [1, 3], loss: [1.1, 0.95] });
+    c.rebuild({ steps: [1], loss: [1], lr: [1], total: 1, status: "done" });
+    assert.deepEqual(c.validation, { steps: [], loss: [] });
+    assert.ok(!c.header().includes("val"));
+    for (let i = 1; i <= 9; i++) c.pushValidation(i, 1 / i);
+    assert.ok(c.validation.steps.length <= 4 && c.validation.steps.at(-1) === 9);
+  });
+});

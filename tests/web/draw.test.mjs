@@ -93,3 +93,33 @@ test("a constant learning rate gets one axis label", () => {
   drawChart(ctx2, 400, 200, d, colors);
   assert.ok(texts2.filter(([, color]) => color === "LR").length >= 2);
 });
+
+test("validation points are a second curve with markers and a legend; none without validation", () => {
+  const points = Array.from({ length: 20 }, (_, i) => [i + 1, 1 / (i + 1), 1e-4]);
+  const colors = { raw: "RAW", smooth: "SMOOTH", lr: "LR", validation: "VAL" };
+  const plain = new ChartState();
+  plain.applyEvent({ prompt_id: "p", step: 20, total: 20, points, status: "done" });
+  const ctx0 = recordingContext();
+  drawChart(ctx0, 400, 200, plain, colors);
+  assert.ok(!ctx0.strokes.some((st) => st.color === "VAL"));
+  assert.ok(!ctx0.texts.some(([t]) => t === "validation"));
+
+  const c = new ChartState();
+  c.applyEvent({ prompt_id: "p", step: 10, total: 20, points: points.slice(0, 10), status: "training",
+                 validation: [[5, 0.4], [10, 0.3]] });
+  c.applyEvent({ prompt_id: "p", step: 20, total: 20, points: points.slice(10), status: "done",
+                 validation: [[10, 0.3], [20, 0.25]] }); // a re-delivered point is not doubled
+  assert.deepEqual(c.validation, { steps: [5, 10, 20], loss: [0.4, 0.3, 0.25] });
+  const ctx = recordingContext();
+  drawChart(ctx, 400, 200, c, colors);
+  const val = ctx.strokes.find((st) => st.color === "VAL" && st.points.length === 3);
+  assert.ok(val, "no validation curve");
+  const train = ctx.strokes.find((st) => st.color === "SMOOTH" && st.points.length === 20).points;
+  // same x scale as the training curve: validation at step 10 sits where the training point of step 10 does
+  assert.equal(val.points[1][0], train[9][0]);
+  // a falling validation loss: canvas y grows downward, so the curve ends lower than it starts
+  assert.ok(val.points[2][1] > val.points[0][1]);
+  assert.equal(ctx.calls.filter(([n, , , w]) => n === "fillRect" && w === 4).length, 3); // one marker per point
+  assert.ok(ctx.texts.some(([t]) => t === "validation") && ctx.texts.some(([t]) => t === "train"));
+  assert.ok(c.header().includes("val 0.25"));
+});

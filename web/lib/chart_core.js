@@ -192,6 +192,31 @@ export class ChartState {
     this.status = "idle";
     this.phase = ""; // what runs between steps ("sampling preview 1/2, step 3/20") or what the run kept
     this.notes = []; // what the user should see afterwards (checkpoints written, what Cancel saved)
+    this.validation = { steps: [], loss: [] }; // validation loss points (Validation node), a second curve
+  }
+
+  /**
+   * Append one validation point [step, loss]; older or repeated steps are ignored. Bounded like the
+   * loss series: past the capacity, every other point is dropped (the later of each pair is kept).
+   * @returns {boolean} whether it was added
+   */
+  pushValidation(step, loss) {
+    step = Number(step);
+    const v = this.validation;
+    if (!Number.isFinite(step) || (v.steps.length && step <= v.steps[v.steps.length - 1])) return false;
+    v.steps.push(step);
+    v.loss.push(loss == null ? NaN : Number(loss));
+    if (v.steps.length > this.store.capacity) {
+      v.steps = v.steps.filter((_, i) => i % 2 === 1);
+      v.loss = v.loss.filter((_, i) => i % 2 === 1);
+    }
+    return true;
+  }
+
+  /** The latest validation loss, or null without validation. */
+  lastValidation() {
+    const v = this.validation;
+    return v.loss.length ? v.loss[v.loss.length - 1] : null;
   }
 
   /**
@@ -212,6 +237,9 @@ export class ChartState {
     }
     let added = 0;
     for (const p of points) if (this.store.push(p[0], p[1], p.length > 2 ? p[2] : null)) added += 1;
+    if (Array.isArray(detail.validation)) {
+      for (const p of detail.validation) if (Array.isArray(p) && p.length >= 2) this.pushValidation(p[0], p[1]);
+    }
     if (Number.isFinite(Number(detail.step))) this.step = Number(detail.step);
     else if (this.store.last) this.step = this.store.last.step;
     if (Number.isFinite(Number(detail.total))) this.total = Number(detail.total);
@@ -237,6 +265,9 @@ export class ChartState {
     const lr = Array.isArray(final.lr) ? final.lr : [];
     const n = Math.min(final.steps.length, final.loss.length);
     for (let i = 0; i < n; i++) this.store.push(final.steps[i], final.loss[i], i < lr.length ? lr[i] : null);
+    if (Array.isArray(final.validation)) {
+      for (const p of final.validation) if (Array.isArray(p) && p.length >= 2) this.pushValidation(p[0], p[1]);
+    }
     this.step = this.store.last ? this.store.last.step : 0;
     this.total = Number.isFinite(Number(final.total)) ? Number(final.total) : this.step;
     this.elapsed = finiteOrNull(final.elapsed);
@@ -256,6 +287,8 @@ export class ChartState {
     parts.push(this.total > 0 ? `step ${this.step}/${this.total}` : `step ${this.step}`);
     const last = this.store.last;
     if (last && Number.isFinite(last.loss)) parts.push(`loss ${formatLoss(last.loss)}`);
+    const val = this.lastValidation();
+    if (val !== null && Number.isFinite(val)) parts.push(`val ${formatLoss(val)}`);
     if (last && Number.isFinite(last.lr)) parts.push(`lr ${formatLr(last.lr)}`);
     if (this.status === "training") {
       if (this.phase) parts.push(this.phase);

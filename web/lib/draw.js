@@ -1,5 +1,6 @@
 // Canvas 2D rendering of a ChartState (plain canvas API, no libraries, no DOM lookups): raw loss
-// faint, smoothed loss solid, learning rate on a secondary (right) axis.
+// faint, smoothed loss solid, learning rate on a secondary (right) axis, and the validation loss (when the run
+// has a Validation node) as a second curve with markers and a legend.
 import { formatLr, formatTick, lossRange, niceTicks, valueRange } from "./chart_core.js";
 
 /** Default colours; the extension overrides them from the frontend theme when it can. */
@@ -10,6 +11,7 @@ export const DEFAULT_COLORS = {
   raw: "rgba(90,160,255,0.30)",
   smooth: "#5aa0ff",
   lr: "#e0a040",
+  validation: "#50c878",
 };
 
 const PAD = { left: 44, right: 44, top: 6, bottom: 18 };
@@ -41,7 +43,9 @@ export function drawChart(ctx, width, height, state, colors = {}) {
   }
   const xMin = Math.min(s.steps[0], state.total > 0 ? 0 : s.steps[0]);
   const xMax = Math.max(s.steps[s.steps.length - 1], state.total || 0, xMin + 1);
-  const yr = lossRange(s.loss.concat(s.smooth)) ?? { min: 0, max: 1, clipped: false };
+  const v = state.validation ?? { steps: [], loss: [] };
+  const hasVal = v.steps.length > 0;
+  const yr = lossRange(hasVal ? s.loss.concat(s.smooth, v.loss) : s.loss.concat(s.smooth)) ?? { min: 0, max: 1, clipped: false };
   const lrr = valueRange(s.lr);
   const x = (v) => PAD.left + ((v - xMin) / (xMax - xMin)) * plotW;
   const y = (v) => PAD.top + (1 - (Math.min(v, yr.max) - yr.min) / (yr.max - yr.min)) * plotH;
@@ -83,7 +87,15 @@ export function drawChart(ctx, width, height, state, colors = {}) {
   polyline(ctx, s.steps, s.loss, x, y, c.raw, 1);
   if (yLr) polyline(ctx, s.steps, s.lr, x, yLr, c.lr, 1);
   polyline(ctx, s.steps, s.smooth, x, y, c.smooth, 2);
+  if (hasVal) {
+    polyline(ctx, v.steps, v.loss, x, y, c.validation, 2);
+    ctx.fillStyle = c.validation;
+    for (let i = 0; i < v.steps.length; i++) {
+      if (Number.isFinite(v.loss[i])) ctx.fillRect(x(v.steps[i]) - 2, y(v.loss[i]) - 2, 4, 4);
+    }
+  }
   ctx.restore();
+  if (hasVal) legend(ctx, PAD.left + 4, PAD.top + 1, [["train", c.smooth], ["validation", c.validation]]);
   if (yr.clipped) {
     ctx.fillStyle = c.text;
     ctx.textAlign = "right";
@@ -91,6 +103,23 @@ export function drawChart(ctx, width, height, state, colors = {}) {
     ctx.fillText("spikes clipped", PAD.left + plotW - 2, PAD.top + 1);
   }
   return { drawn: s.steps.length };
+}
+
+/** A one-line legend: a short stroke in each colour and its label, left to right from (x0, top). */
+function legend(ctx, x0, top, entries) {
+  ctx.font = "10px sans-serif";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  let x = x0;
+  const y = top + 6;
+  for (const [label, color] of entries) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    line(ctx, x, y, x + 12, y);
+    ctx.fillStyle = color;
+    ctx.fillText(label, x + 15, y);
+    x += 15 + (ctx.measureText ? ctx.measureText(label).width : label.length * 6) + 10;
+  }
 }
 
 function line(ctx, x0, y0, x1, y1) {
