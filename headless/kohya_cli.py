@@ -100,6 +100,7 @@ LOAD_DATASET, CAPTIONS, BUCKETS, ENCODE = ("LoraLoop_LoadDataset", "LoraLoop_Cap
 INJECT, TRAIN, SAVE = "LoraLoop_InjectLoRA", "LoraLoop_TrainLoRA", "LoraLoop_SaveLoRA"
 OPTIMIZER, NOISE_LOSS, CHECKPOINTS, PREVIEWS = ("LoraLoop_OptimizerSettings", "LoraLoop_NoiseLossSettings",
                                                 "LoraLoop_CheckpointSettings", "LoraLoop_PreviewSettings")
+VALIDATION = "LoraLoop_ValidationSettings"
 TRAIN_ID, SAVE_ID = "train", "save"  # the runtime looks these up
 
 
@@ -132,7 +133,6 @@ _SPEED = "a performance detail; ComfyUI and the memory plan choose"
 _META = "the file's metadata comes from the run"
 _HF = "no Hugging Face upload/download"
 _DS = "deepspeed is not used"
-_VAL = "no validation split"
 _NOTHING = "does nothing in sd-scripts either"
 
 # The union of the four scripts' arguments (library/train_util.py add_sd_models_arguments, add_dataset_arguments
@@ -347,11 +347,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("skip_until_initial_step", FLAG, False, U),
     _o("initial_epoch", int, None, U),
     _o("initial_step", int, None, U),
-    _o("validation_seed", int, None, U, _VAL),
-    _o("validation_split", float, 0.0, U, _VAL),
-    _o("validate_every_n_steps", int, None, U, _VAL),
-    _o("validate_every_n_epochs", int, None, U, _VAL),
-    _o("max_validation_steps", int, None, U, _VAL),
+    _o("validation_seed", int, None, M, f"{VALIDATION}.validation_seed (unset: -1, the training seed)"),
+    _o("validation_split", float, 0.0, M, f"{VALIDATION}.validation_split"),
+    _o("validate_every_n_steps", int, None, M, f"{VALIDATION}.validate_every_n_steps (unset: 0, off)"),
+    _o("validate_every_n_epochs", int, None, M, f"{VALIDATION}.validate_every_n_epochs (unset: 0, every epoch)"),
+    _o("max_validation_steps", int, None, M, f"{VALIDATION}.max_validation_steps (unset: 0, all batches)"),
     # sdxl / flux / sd3
     _o("cache_text_encoder_outputs", FLAG, False, A, "Encode Dataset caches captions that do not change"),
     _o("cache_text_encoder_outputs_to_disk", FLAG, False, A, "Encode Dataset caches captions that do not change"),
@@ -1004,6 +1004,14 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(TRAIN, CheckpointConfig, "output_name", output_name, "--output_name")
     inp.put(TRAIN, TrainConfig, "memory_mode", memory, "--gradient_checkpointing")
     inp.put(TRAIN, TrainConfig, "blocks_to_swap", a.blocks_to_swap or 0, "--blocks_to_swap")
+    # validation (the Validation node, added when any of its arguments is given)
+    validation = {"validation_split": a.validation_split or 0.0, "validation_seed": a.validation_seed,
+                  "validate_every_n_steps": a.validate_every_n_steps, "validate_every_n_epochs":
+                  a.validate_every_n_epochs, "max_validation_steps": a.max_validation_steps}
+    if validation["validation_split"] or any(v is not None for k, v in validation.items() if k != "validation_split"):
+        for name, value in validation.items():
+            off = -1 if name == "validation_seed" else 0
+            inp.put(VALIDATION, TrainConfig, name, off if value is None else value, f"--{name}")
     # optimizer settings
     warmup = a.lr_warmup_steps
     if isinstance(warmup, float):
@@ -1197,6 +1205,8 @@ def graph(parsed: Parsed, register: Callable[[str, str], str]) -> dict[str, dict
                 "checkpoint_settings": node("checkpoints", CHECKPOINTS, **nodes[CHECKPOINTS])}
     if PREVIEWS in nodes:
         settings["preview_settings"] = node("previews", PREVIEWS, vae=vae, **nodes[PREVIEWS])
+    if VALIDATION in nodes:
+        settings["validation_settings"] = node("validation", VALIDATION, **nodes[VALIDATION])
     node(TRAIN_ID, TRAIN, model=["inject", 0], network=["inject", 2], dataset=ds, clip=["inject", 1], **settings,
          **nodes[TRAIN])
     node(SAVE_ID, SAVE, network=[TRAIN_ID, 2], **nodes[SAVE])

@@ -453,6 +453,11 @@ def test_warmup_ratio_and_optimizer_args():
 # ------------------------------------------------------------------------------------------ every mapped value
 MAPPED_VALUES = [
     (["--shuffle_caption"], "LoraLoop_CaptionSettings", "shuffle_caption", True),
+    (["--validation_split", "0.25"], "LoraLoop_ValidationSettings", "validation_split", 0.25),
+    (["--validation_seed", "9"], "LoraLoop_ValidationSettings", "validation_seed", 9),
+    (["--validate_every_n_steps", "10"], "LoraLoop_ValidationSettings", "validate_every_n_steps", 10),
+    (["--validate_every_n_epochs", "3"], "LoraLoop_ValidationSettings", "validate_every_n_epochs", 3),
+    (["--max_validation_steps", "5"], "LoraLoop_ValidationSettings", "max_validation_steps", 5),
     (["--keep_tokens", "2"], "LoraLoop_CaptionSettings", "keep_tokens", 2),
     (["--keep_tokens_separator", "|||"], "LoraLoop_CaptionSettings", "keep_tokens_separator", "|||"),
     (["--caption_separator", ";"], "LoraLoop_CaptionSettings", "caption_separator", ";"),
@@ -695,3 +700,22 @@ def test_the_argument_table_in_docs_is_current():
     assert block.strip() == headless_docs.render().strip(), \
         "docs/headless.md is stale: run `python tests/support/headless_docs.py`"
     assert "`--network_dim`" in block and "`--max_train_epochs`" in block
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_validation_arguments_make_the_validation_node():
+    _, g, _ = run(BASE)
+    assert not [n for n in g.values() if n["class_type"] == "LoraLoop_ValidationSettings"]
+    assert "validation_settings" not in g["train"]["inputs"]
+    _, g, _ = run(BASE + ["--validation_split", "0.1", "--validation_seed", "7", "--validate_every_n_steps", "50",
+                          "--validate_every_n_epochs", "2", "--max_validation_steps", "4"])
+    assert by_type(g, "LoraLoop_ValidationSettings") == {
+        "validation_split": 0.1, "validation_seed": 7, "validate_every_n_steps": 50, "validate_every_n_epochs": 2,
+        "max_validation_steps": 4}
+    assert g["train"]["inputs"]["validation_settings"] == ["validation", 0]
+    # one of them alone: the others at sd-scripts' 'not given'
+    _, g, _ = run(BASE + ["--validation_split", "0.2"])
+    assert by_type(g, "LoraLoop_ValidationSettings") == {
+        "validation_split": 0.2, "validation_seed": -1, "validate_every_n_steps": 0, "validate_every_n_epochs": 0,
+        "max_validation_steps": 0}
+    assert "validation_split" in refused(BASE + ["--validation_split", "1.5"])
