@@ -52,10 +52,11 @@ TOPICS = (
     Topic("optimizer", "LoraLoop_OptimizerSettings", "Optimizer Settings (LoRA Loop)", OptimizerSettingsIO,
           "optimizer_settings", "Train LoRA",
           "Warm-up, schedule parameters, text-encoder learning rate, gradient clipping and accumulation, optimizer "
-          "arguments, mixed precision and training length in epochs.",
+          "arguments, mixed precision and training length in epochs; then any optimizer or LR scheduler class, "
+          "with its arguments.",
           ((TrainConfig, ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
                           "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision",
-                          "max_train_epochs")),)),
+                          "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args")),)),
     Topic("noise_loss", "LoraLoop_NoiseLossSettings", "Noise & Loss (LoRA Loop)", NoiseLossSettingsIO,
           "noise_loss_settings", "Train LoRA",
           "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3, FLUX and the newer "

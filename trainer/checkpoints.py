@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 STEP_DIGITS = 8
 STATE_SUFFIX = "-state"
 # settings that make a saved optimizer state unusable when they differ (everything else only warns)
-STRICT_KEYS = ("optimizer_type", "network")
+STRICT_KEYS = ("optimizer_type", "optimizer_class", "network")
+# options that are left out of the fingerprint while empty, so states saved before they existed still match
+OMITTED_WHEN_EMPTY = ("optimizer_class", "lr_scheduler_type", "lr_scheduler_args")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def checkpoint_folder(loras_dir: str, name: str) -> str:
 
 def config_fingerprint(trainer: Trainer, network) -> dict[str, Any]:
     """What a saved state must agree with to be resumed (the step count is not part of it)."""
-    cfg = {k: v for k, v in dataclasses.asdict(trainer.cfg).items() if k != "max_train_steps"}
+    cfg = {k: v for k, v in dataclasses.asdict(trainer.cfg).items()
+           if k != "max_train_steps" and not (k in OMITTED_WHEN_EMPTY and not v)}
     sp = network.spec
     cfg["network"] = {"family": sp.family, "rank": sp.rank, "alpha": sp.alpha, "conv_rank": sp.conv_rank,
                       "conv_alpha": sp.conv_alpha, "modules": len(network)}

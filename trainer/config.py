@@ -29,6 +29,18 @@ def _optimizer_args(text: str) -> dict[str, Any]:
     return parse_optimizer_args(text)
 
 
+def _class_path(text: str) -> str:
+    from .optim import check_class_path
+
+    return check_class_path(text)
+
+
+def _warmup(value: float) -> float:
+    if value >= 1 and float(value) != int(value):
+        raise ValueError(f"lr_warmup_steps {value} is neither a whole number of steps nor a ratio below 1")
+    return value
+
+
 def _flow_samplings() -> tuple[str, ...]:
     from .objectives import FLOW_SAMPLINGS
 
@@ -82,12 +94,19 @@ class TrainConfig:
     learning_rate: float = option(1e-4, "Learning rate of the diffusion-model LoRA (kohya unet_lr / learning_rate; "
                                         "kohya's 2e-6 default is for full fine-tuning, 1e-4 is the usual LoRA value).",
                                   **LR)
-    optimizer_type: str = option("AdamW", "Optimizer (kohya optimizer_type). AdamW8bit needs bitsandbytes.",
+    optimizer_type: str = option("AdamW", "Optimizer (kohya optimizer_type): torch AdamW/Adam/SGD/SGDNesterov; "
+                                          "bitsandbytes AdamW8bit, PagedAdamW(8bit/32bit), Lion8bit, PagedLion8bit, "
+                                          "SGDNesterov8bit; Lion (lion-pytorch); DAdapt* (dadaptation) and Prodigy "
+                                          "(prodigyopt), learning rate ~1.0; Adafactor (transformers); "
+                                          "*ScheduleFree (schedulefree). A missing package is named when training "
+                                          "starts. Any other class: Optimizer settings' optimizer_class.",
                                  choices=_optimizer_names, widget="optimizer")
     lr_scheduler: str = option("constant", "LR schedule (kohya lr_scheduler): constant, constant_with_warmup, "
                                            "cosine, linear, cosine_with_restarts (lr_scheduler_num_cycles hard "
-                                           "restarts) or polynomial (lr_scheduler_power). Warm-up and the schedule "
-                                           "parameters are on the Optimizer settings node.", choices=_schedules)
+                                           "restarts) or polynomial (lr_scheduler_power); adafactor: relative-step "
+                                           "Adafactor's own step size (chosen for it automatically). Warm-up and "
+                                           "the schedule parameters are on the Optimizer settings node.",
+                                 choices=_schedules)
     seed: int = option(0, "Seed for noise, timesteps and data order. Same inputs + seed on CPU give a bit-identical "
                           "LoRA.", **SEED)
     memory_mode: str = option("auto", "How a step fits the device. auto: the fastest plan the free memory ComfyUI "
@@ -104,8 +123,10 @@ class TrainConfig:
                                     "to fit. Ignored by other modes.",
                                  min=0, max=1000)
     # ---- Optimizer settings node
-    lr_warmup_steps: int = option(0, "Linear warm-up steps (kohya lr_warmup_steps). Not allowed with 'constant' "
-                                     "(use constant_with_warmup).", min=0, max=1_000_000)
+    lr_warmup_steps: float = option(0, "Linear warm-up steps (kohya lr_warmup_steps); below 1 a ratio of the "
+                                       "training steps (0.1 = the first 10%). Not allowed with 'constant' (use "
+                                       "constant_with_warmup), adafactor or lr_scheduler_type.",
+                                    min=0.0, max=1_000_000, step=0.01, round=0.0001, check=_warmup)
     lr_scheduler_num_cycles: int = option(1, "cosine_with_restarts: number of hard restarts (kohya "
                                              "lr_scheduler_num_cycles).", min=1, max=10_000)
     lr_scheduler_power: float = option(1.0, "polynomial: power of the decay (kohya lr_scheduler_power; 1 = linear). "
@@ -124,6 +145,16 @@ class TrainConfig:
     optimizer_args: str = option("", "Extra optimizer arguments, sd-scripts style: 'weight_decay=0.1 "
                                      "betas=0.9,0.99' (kohya optimizer_args). Weight decay is the optimizer's own "
                                      "default unless set here (AdamW 0.01, Adam and SGD 0).", check=_optimizer_args)
+    optimizer_class: str = option("", "Any optimizer class as module.Class, e.g. pytorch_optimizer.CAME or "
+                                      "torch.optim.RAdam (a bare name is a torch.optim class), built with "
+                                      "optimizer_args; wins over Train LoRA's optimizer when set (kohya "
+                                      "optimizer_type with a class name). Empty = off.", check=_class_path)
+    lr_scheduler_type: str = option("", "Any LR scheduler class instead of lr_scheduler: a torch.optim.lr_scheduler "
+                                        "name (CosineAnnealingLR) or module.Class, built with lr_scheduler_args and "
+                                        "stepped once per step; no warm-up (kohya lr_scheduler_type). Empty = off.",
+                                    check=_class_path)
+    lr_scheduler_args: str = option("", "Arguments of lr_scheduler_type, sd-scripts style: 'T_max=1000 eta_min=1e-6' "
+                                        "(kohya lr_scheduler_args).", check=_optimizer_args)
     mixed_precision: str = option("auto", "auto: bf16 autocast on GPUs that support it (fp16 otherwise), fp32 on "
                                           "CPU. no/bf16/fp16 force it. LoRA weights and optimizer state stay fp32 "
                                           "(kohya mixed_precision). The file records what ran.",
@@ -227,6 +258,13 @@ class TrainConfig:
         if self.adaptive_noise_scale and not self.noise_offset:
             raise ValueError(f"adaptive_noise_scale={self.adaptive_noise_scale} needs noise_offset (sd-scripts' rule): "
                              "set noise_offset, or adaptive_noise_scale to 0")
+        if isinstance(self.lr_warmup_steps, float) and (self.lr_warmup_steps == 0 or self.lr_warmup_steps >= 1):
+            object.__setattr__(self, "lr_warmup_steps", int(self.lr_warmup_steps))  # whole steps stay an int
+        if self.lr_warmup_steps > 0 and (self.lr_scheduler == "adafactor" or self.lr_scheduler_type.strip()):
+            what = f"lr_scheduler_type {self.lr_scheduler_type!r}" if self.lr_scheduler_type.strip() else \
+                "lr_scheduler 'adafactor'"
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} with {what}, which has no warm-up "
+                             "(sd-scripts' rule); set lr_warmup_steps to 0")
         if self.lr_scheduler == "constant" and self.lr_warmup_steps > 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} with lr_scheduler 'constant': a constant "
                              "schedule has no warm-up (sd-scripts' rule); choose 'constant_with_warmup' or set "
@@ -234,6 +272,14 @@ class TrainConfig:
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         return _optimizer_args(self.optimizer_args)
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer that runs: ``optimizer_class`` when set, else ``optimizer_type``."""
+        return self.optimizer_class.strip() or self.optimizer_type
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        return _optimizer_args(self.lr_scheduler_args)
 
     def with_epochs_resolved(self, dataset, plan) -> "TrainConfig":
         """This config with ``max_train_steps`` from ``max_train_epochs`` (when set) for ``dataset`` bucketed by

@@ -6,6 +6,7 @@ drawn from generators seeded by (seed, step, micro-step), so a run is reproducib
 CPU and a resumed run continues exactly where it stopped."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -23,7 +24,7 @@ from .config import TrainConfig
 from .encoded import EncodedDataset
 from .noise import StepNoise
 from .objectives import HUBER_OPTIONS, WEIGHTING_OPTIONS, per_sample_loss
-from .optim import build_optimizer, build_scheduler, load_scheduler_state
+from .optim import build_optimizer, build_scheduler, load_scheduler_state, optimizer_train_mode
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,14 @@ class Trainer:
             data, dataset=distributed.global_dataset(data.dataset))
         groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_type, groups, cfg.learning_rate,
+        self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_name, groups, cfg.learning_rate,
                                                               **cfg.optimizer_kwargs())
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, cfg.max_train_steps,
-                                         cfg.lr_warmup_steps, cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power)
+                                         cfg.lr_warmup_steps, cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power,
+                                         cfg.lr_scheduler_type, cfg.scheduler_kwargs())
+        ran = getattr(self.scheduler, "lora_loop_config", {}).get("schedule")
+        if ran == "adafactor" and cfg.lr_scheduler != ran:  # relative-step Adafactor: the record says what ran
+            self.cfg = cfg = dataclasses.replace(cfg, lr_scheduler=ran)
         self.step = 0
         self.position = Position()
         self.validator = None  # a validation.Validator: the held-out loss between steps, at its cadence
@@ -201,13 +206,18 @@ class Trainer:
             if self.ctx.any(should_stop is not None and should_stop()):  # every rank stops after the same step
                 stopped = True
                 break
+            # schedule-free optimizers: train mode for the step; between steps (on_step: previews, checkpoints)
+            # and after run() the network holds the averaged (eval) weights, as sd-scripts switches every step
+            optimizer_train_mode(self.optimizer, True)
             try:
                 step_loss, pos, n_batches = self._step(stream, accum)
             except BaseException:
                 # Cancel (ComfyUI raises from inside an op) or an error mid-step: drop the partial
                 # gradients; weights, optimizer and position stay those of the last completed step.
                 self.optimizer.zero_grad(set_to_none=True)
+                optimizer_train_mode(self.optimizer, False)
                 raise
+            optimizer_train_mode(self.optimizer, False)
             self.step += 1
             self.position = Position(pos.epoch, pos.batch_index + 1)
             self.losses.append(step_loss)

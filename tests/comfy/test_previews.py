@@ -87,3 +87,27 @@ def test_previews_need_a_vae(comfy):
     ok, err, _, node_errors = comfy_env.run_async(execution.validate_prompt, "no-vae", p, None)
     assert not ok and settings in node_errors
     assert any(e["extra_info"].get("input_name") == "vae" for e in node_errors[settings]["errors"]), node_errors
+
+
+def test_schedule_free_previews_and_an_optimizer_class(comfy):
+    """Through the nodes: a schedule-free optimizer's previews sample its averaged weights and leave the LoRA as
+    it is without previews; a module.Class from Optimizer Settings trains and is what the file records."""
+    import pytest
+
+    pytest.importorskip("schedulefree", reason="AdamWScheduleFree needs `pip install schedulefree`")
+
+    def graph(previews, **options):
+        p = _graph(comfy, previews)
+        graphs.train_options(p, **options)
+        return p
+
+    _, shown, with_previews = _run(graph(True, optimizer="AdamWScheduleFree"), "sf-previews-on")
+    _, _, without = _run(graph(False, optimizer="AdamWScheduleFree"), "sf-previews-off")
+    assert len(shown) == 4 and with_previews.keys() == without.keys()
+    assert all(torch.equal(with_previews[k], without[k]) for k in without), "previews changed the trained LoRA"
+    p = graph(False, optimizer_class="torch.optim.RAdam", optimizer_args="weight_decay=0.01")
+    ex, _ = comfy_env.run_prompt(p, "radam", executor=comfy_env.new_executor())
+    from folder_paths import get_folder_paths
+
+    with safe_open(os.path.join(get_folder_paths("loras")[0], graphs.saved_lora(ex, p)), "pt") as f:
+        assert f.metadata()["ss_optimizer"] == "torch.optim.radam.RAdam(weight_decay=0.01)"
