@@ -294,17 +294,18 @@ OPTIONS: tuple[Option, ...] = (
     _o("zero3_save_16bit_model", FLAG, False, U, _DS),
     _o("fp16_master_weights_and_gradients", FLAG, False, U, _DS),
     # optimizer
-    _o("optimizer_type", str, "", M, f"{TRAIN}.optimizer (AdamW when empty)"),
+    _o("optimizer_type", str, "", M, f"{TRAIN}.optimizer (AdamW when empty); a class (torch.optim name or "
+                                     f"module.Class): {OPTIMIZER}.optimizer_class"),
     _o("use_8bit_adam", FLAG, False, M, f"{TRAIN}.optimizer = AdamW8bit"),
-    _o("use_lion_optimizer", FLAG, False, U, "no Lion optimizer"),
+    _o("use_lion_optimizer", FLAG, False, M, f"{TRAIN}.optimizer = Lion"),
     _o("learning_rate", float, 2e-6, M, f"{TRAIN}.learning_rate (unless --unet_lr), {OPTIMIZER}.text_encoder_lr "
                                         f"(unless --text_encoder_lr)"),
     _o("max_grad_norm", float, 1.0, M, f"{OPTIMIZER}.max_grad_norm"),
     _o("optimizer_args", str, None, M, f"{OPTIMIZER}.optimizer_args", nargs="*"),
-    _o("lr_scheduler_type", str, "", U, "custom scheduler classes are not supported"),
-    _o("lr_scheduler_args", str, None, U, nargs="*"),
+    _o("lr_scheduler_type", str, "", M, f"{OPTIMIZER}.lr_scheduler_type"),
+    _o("lr_scheduler_args", str, None, M, f"{OPTIMIZER}.lr_scheduler_args", nargs="*"),
     _o("lr_scheduler", str, "constant", M, f"{TRAIN}.lr_scheduler"),
-    _o("lr_warmup_steps", INT_OR_FLOAT, 0, M, f"{OPTIMIZER}.lr_warmup_steps (a ratio: of --max_train_steps)"),
+    _o("lr_warmup_steps", INT_OR_FLOAT, 0, M, f"{OPTIMIZER}.lr_warmup_steps (a ratio below 1 stays a ratio)"),
     _o("lr_decay_steps", INT_OR_FLOAT, 0, U),
     _o("lr_scheduler_num_cycles", int, 1, M, f"{OPTIMIZER}.lr_scheduler_num_cycles"),
     _o("lr_scheduler_power", float, 1, M, f"{OPTIMIZER}.lr_scheduler_power"),
@@ -401,7 +402,11 @@ OPTION_TABLE: tuple[tuple[str, str, str], ...] = tuple((f"--{o.name}", o.kind, o
 
 # sd-scripts optimizer names (its named branches match case-insensitively; other names are torch.optim classes or
 # dotted class paths, case-sensitive) -> ours
-_OPTIMIZERS_LOWER = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "sgdnesterov": "SGDNesterov"}
+_OPTIMIZERS_LOWER = {n.lower(): n for n in (
+    "AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit", "PagedLion8bit",
+    "SGDNesterov", "SGDNesterov8bit", "DAdaptation", "DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP",
+    "DAdaptLion", "DAdaptSGD", "Prodigy", "Adafactor", "RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree")}
+_OPTIMIZERS_LOWER["dadaptadampreprint"] = "DAdaptation"
 _OPTIMIZER_CLASSES = {"Adam": "Adam", "SGD": "SGD", "AdamW": "AdamW", "torch.optim.Adam": "Adam",
                       "torch.optim.AdamW": "AdamW", "torch.optim.SGD": "SGD",
                       "bitsandbytes.optim.AdamW8bit": "AdamW8bit"}
@@ -670,14 +675,26 @@ def _refuse(unknown: list[str], unsupported: list[str], invalid: list[str]) -> N
         raise CliError("\n".join(lines))
 
 
-def _optimizer(a) -> str | None:
-    """Our optimizer name for sd-scripts' choice (``None``: we do not have it)."""
-    name = a.optimizer_type or ""
+def _optimizer(a) -> tuple[str, str] | None:
+    """(our optimizer name, optimizer class) for sd-scripts' choice: a named one, or any class (a torch.optim name or
+    ``module.Class``, imported when training starts) with the optimizer name left at AdamW. ``None``: torch.optim
+    has no class of that name."""
+    name = (a.optimizer_type or "").strip()
     if a.use_8bit_adam:
-        return "AdamW8bit"
+        return "AdamW8bit", ""
+    if a.use_lion_optimizer:
+        return "Lion", ""
     if not name:
-        return "AdamW"
-    return _OPTIMIZERS_LOWER.get(name.lower()) or _OPTIMIZER_CLASSES.get(name)
+        return "AdamW", ""
+    ours = _OPTIMIZERS_LOWER.get(name.lower()) or _OPTIMIZER_CLASSES.get(name)
+    if ours is not None:
+        return ours, ""
+    if "." not in name:
+        import torch.optim
+
+        if not isinstance(getattr(torch.optim, name, None), type):
+            return None
+    return "AdamW", name
 
 
 def _network_args(a) -> tuple[dict[str, str], list[str], list[str]]:
@@ -722,16 +739,17 @@ def _lr_list(a) -> list[float]:
 def _unsupported_values(a, given: frozenset[str]) -> list[str]:
     """Mapped arguments set to a value (or combination) LoRA Loop does not implement."""
     out = []
-    from_schedules = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
+    from_schedules = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial",
+                      "adafactor")
     if "timestep_sampling" in given and a.timestep_sampling not in _FLOW_SAMPLINGS:
         out.append(_show("timestep_sampling", a.timestep_sampling, ", ".join(_FLOW_SAMPLINGS)))
     if "model_prediction_type" in given and a.model_prediction_type != "raw":
         out.append(_show("model_prediction_type", a.model_prediction_type, "raw"))
     if a.weighting_scheme not in ("uniform", "none"):
         out.append(_show("weighting_scheme", a.weighting_scheme, "uniform"))
-    if not a.use_lion_optimizer and _optimizer(a) is None:
+    if _optimizer(a) is None:
         out.append(_show("optimizer_type", a.optimizer_type,
-                         "AdamW, AdamW8bit, SGDNesterov, Adam, SGD"))
+                         "sd-scripts' optimizer names, a torch.optim class or module.Class"))
     if a.lr_scheduler not in from_schedules:
         out.append(_show("lr_scheduler", a.lr_scheduler, ", ".join(from_schedules)))
     module = a.network_module
@@ -747,9 +765,9 @@ def _unsupported_values(a, given: frozenset[str]) -> list[str]:
         res = None  # reported with the invalid values
     if res is not None and res[0] != res[1]:
         out.append(_show("resolution", a.resolution, "a square size here; put W,H into the dataset TOML"))
-    if isinstance(a.lr_warmup_steps, float) and a.lr_warmup_steps > 0 and a.max_train_epochs:
-        out.append(_show("lr_warmup_steps", a.lr_warmup_steps, "a ratio only with --max_train_steps, not with "
-                                                                "--max_train_epochs: give steps"))
+    if isinstance(a.lr_warmup_steps, float) and a.lr_warmup_steps >= 1 and a.max_train_epochs:
+        out.append(_show("lr_warmup_steps", a.lr_warmup_steps, "a ratio of 1 or more only with --max_train_steps, "
+                                                                "not with --max_train_epochs: give steps"))
     steps, epochs = a.save_every_n_steps or 0, a.save_every_n_epochs or 0
     if steps and epochs and (a.save_last_n_steps or a.save_last_n_epochs):
         out.append(_show("save_last_n_steps" if a.save_last_n_steps else "save_last_n_epochs",
@@ -913,6 +931,11 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
         invalid.append("--output_dir is required")
     if a.use_8bit_adam and a.optimizer_type:
         invalid.append("--use_8bit_adam together with --optimizer_type (sd-scripts refuses it too)")
+    if a.use_lion_optimizer and (a.optimizer_type or a.use_8bit_adam):
+        invalid.append("--use_lion_optimizer together with --optimizer_type or --use_8bit_adam (sd-scripts refuses "
+                       "it too)")
+    if a.lr_scheduler == "adafactor" and (_optimizer(a) or ("",))[0] != "Adafactor":
+        invalid.append("--lr_scheduler=adafactor needs --optimizer_type Adafactor (sd-scripts asserts it too)")
     if not a.dataset_config and not a.train_data_dir:
         invalid.append("give --dataset_config (a dataset TOML) or --train_data_dir (a folder)")
     try:
@@ -998,7 +1021,8 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     memory = "streamed" if (a.blocks_to_swap or 0) > 0 else "checkpointed" if a.gradient_checkpointing else "auto"
     inp.put(TRAIN, TrainConfig, "max_train_steps", a.max_train_steps, "--max_train_steps")
     inp.put(TRAIN, TrainConfig, "learning_rate", unet_lr, "--unet_lr" if a.unet_lr is not None else "--learning_rate")
-    inp.put(TRAIN, TrainConfig, "optimizer_type", _optimizer(a) or "AdamW", "--optimizer_type")
+    optimizer_type, optimizer_class = _optimizer(a) or ("AdamW", "")
+    inp.put(TRAIN, TrainConfig, "optimizer_type", optimizer_type, "--optimizer_type")
     inp.put(TRAIN, TrainConfig, "lr_scheduler", a.lr_scheduler, "--lr_scheduler")
     inp.put(TRAIN, TrainConfig, "seed", seed, "--seed")
     inp.put(TRAIN, CheckpointConfig, "output_name", output_name, "--output_name")
@@ -1014,8 +1038,8 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
             inp.put(VALIDATION, TrainConfig, name, off if value is None else value, f"--{name}")
     # optimizer settings
     warmup = a.lr_warmup_steps
-    if isinstance(warmup, float):
-        warmup = int(warmup * a.max_train_steps)  # sd-scripts: a ratio of the training steps
+    if isinstance(warmup, float) and warmup >= 1:
+        warmup = int(warmup * a.max_train_steps)  # sd-scripts: a ratio of the training steps (below 1 the node's too)
     inp.put(OPTIMIZER, TrainConfig, "lr_warmup_steps", warmup, "--lr_warmup_steps")
     inp.put(OPTIMIZER, TrainConfig, "lr_scheduler_num_cycles", a.lr_scheduler_num_cycles, "--lr_scheduler_num_cycles")
     inp.put(OPTIMIZER, TrainConfig, "lr_scheduler_power", a.lr_scheduler_power, "--lr_scheduler_power")
@@ -1025,6 +1049,10 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(OPTIMIZER, TrainConfig, "gradient_accumulation_steps", a.gradient_accumulation_steps,
             "--gradient_accumulation_steps")
     inp.put(OPTIMIZER, TrainConfig, "optimizer_args", _optimizer_args(a.optimizer_args, invalid), "--optimizer_args")
+    inp.put(OPTIMIZER, TrainConfig, "optimizer_class", optimizer_class, "--optimizer_type")
+    inp.put(OPTIMIZER, TrainConfig, "lr_scheduler_type", a.lr_scheduler_type or "", "--lr_scheduler_type")
+    inp.put(OPTIMIZER, TrainConfig, "lr_scheduler_args",
+            _optimizer_args(a.lr_scheduler_args, invalid, "--lr_scheduler_args"), "--lr_scheduler_args")
     inp.put(OPTIMIZER, TrainConfig, "mixed_precision", a.mixed_precision, "--mixed_precision")
     epochs = a.max_train_epochs or 0
     if epochs < 0:
@@ -1110,9 +1138,9 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
                   inp.nodes, notes)
 
 
-def _optimizer_args(items, invalid: list[str]) -> str:
-    """sd-scripts' ``--optimizer_args k=v ...`` as our one-line text (spaces inside a value are dropped when that
-    does not change the value: ``betas=(0.9, 0.99)``)."""
+def _optimizer_args(items, invalid: list[str], flag: str = "--optimizer_args") -> str:
+    """sd-scripts' ``--optimizer_args k=v ...`` (or ``--lr_scheduler_args``) as our one-line text (spaces inside a
+    value are dropped when that does not change the value: ``betas=(0.9, 0.99)``)."""
     import ast
 
     out = []
@@ -1126,7 +1154,7 @@ def _optimizer_args(items, invalid: list[str]) -> str:
             except (ValueError, SyntaxError):
                 same = False
             if not same:
-                invalid.append(f"--optimizer_args {item!r}: a value with spaces")
+                invalid.append(f"{flag} {item!r}: a value with spaces")
                 continue
             item = f"{key.strip()}={compact}"
         out.append(item)

@@ -426,26 +426,59 @@ def test_learning_rates():
     ([], "AdamW"), (["--use_8bit_adam"], "AdamW8bit"), (["--optimizer_type", "adamw8bit"], "AdamW8bit"),
     (["--optimizer_type", "SGDNesterov"], "SGDNesterov"), (["--optimizer_type", "torch.optim.SGD"], "SGD"),
     (["--optimizer_type", "Adam"], "Adam"), (["--optimizer_type", "bitsandbytes.optim.AdamW8bit"], "AdamW8bit"),
+    (["--use_lion_optimizer"], "Lion"), (["--optimizer_type", "prodigy"], "Prodigy"),
+    (["--optimizer_type", "DAdaptAdamPreprint"], "DAdaptation"), (["--optimizer_type", "PagedLion8bit"], "PagedLion8bit"),
+    (["--optimizer_type", "AdamWScheduleFree"], "AdamWScheduleFree"),
+    (["--optimizer_type", "Adafactor", "--lr_scheduler", "adafactor"], "Adafactor"),
 ])
 def test_optimizers(argv, ours):
     optim = importlib.import_module(f"{PACKAGE}.trainer.optim")
     _, g, _ = run(BASE + argv)
     assert g["train"]["inputs"]["optimizer"] == ours and ours in optim.available_optimizers()
+    assert by_type(g, "LoraLoop_OptimizerSettings")["optimizer_class"] == ""
+
+
+def test_every_sd_scripts_optimizer_name_is_ours():
+    optim = importlib.import_module(f"{PACKAGE}.trainer.optim")
+    assert set(kc._OPTIMIZERS_LOWER.values()) <= set(optim.available_optimizers())
+    assert {n.lower() for n in optim.available_optimizers() if n not in ("Adam", "SGD")} <= set(kc._OPTIMIZERS_LOWER)
+
+
+@pytest.mark.parametrize("name", ["pytorch_optimizer.CAME", "torch.optim.RAdam", "RAdam"])
+def test_optimizer_classes_go_to_optimizer_class(name):
+    _, g, _ = run(BASE + ["--optimizer_type", name, "--optimizer_args", "weight_decay=0.01"])
+    opt = by_type(g, "LoraLoop_OptimizerSettings")
+    assert (g["train"]["inputs"]["optimizer"], opt["optimizer_class"], opt["optimizer_args"]) == \
+        ("AdamW", name, "weight_decay=0.01")
 
 
 def test_unknown_optimizers_are_unsupported():
-    assert "--use_lion_optimizer" in refused(BASE + ["--use_lion_optimizer"])
     assert "--optimizer_type=sgd" in refused(BASE + ["--optimizer_type", "sgd"])  # torch.optim has no 'sgd'
+    assert "--use_lion_optimizer" in refused(BASE + ["--use_lion_optimizer", "--optimizer_type", "AdamW"])
+    assert "--use_lion_optimizer" in refused(BASE + ["--use_lion_optimizer", "--use_8bit_adam"])
+
+
+def test_lr_scheduler_type_and_args():
+    _, g, _ = run(BASE + ["--lr_scheduler_type", "CosineAnnealingLR", "--lr_scheduler_args", "T_max=100",
+                          "eta_min=1e-6"])
+    opt = by_type(g, "LoraLoop_OptimizerSettings")
+    assert (opt["lr_scheduler_type"], opt["lr_scheduler_args"]) == ("CosineAnnealingLR", "T_max=100 eta_min=1e-6")
+    assert "no warm-up" in refused(BASE + ["--lr_scheduler_type", "StepLR", "--lr_scheduler", "cosine",
+                                           "--lr_warmup_steps", "10"])
 
 
 def test_warmup_ratio_and_optimizer_args():
     _, g, _ = run(BASE + ["--lr_scheduler", "cosine", "--lr_warmup_steps", "0.1", "--max_train_steps", "500",
                           "--optimizer_args", "weight_decay=0.1", "betas=(0.9, 0.99)"])
-    opt = by_type(g, "LoraLoop_OptimizerSettings")
-    assert opt["lr_warmup_steps"] == 50 and opt["optimizer_args"] == "weight_decay=0.1 betas=(0.9,0.99)"
+    opt = by_type(g, "LoraLoop_OptimizerSettings")  # a ratio stays a ratio (of the steps the run ends up with)
+    assert opt["lr_warmup_steps"] == 0.1 and opt["optimizer_args"] == "weight_decay=0.1 betas=(0.9,0.99)"
     _, g, _ = run(BASE + ["--lr_scheduler", "linear", "--lr_warmup_steps", "10%", "--max_train_steps", "200"])
-    assert by_type(g, "LoraLoop_OptimizerSettings")["lr_warmup_steps"] == 20
-    assert "--lr_warmup_steps" in refused(BASE + ["--lr_scheduler", "linear", "--lr_warmup_steps", "0.1",
+    assert by_type(g, "LoraLoop_OptimizerSettings")["lr_warmup_steps"] == 0.1
+    _, g, _ = run(BASE + ["--lr_scheduler", "linear", "--lr_warmup_steps", "0.1", "--max_train_epochs", "4"])
+    assert by_type(g, "LoraLoop_OptimizerSettings")["lr_warmup_steps"] == 0.1
+    _, g, _ = run(BASE + ["--lr_scheduler", "linear", "--lr_warmup_steps", "100%", "--max_train_steps", "200"])
+    assert by_type(g, "LoraLoop_OptimizerSettings")["lr_warmup_steps"] == 200  # ratio 1.0: steps here
+    assert "--lr_warmup_steps" in refused(BASE + ["--lr_scheduler", "linear", "--lr_warmup_steps", "100%",
                                                   "--max_train_epochs", "4"])
     assert "--lr_scheduler=adafactor" in refused(BASE + ["--lr_scheduler", "adafactor"])
 
@@ -493,9 +526,15 @@ MAPPED_VALUES = [
     (["--gradient_checkpointing", "--blocks_to_swap", "10"], "LoraLoop_TrainLoRA", "memory", "streamed"),
     (["--blocks_to_swap", "10"], "LoraLoop_TrainLoRA", "blocks_to_swap", 10),
     (["--max_train_epochs", "3"], "LoraLoop_OptimizerSettings", "max_train_epochs", 3),
-    (["--lr_scheduler", "cosine", "--lr_warmup_steps", "20"], "LoraLoop_OptimizerSettings", "lr_warmup_steps", 20),
+    (["--lr_scheduler", "cosine", "--lr_warmup_steps", "20"], "LoraLoop_OptimizerSettings", "lr_warmup_steps",
+     20.0),  # a FLOAT widget (below 1 a ratio)
     (["--lr_scheduler_num_cycles", "3"], "LoraLoop_OptimizerSettings", "lr_scheduler_num_cycles", 3),
     (["--lr_scheduler_power", "2"], "LoraLoop_OptimizerSettings", "lr_scheduler_power", 2.0),
+    (["--use_lion_optimizer"], "LoraLoop_TrainLoRA", "optimizer", "Lion"),
+    (["--lr_scheduler_type", "StepLR", "--lr_scheduler_args", "step_size=10"], "LoraLoop_OptimizerSettings",
+     "lr_scheduler_type", "StepLR"),
+    (["--lr_scheduler_type", "StepLR", "--lr_scheduler_args", "step_size=10", "gamma=0.5"],
+     "LoraLoop_OptimizerSettings", "lr_scheduler_args", "step_size=10 gamma=0.5"),
     (["--enable_wildcard"], "LoraLoop_CaptionSettings", "enable_wildcard", True),
     (["--token_warmup_min", "2"], "LoraLoop_CaptionSettings", "token_warmup_min", 2),
     (["--token_warmup_step", "0.5"], "LoraLoop_CaptionSettings", "token_warmup_step", 0.5),
@@ -629,7 +668,7 @@ def test_every_emitted_input_name_is_a_node_input():
     T = cfg.TrainConfig
     optimizer_fields = ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
                         "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision",
-                        "max_train_epochs")
+                        "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args")
     noise_fields = ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type", "timestep_sampling",
                     "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "noise_offset_random_strength",
                     "adaptive_noise_scale", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
