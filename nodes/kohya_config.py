@@ -27,7 +27,7 @@ MAIN_GIVEN = {"max_train_steps": ("max_train_steps",), "learning_rate": ("learni
               "lr_scheduler": ("lr_scheduler",), "seed": ("seed",)}
 REPORTED_NODES = {"LoraLoop_TrainLoRA": "Train LoRA", "LoraLoop_InjectLoRA": "Inject LoRA", "LoraLoop_BucketImages": "Bucket Images",
                   "LoraLoop_LoadDataset": "Load Dataset", "LoraLoop_EncodeDataset": "Encode Dataset",
-                  "LoraLoop_SaveLoRA": "Save LoRA"}
+                  "LoraLoop_SaveLoRA": "Save LoRA", "LoraLoop_ValidationSettings": "Validation"}
 OVERRIDDEN_WIDGETS = ("steps", "learning_rate", "optimizer", "lr_scheduler", "seed")
 # what parse() needs but the graph provides (the MODEL, the dataset, the output folder)
 PLACEHOLDERS = {"pretrained_model_name_or_path": "graph-model.safetensors", "output_dir": "graph-output"}

@@ -169,4 +169,6 @@ def _without_steps(cfg: TrainConfig):
     """The config without what does not change the trained weights: steps (continuation) and the memory mode."""
     import dataclasses
 
-    return dataclasses.replace(cfg, max_train_steps=1, max_train_epochs=0, memory_mode="auto", blocks_to_swap=0)
+    # the validation cadence neither (the split, validation_split and validation_seed, does)
+    return dataclasses.replace(cfg, max_train_steps=1, max_train_epochs=0, memory_mode="auto", blocks_to_swap=0,
+                               validate_every_n_steps=0, validate_every_n_epochs=0, max_validation_steps=0)

@@ -42,3 +42,16 @@ def test_validation_node_reaches_the_trainer_and_the_metadata(comfy):
         meta = f.metadata()
     assert (meta["ss_validation_split"], meta["ss_validation_seed"], meta["ss_num_validation_images"]) == \
         ("0.0", "None", "0")
+
+
+def test_load_kohya_config_reports_the_validation_options(comfy, tmp_path):
+    """A training config with sd-scripts' validation keys: the report says to set them on a Validation node."""
+    import nodes
+
+    path = tmp_path / "train.toml"
+    path.write_text("[training_arguments]\nmax_train_steps = 4\nvalidation_split = 0.2\nvalidate_every_n_steps = 5\n",
+                    encoding="utf-8")
+    out = comfy_env.call(nodes.NODE_CLASS_MAPPINGS["LoraLoop_LoadKohyaConfig"].execute, str(path))
+    text = next(v for v in out.result if isinstance(v, str))
+    line = next(ln for ln in text.splitlines() if ln.startswith("set on Validation by hand: "))
+    assert "validation_split=0.2" in line and "validate_every_n_steps=5" in line

@@ -154,3 +154,26 @@ def test_record_writes_sd_scripts_values(data):
     opts = on.training_options()
     assert (opts["validation_split"], opts["validation_seed"], opts["validate_every_n_steps"],
             opts["validate_every_n_epochs"], opts["max_validation_steps"]) == (0.2, 3, 5, 2, 4)
+
+
+def test_flow_validation_uses_fixed_sigmas(data):
+    """A flow objective: the loss at sigmas 0.2, 0.4, 0.6, 0.8 with the flow target (noise - x0), by hand."""
+    train, val = split(data, 0.34, 2)
+    model = TinyModel()
+    net = installed(model)
+    cfg = TrainConfig(max_train_steps=1, validation_split=0.34, validation_seed=2)
+    tr = Trainer(model=model, network=net, data=train, cfg=cfg, objective=FlowObjective(), text_encoder=text_encoder)
+    v = Validator(val, cfg)
+    total = []
+    with torch.no_grad():
+        for b, samples in enumerate(v.batches):
+            x0 = torch.stack([val.latents[(s.image_index, s.flip)] for s in samples]) * 0.5
+            ctx = torch.stack([val.text_conds[val.dataset.images[s.image_index].caption] for s in samples])
+            for k, sv in enumerate([0.2, 0.4, 0.6, 0.8]):
+                noise = torch.randn(tuple(x0.shape), generator=_seeded(2, b, k))
+                s = torch.full((x0.shape[0],), sv)
+                x_t = sv * noise + (1 - sv) * x0
+                denoised = model.denoise(x_t, s, {"ctx": ctx})
+                pred = (x_t - denoised) / sv
+                total.append(((pred - (noise - x0)) ** 2).mean().item())
+    assert v.loss(tr) == pytest.approx(sum(total) / len(total), rel=1e-6)
