@@ -19,6 +19,7 @@ from trainer import distributed  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import Trainer  # noqa: E402
 from trainer.objectives import DiscreteObjective, ddpm_sigmas  # noqa: E402
+from trainer.validation import Validator, split, validation_seed  # noqa: E402
 
 
 def main(folder, batch, steps, accum, out, options="{}"):
@@ -31,11 +32,15 @@ def main(folder, batch, steps, accum, out, options="{}"):
     net = installed(model)
     cfg = TrainConfig(max_train_steps=int(steps), learning_rate=3e-3, seed=5, gradient_accumulation_steps=int(accum),
                       max_grad_norm=1.0, **json.loads(options))
+    data, held_out = split(data, cfg.validation_split, validation_seed(cfg))  # as the session splits
     trainer = Trainer(model=model, network=net, data=data, cfg=cfg, objective=DiscreteObjective(ddpm_sigmas(), "eps"),
                       text_encoder=text_encoder)
+    if held_out is not None and cfg.validate_every_n_steps:  # validate_every_n_steps 0 here: split, no validation
+        trainer.validator = Validator(held_out, cfg)
     res = trainer.run()
     if ctx.main:
-        torch.save({"sd": net.kohya_state_dict(), "losses": res.losses, "world": ctx.world_size}, out)
+        torch.save({"sd": net.kohya_state_dict(), "losses": res.losses, "world": ctx.world_size,
+                    "validation": trainer.validation_losses}, out)
     distributed.shutdown()
 
 

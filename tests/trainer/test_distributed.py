@@ -5,6 +5,7 @@ The dataset has three images, so every epoch ends with a one-sample batch that l
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -84,6 +85,18 @@ def test_two_processes_equal_one_process_with_the_noise_and_loss_options(tmp_pat
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-5)
     plain = _run(tmp_path, world=1, batch=2, steps=4, name="plain")
     assert plain["losses"] != pytest.approx(one["losses"], rel=1e-3)
+
+
+def test_two_processes_validate_in_step_without_changing_the_training(tmp_path):
+    """Every rank validates every held-out batch between the same steps; the LoRA is the one trained on the same
+    split without validation."""
+    with_val = _run(tmp_path, world=2, batch=1, steps=3, name="val", validation_split=0.34, validate_every_n_steps=1)
+    without = _run(tmp_path, world=2, batch=1, steps=3, name="noval", validation_split=0.34)
+    assert with_val["sd"].keys() == without["sd"].keys()
+    assert all(torch.equal(with_val["sd"][k], without["sd"][k]) for k in without["sd"])
+    assert with_val["losses"] == without["losses"] and without["validation"] == []
+    assert [s for s, _ in with_val["validation"]] == [1, 2, 3]
+    assert all(math.isfinite(v) for _, v in with_val["validation"])
 
 
 def test_shards_cover_the_batch_once():
