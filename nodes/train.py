@@ -5,8 +5,9 @@ typed sockets. Re-queue continuation: a module-level registry keeps, per node (u
 its last run together with a fingerprint of everything that shapes the trained weights except ``steps``
 (identity of the upstream objects, which ComfyUI's cache keeps identical while upstream is unchanged, plus
 the option values). When the node runs again with the same fingerprint and ``steps`` >= the stored step,
-training continues from that state; otherwise it starts over. Preview and checkpoint cadence are not part of
-the fingerprint, nor is the memory mode: changing them continues the run (with nothing left to train, only the previews re-run)."""
+training continues from that state; otherwise it starts over. Preview, checkpoint and validation cadence are not
+part of the fingerprint, nor is the memory mode: changing them continues the run (with nothing left to train, only the
+previews re-run). The validation split is: it changes what is trained on."""
 from __future__ import annotations
 
 import logging
