@@ -5,6 +5,7 @@ import logging
 
 from .config import NetworkConfig, TrainConfig
 from .network import COMFY_TE_PREFIX, TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
+from .network_options import dropouts, is_sdxl_family, module_ranks, structure_network_args, uses_block_dims
 from .objectives import DiscreteObjective, FlowObjective, check_weighting
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def build_objective(spec, cfg: TrainConfig, family):
 def network_targets(family, unet_root, unet_config: dict, te_root, cfg: NetworkConfig) -> list[Target]:
     targets: list[Target] = []
     if cfg.train_unet:
-        targets += family.unet_targets(unet_root, unet_config, conv=cfg.conv_dim > 0, options=cfg)
+        conv = cfg.conv_dim > 0 or bool(cfg.conv_block_dims.strip())  # kohya: conv_block_dims adds the 3x3 convs
+        targets += family.unet_targets(unet_root, unet_config, conv=conv, options=cfg)
     if cfg.train_text_encoder or cfg.train_t5:
         if te_root is None:
             raise ValueError("training the text encoder needs the CLIP input of Inject LoRA to be connected")
@@ -40,11 +42,35 @@ def network_targets(family, unet_root, unet_config: dict, te_root, cfg: NetworkC
     return targets
 
 
-def _spec(family, targets: list[Target], rank, alpha, conv_rank, conv_alpha) -> NetworkSpec:
+def _spec(family, targets: list[Target], rank, alpha, conv_rank, conv_alpha, options: dict | None = None,
+          dropout: float | None = None) -> NetworkSpec:
     has_conv = any(t.kind == "conv3x3" for t in targets)
     return NetworkSpec(family=family.name, rank=rank, alpha=alpha, conv_rank=conv_rank if has_conv else None,
                        conv_alpha=conv_alpha if has_conv else None,
-                       args=tuple(family.network_args(targets).items()))
+                       args=tuple({**family.network_args(targets), **(options or {})}.items()), dropout=dropout)
+
+
+def _load_weights(net: LoRANetwork, sd: dict, source: str) -> None:
+    """kohya ``network_weights`` without ``dim_from_weights`` (``load_weights``: ``load_state_dict(strict=False)``):
+    the file's down/up weights go into the modules of the same name, the others keep their fresh weights and file
+    modules this network lacks are ignored. The alphas stay the network's (sd-scripts trains with the network's
+    alpha but writes the file's)."""
+    weights = {k: v for k, v in sd.items() if not k.endswith(".alpha")}
+    loaded = [n for n in net.names if f"{n}.lora_down.weight" in weights and f"{n}.lora_up.weight" in weights]
+    if not loaded:
+        raise ValueError(f"{source}: none of its modules is in this network (another model type, or other "
+                         "targets?); turn dim_from_weights on to take the file's modules")
+    try:
+        net.load_kohya_state_dict(weights, strict=False, source=source)
+    except ValueError as e:
+        raise ValueError(f"{e}. The file's ranks differ from the settings': turn dim_from_weights on to take "
+                         "the file's ranks, or set the same ranks") from None
+    other_alpha = [n for n in loaded if f"{n}.alpha" in sd and float(sd[f"{n}.alpha"].float().item())
+                   != net.lora(n).alpha_value]
+    log.info("%s: weights loaded into %d of %d modules (dim_from_weights off)", source, len(loaded), len(net))
+    if other_alpha:
+        log.warning("%s: %d modules have another alpha in the file (e.g. %s); the settings' alphas are kept",
+                    source, len(other_alpha), other_alpha[0])
 
 
 def _check_header(net: LoRANetwork, metadata: dict | None, source: str) -> None:
@@ -87,14 +113,29 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
 
     The network's spec (what the file header will say) always follows the modules it really has: from a
     file, the file's ranks, alphas and module set (its own ``ss_network_args`` claims are checked against
-    them); fresh, the config's."""
+    them); fresh, the config's. The network options (docs/training.md "Network options"): the dropouts act only
+    while training; block dims (SD1/SD2/SDXL) give per-module ranks and alphas, a rank of 0 leaves a module out.
+    ``cfg.dim_from_weights`` off: the config's network with the file's weights loaded where the names match
+    (kohya ``network_weights`` without ``dim_from_weights``)."""
+    blocks = uses_block_dims(cfg)
+    is_sdxl = is_sdxl_family(family.name, family.display_name,
+                             "block_dims / block_alphas / conv_block_dims / conv_block_alphas") if blocks else False
+    drop = dropouts(cfg)
+    options = structure_network_args(cfg)
+    if any(drop.values()):
+        log.info("LoRA dropouts while training: neuron %s, rank %s, module %s", drop["dropout"],
+                 drop["rank_dropout"], drop["module_dropout"])
     if cfg.conv_dim > 0 and not family.supports_conv:
         raise ValueError(f"conv_dim={cfg.conv_dim}: {family.display_name} has no 3x3 conv targets (LoRA-C3Lier is "
                          "for the SD1/SD2/SDXL U-Net and the generic family's models); set conv_dim to 0")
     roots = {UNET_ROOT: unet_root}
     if te_root is not None:
         roots[TE_ROOT] = te_root
-    if init_state is not None:
+    if init_state is not None and cfg.dim_from_weights:
+        if blocks:
+            raise ValueError("block_dims / block_alphas / conv_block_dims / conv_block_alphas with init_lora: the "
+                             "file gives every rank and alpha (dim_from_weights); turn dim_from_weights off to load "
+                             "the file into a network of these block dims, or clear them")
         has_conv = any(k.endswith(".lora_down.weight") and v.ndim == 4 and v.shape[-1] > 1
                        for k, v in init_state.items())
         file_cfg = NetworkConfig(network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
@@ -107,13 +148,20 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
                                  train_blocks="all", seed=cfg.seed)
         targets = network_targets(family, unet_root, unet_config, te_root, file_cfg)
         in_file = {split_kohya_key(k)[0] for k in init_state}
-        args = family.network_args([t for t in targets if t.name in in_file])
+        args = {**family.network_args([t for t in targets if t.name in in_file]), **options}
         net = LoRANetwork.from_kohya_state_dict(init_state, targets, roots, family=family.name,
                                                 args=tuple(args.items()), strict=True,
-                                                source=init_source or "init file")
+                                                source=init_source or "init file", **drop)
         _check_header(net, init_metadata, init_source or "init file")
         return net
     targets = network_targets(family, unet_root, unet_config, te_root, cfg)
-    spec = _spec(family, targets, cfg.network_dim, cfg.network_alpha, cfg.conv_dim or None,
-                 cfg.conv_alpha if cfg.conv_dim else None)
-    return LoRANetwork.create(targets, roots, spec, seed=cfg.seed)
+    ranks = module_ranks(targets, is_sdxl, cfg) if blocks else {}
+    kept = [t for t in targets if ranks.get(t.name, (1, None))[0] != 0]
+    if not kept:
+        raise ValueError("block_dims / conv_block_dims are 0 for every block: no module is left to train")
+    spec = _spec(family, kept, cfg.network_dim, cfg.network_alpha, cfg.conv_dim or None,
+                 cfg.conv_alpha if cfg.conv_dim else None, options, drop["dropout"])
+    net = LoRANetwork.create(targets, roots, spec, seed=cfg.seed, ranks=ranks, **drop)
+    if init_state is not None:
+        _load_weights(net, init_state, init_source or "init file")
+    return net

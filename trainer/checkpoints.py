@@ -96,6 +96,12 @@ def checkpoint_folder(loras_dir: str, name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ capture
 
+GROUPS_KEY = "param_groups"  # strict too; states saved before it was recorded are not checked
+NETWORK_TRAINING_OPTIONS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                            "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                            "scale_weight_norms")
+
+
 def config_fingerprint(trainer: Trainer, network) -> dict[str, Any]:
     """What a saved state must agree with to be resumed (the step count is not part of it)."""
     cfg = {k: v for k, v in dataclasses.asdict(trainer.cfg).items()
@@ -103,6 +109,11 @@ def config_fingerprint(trainer: Trainer, network) -> dict[str, Any]:
     sp = network.spec
     cfg["network"] = {"family": sp.family, "rank": sp.rank, "alpha": sp.alpha, "conv_rank": sp.conv_rank,
                       "conv_alpha": sp.conv_alpha, "modules": len(network)}
+    # the optimizer's groups (LoRA+ and block lr weights split them): its saved state fits the same groups only
+    cfg[GROUPS_KEY] = [[g.get("name", ""), len(g["params"])] for g in trainer.optimizer.param_groups]
+    for k in NETWORK_TRAINING_OPTIONS:  # off: left out, so states saved before these options existed match
+        if not cfg.get(k, True):
+            cfg.pop(k)
     try:
         from .batching import batches_per_epoch
 
@@ -149,11 +160,13 @@ def apply_state(trainer: Trainer, network, state: TrainState, source: str = "the
         raise StateError(f"{source} is at step {state.step}, past steps={trainer.cfg.max_train_steps}; set steps "
                          f"to more than {state.step} to continue it (or disconnect it to start over)")
     now = config_fingerprint(trainer, network)
-    diff = config_mismatches(state.config, now, ignore=("dataset",))
-    strict = [d for d in diff if d.split(":", 1)[0] in STRICT_KEYS]
+    diff = config_mismatches(state.config, now, ignore=("dataset",) + (() if GROUPS_KEY in state.config
+                                                                       else (GROUPS_KEY,)))
+    strict = [d for d in diff if d.split(":", 1)[0] in STRICT_KEYS + (GROUPS_KEY,)]
     if strict:
         raise StateError(f"cannot resume from {source}: " + "; ".join(strict) +
-                         ". Use the same optimizer and LoRA network (Inject LoRA settings), or start a new run.")
+                         ". Use the same optimizer, LoRA network (Inject LoRA settings) and LoRA+ / block learning "
+                         "rates (Network Training settings), or start a new run.")
     if diff:
         log.warning("resuming from %s with changed settings (the new values apply from step %d):\n  %s",
                     source, state.step, "\n  ".join(diff))

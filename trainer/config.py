@@ -41,6 +41,30 @@ def _warmup(value: float) -> float:
     return value
 
 
+def _block_dims(text: str) -> str:
+    from .network_options import check_dims
+
+    return check_dims(text)
+
+
+def _block_alphas(text: str) -> str:
+    from .network_options import check_alphas
+
+    return check_alphas(text)
+
+
+def _lr_weight(text: str) -> str:
+    from .network_options import check_lr_weight
+
+    return check_lr_weight(text)
+
+
+def _mid_lr_weight(text: str) -> str:
+    from .network_options import check_mid_lr_weight
+
+    return check_mid_lr_weight(text)
+
+
 def _flow_samplings() -> tuple[str, ...]:
     from .objectives import FLOW_SAMPLINGS
 
@@ -81,6 +105,32 @@ class NetworkConfig:
     train_blocks: str = option("all", "FLUX: which transformer blocks get LoRA: all, single or double (kohya "
                                       "train_blocks).", choices=("all", "single", "double"))
     seed: int = option(0, "Seed for the LoRA down-projection initialisation.", widget="init_seed", **SEED)
+    # ---- Network Options settings node (kohya network_dropout and --network_args)
+    network_dropout: float = option(0.0, "Neuron dropout on each module's down output while training: zeros with "
+                                         "this probability, the rest x 1/(1-p) (kohya network_dropout). Previews "
+                                         "and the saved file are unaffected. 0 = off.", min=0.0, max=1.0, step=0.01)
+    rank_dropout: float = option(0.0, "Rank dropout while training: each rank of each sample is 0 with this "
+                                      "probability and the module's scale is x 1/(1-p) (kohya network_args "
+                                      "rank_dropout). 0 = off.", min=0.0, max=0.99, step=0.01)
+    module_dropout: float = option(0.0, "Module dropout while training: each call, a module adds nothing with this "
+                                        "probability (kohya network_args module_dropout). 0 = off.",
+                                   min=0.0, max=1.0, step=0.01)
+    block_dims: str = option("", "SD1/SD2/SDXL: rank of the Linear and 1x1-conv modules per U-Net block, comma-"
+                                 "separated: 25 values for SD1/SD2 (1-11 down, 12 mid, 13-24 up), 23 for SDXL (1-9 "
+                                 "input, 10-12 middle, 13-21 output); the first and SDXL's last have no module. 0 "
+                                 "leaves a block out (kohya network_args block_dims). Empty = network_dim.",
+                             check=_block_dims)
+    block_alphas: str = option("", "Alpha per U-Net block, as many values as block_dims (kohya block_alphas). "
+                                   "Empty = network_alpha everywhere.", check=_block_alphas)
+    conv_block_dims: str = option("", "Rank of the 3x3 convs per U-Net block (kohya conv_block_dims; turns the "
+                                      "C3Lier conv modules on even with conv_dim 0). Empty = conv_dim everywhere.",
+                                  check=_block_dims)
+    conv_block_alphas: str = option("", "Alpha of the 3x3 convs per U-Net block (kohya conv_block_alphas). Empty = "
+                                        "conv_alpha everywhere.", check=_block_alphas)
+    dim_from_weights: bool = option(True, "With init_lora: the modules, ranks and alphas come from the file (kohya "
+                                          "dim_from_weights). Off: the network is built from the rank settings and "
+                                          "the file's weights are loaded into the modules of the same name (kohya "
+                                          "network_weights alone; shapes must match, alphas stay the settings').")
 
     def __post_init__(self):
         check_options(self)
@@ -232,6 +282,34 @@ class TrainConfig:
                                             "zero_terminal_snr, meant for v-prediction); the last sigma is ComfyUI's "
                                             "zsnr one, so sample with ModelSamplingDiscrete zsnr on. Loss weights keep "
                                             "the original SNR, as in sd-scripts. SD1/SD2/SDXL.")
+
+    # ---- Network Training settings node (kohya --network_args for LoRA+ and block learning rates, and
+    # scale_weight_norms)
+    loraplus_lr_ratio: float = option(0.0, "LoRA+: the up weights learn at this x the learning rate, the down "
+                                           "weights at the learning rate (kohya network_args loraplus_lr_ratio; the "
+                                           "LoRA+ paper suggests 16). 0 = off.", min=0.0, max=1000.0, step=0.1)
+    loraplus_unet_lr_ratio: float = option(0.0, "LoRA+ ratio of the diffusion-model LoRA only (kohya "
+                                                "loraplus_unet_lr_ratio). 0 = loraplus_lr_ratio.",
+                                           min=0.0, max=1000.0, step=0.1)
+    loraplus_text_encoder_lr_ratio: float = option(0.0, "LoRA+ ratio of the text-encoder LoRA only (kohya "
+                                                        "loraplus_text_encoder_lr_ratio). 0 = loraplus_lr_ratio.",
+                                                   min=0.0, max=1000.0, step=0.1)
+    down_lr_weight: str = option("", "SD1/SD2/SDXL: learning-rate weight of each down (input) block, shallow to "
+                                     "deep: 12 comma-separated values (SDXL 9; missing ones are 1, empty ones 0) or "
+                                     "cosine, sine, linear, reverse_linear or zeros with an optional +base, e.g. "
+                                     "sine+0.5 (kohya network_args down_lr_weight). Empty = 1.", check=_lr_weight)
+    mid_lr_weight: str = option("", "Learning-rate weight of the mid block: 1 value (SDXL 3, comma-separated) (kohya "
+                                    "mid_lr_weight). Empty = 1.", check=_mid_lr_weight)
+    up_lr_weight: str = option("", "Learning-rate weight of each up (output) block, deep to shallow, as "
+                                   "down_lr_weight (kohya up_lr_weight). Empty = 1.", check=_lr_weight)
+    block_lr_zero_threshold: float = option(0.0, "Block weights not above this become 0: those blocks are not "
+                                                 "trained (kohya block_lr_zero_threshold).", min=0.0, max=100.0,
+                                            step=0.01)
+    scale_weight_norms: float = option(0.0, "Max-norm regularisation after each step: a module whose weight delta "
+                                            "(up x down x alpha/rank) has a larger norm is scaled down to this "
+                                            "(kohya scale_weight_norms; 1 is a usual start). The console shows the "
+                                            "keys scaled and the average key norm. 0 = off.",
+                                       min=0.0, max=1000.0, step=0.01)
 
     # ---- Validation settings node (sd-scripts' validation split and loss)
     validation_split: float = option(0.0, "Fraction of each subset's images held out of training for the validation "

@@ -22,6 +22,7 @@ from .captions import process_caption
 from . import distributed
 from .config import TrainConfig
 from .encoded import EncodedDataset
+from .network_options import lr_options
 from .noise import StepNoise
 from .objectives import HUBER_OPTIONS, WEIGHTING_OPTIONS, per_sample_loss
 from .optim import build_optimizer, build_scheduler, load_scheduler_state, optimizer_train_mode
@@ -50,6 +51,7 @@ class StepInfo:
     elapsed: float
     epoch_end: bool = False   # this step consumed the last batch of its epoch
     steps_this_run: int = 0   # steps done by this run() call (resumed runs start later than step 0)
+    max_norm: tuple | None = None  # scale_weight_norms: (keys scaled, average key norm, max key norm)
 
 
 @dataclass
@@ -117,7 +119,11 @@ class Trainer:
         self.ctx = distributed.current()  # several processes: global batches, sharded, gradients summed
         self.stream_data = data if not self.ctx.distributed else dataclasses.replace(
             data, dataset=distributed.global_dataset(data.dataset))
-        groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr)
+        # LoRA+ and block lr weights (Network Training settings) split the groups, sd-scripts' way
+        groups = network.param_groups(cfg.learning_rate, text_encoder_lr=cfg.text_encoder_lr,
+                                      **lr_options(cfg, network.family))
+        self.dropouts = any(m.dropout or m.rank_dropout or m.module_dropout for m in network.loras())
+        self.max_norm: tuple | None = None  # the last step's scale_weight_norms report
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer, self.optimizer_repr = build_optimizer(cfg.optimizer_name, groups, cfg.learning_rate,
                                                               **cfg.optimizer_kwargs())
@@ -210,7 +216,8 @@ class Trainer:
             # and after run() the network holds the averaged (eval) weights, as sd-scripts switches every step
             optimizer_train_mode(self.optimizer, True)
             try:
-                step_loss, pos, n_batches = self._step(stream, accum)
+                with self._dropout_rng():
+                    step_loss, pos, n_batches = self._step(stream, accum)
             except BaseException:
                 # Cancel (ComfyUI raises from inside an op) or an error mid-step: drop the partial
                 # gradients; weights, optimizer and position stay those of the last completed step.
@@ -228,8 +235,12 @@ class Trainer:
             if on_step is not None:
                 on_step(StepInfo(self.step, cfg.max_train_steps, step_loss, self._last_lr, pos.epoch,
                                  time.perf_counter() - t0, epoch_end=pos.batch_index + 1 >= n_batches,
-                                 steps_this_run=self.step - start_step))
+                                 steps_this_run=self.step - start_step, max_norm=self.max_norm))
         self.network.eval()
+        if self.max_norm is not None:
+            log.info("scale_weight_norms %g: %d of %d modules scaled at the last step; average key norm %.4g, max "
+                     "%.4g", cfg.scale_weight_norms, self.max_norm[0], len(self.network), self.max_norm[1],
+                     self.max_norm[2])
         return TrainResult(self.step, self.losses, self.lrs, stopped, self.position, self.optimizer,
                            self.scheduler, time.perf_counter() - t0)
 
@@ -293,6 +304,8 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if cfg.scale_weight_norms > 0:  # sd-scripts: max-norm regularisation after the optimizer step
+            self.max_norm = self.network.apply_max_norm_regularization(cfg.scale_weight_norms)
         return step_loss, pos, n_batches
 
     def _prior_weights(self, samples: list[Sample], like: torch.Tensor) -> torch.Tensor:

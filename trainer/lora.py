@@ -124,7 +124,11 @@ class LoRAModule(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``up(down(x)) * multiplier * scale`` (with kohya's optional dropouts while training)."""
+        """``up(down(x)) * multiplier * scale``, with kohya's dropouts while training (``self.training``): module
+        dropout (the whole delta is 0 with probability ``module_dropout``, one draw per call), neuron dropout on the
+        down output (``F.dropout``: zeros with probability ``dropout``, the rest times 1/(1-p)) and rank dropout (a
+        whole rank per sample is 0 with probability ``rank_dropout``, the scale times 1/(1-p)). They draw from
+        torch's global generators, as sd-scripts', which gradient checkpointing replays in the recomputation."""
         if self.module_dropout and self.training and torch.rand(()) < self.module_dropout:
             return torch.zeros((), dtype=x.dtype, device=x.device)
         lx = self.lora_down(x.to(self.lora_down.weight.dtype))
@@ -135,10 +139,10 @@ class LoRAModule(nn.Module):
             mask = torch.rand((lx.size(0), self.lora_dim), device=lx.device) > self.rank_dropout
             if self.spec.kind == "conv" and lx.dim() == 4:
                 mask = mask[:, :, None, None]
-            elif lx.dim() == 3:
-                mask = mask.unsqueeze(1)
+            elif lx.dim() > 2:  # tokens (kohya: 3-dim text-encoder inputs), or any other leading dims
+                mask = mask.view(lx.size(0), *([1] * (lx.dim() - 2)), self.lora_dim)
             lx = lx * mask.to(lx.dtype)
-            scale = self.scale / (1.0 - self.rank_dropout)
+            scale = self.scale * (1.0 / (1.0 - self.rank_dropout))  # kohya's expression: as if the rank shrank
         factor = self.multiplier * scale
         if factor != 1.0:
             lx = lx * factor  # scale the rank-sized activation, not the (larger) output

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from .families import Family, get_family
 from .network import NetworkSpec
+from .network_options import training_network_args
 from .record import DatasetSummary, TrainingRecord
 
 log = logging.getLogger(__name__)
@@ -320,8 +321,13 @@ def metadata_for(network: Any, record: Optional[TrainingRecord], *, output_name:
                               minimal=minimal, modelspec=modelspec, extra=extra)
     training = record.training_options()
     training.update({k: getattr(record.dataset, k) for k in _CAPTION_KEYS})
+    # sd-scripts: --network_dropout is ss_network_dropout; LoRA+ and block lr weights are --network_args
+    training["network_dropout"] = spec.dropout
+    training["scale_weight_norms"] = training.get("scale_weight_norms") or None  # 0 = off = not given
+    network = network_values(spec)
+    network["network_args"] = {**network["network_args"], **training_network_args(record.config)}
     return build_metadata(
-        family=spec.family, network=network_values(spec), output_name=output_name, training=training,
+        family=spec.family, network=network, output_name=output_name, training=training,
         dataset=dataset_values(record.dataset), steps=record.steps, epoch=record.epoch,
         num_epochs=record.num_epochs, started_at=record.started_at, finished_at=record.finished_at,
         objective=record.prediction, unet_config=record.unet_config,

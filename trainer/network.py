@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .lora import LoRAModule, OrgSpec
@@ -108,8 +109,10 @@ class NetworkSpec:
     ``ss_network_alpha``, ``ss_network_args``), what a resume must agree with, what copies carry.
 
     ``rank``/``alpha`` are those of Linear and 1x1-conv modules, ``conv_rank``/``conv_alpha`` those of 3x3
-    convs (kohya C3Lier; None without conv modules). ``args`` are the structural network args beyond the
-    conv ones (e.g. ``train_blocks``, ``train_t5xxl``), derived from the modules the network really has."""
+    convs (kohya C3Lier; None without conv modules). ``args`` are the network args beyond the conv ones: the
+    structural ones derived from the modules the network really has (e.g. ``train_blocks``, ``train_t5xxl``) and
+    the network options it was built with (``rank_dropout``, ``block_dims`` ...). ``dropout`` is kohya's
+    ``network_dropout`` (``ss_network_dropout``; None = off)."""
 
     family: str = ""
     rank: Optional[int] = None
@@ -117,6 +120,7 @@ class NetworkSpec:
     conv_rank: Optional[int] = None
     conv_alpha: Optional[float] = None
     args: tuple[tuple[str, str], ...] = ()
+    dropout: Optional[float] = None
 
     def __post_init__(self) -> None:
         if (self.conv_rank is None) != (self.conv_alpha is None):
@@ -159,6 +163,7 @@ class LoRANetwork(nn.Module):
         self.spec = spec
         self.record = None  # the TrainingRecord of the run that trained it (set by the session, read by the saver)
         self._installed: list[tuple[nn.Module, Any, Any]] = []  # (module, previous instance forward or _MISSING, ours)
+        self.train(False)  # dropouts act only while the trainer has it in train mode (sampling never)
 
     @property
     def family(self) -> str:
@@ -169,20 +174,24 @@ class LoRANetwork(nn.Module):
     def create(cls, targets: Sequence[Target], roots: Mapping[str, nn.Module], spec: NetworkSpec, *,
                multiplier: float = 1.0, dropout: Optional[float] = None, rank_dropout: Optional[float] = None,
                module_dropout: Optional[float] = None, seed: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> "LoRANetwork":
+               generator: Optional[torch.Generator] = None,
+               ranks: Optional[Mapping[str, tuple[int, float]]] = None) -> "LoRANetwork":
         """Fresh network for ``targets`` (shapes read from the modules under ``roots``; meta is fine).
 
         ``conv3x3`` targets use ``spec.conv_rank``/``conv_alpha`` (kohya C3Lier); everything else uses
-        ``spec.rank``/``alpha``. Weights are drawn in target order from ``generator`` (or a CPU generator
+        ``spec.rank``/``alpha``; ``ranks`` (kohya block dims) gives (rank, alpha) per target name instead, rank 0
+        leaving the target out. Weights are drawn in target order from ``generator`` (or a CPU generator
         seeded with ``seed``) for reproducibility.
         """
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
-        needs_conv = [t.name for t in targets if t.kind == "conv3x3"]
+        ranks = dict(ranks or {})
+        targets = [t for t in targets if ranks.get(t.name, (1, None))[0] != 0]
+        needs_conv = [t.name for t in targets if t.kind == "conv3x3" and t.name not in ranks]
         if needs_conv and not spec.conv_rank:
             raise ValueError(f"{len(needs_conv)} conv3x3 targets (e.g. {needs_conv[0]}) need conv_rank "
                              "(kohya conv_dim); build LierLa targets (conv=False) or set conv_rank")
-        if spec.conv_rank and not needs_conv:
+        if spec.conv_rank and not any(t.kind == "conv3x3" for t in targets):
             raise ValueError(f"conv_rank {spec.conv_rank} is set but none of the {len(targets)} targets is a 3x3 "
                              "conv: the file header would claim conv modules the network does not have")
         loras: dict[str, LoRAModule] = {}
@@ -191,6 +200,7 @@ class LoRANetwork(nn.Module):
                 lora_spec = OrgSpec.of(_resolve(roots, t))
                 _check_kind(t, lora_spec)
                 r, a = (spec.conv_rank, spec.conv_alpha) if t.kind == "conv3x3" else (spec.rank, spec.alpha)
+                r, a = ranks.get(t.name, (r, a))
                 loras[t.name] = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
                                            rank_dropout=rank_dropout, module_dropout=module_dropout,
                                            generator=generator)
@@ -200,11 +210,14 @@ class LoRANetwork(nn.Module):
     def from_kohya_state_dict(cls, sd: Mapping[str, torch.Tensor], targets: Sequence[Target],
                               roots: Mapping[str, nn.Module], *, family: str = "",
                               args: Sequence[tuple[str, str]] = (), multiplier: float = 1.0,
-                              strict: bool = True, source: str = "state dict") -> "LoRANetwork":
+                              strict: bool = True, source: str = "state dict", dropout: Optional[float] = None,
+                              rank_dropout: Optional[float] = None,
+                              module_dropout: Optional[float] = None) -> "LoRANetwork":
         """Create modules from a kohya file: rank from ``lora_down.shape[0]``, alpha from ``*.alpha``
         (missing alpha -> rank, "old LoRA"). Only targets present in the file get a module; the spec's
         ranks and alphas are the file's (most common per kind). Keys that match no target raise
-        (``strict``) or are logged and ignored. ``args``: structural network args (see NetworkSpec)."""
+        (``strict``) or are logged and ignored. ``args``: network args (see NetworkSpec); the dropouts are
+        the modules' training dropouts (``dropout`` also goes to the spec)."""
         by_name: dict[str, dict[str, torch.Tensor]] = {}
         unexpected: list[str] = []
         tmap = {t.name: t for t in targets}
@@ -238,14 +251,15 @@ class LoRANetwork(nn.Module):
                 r = int(d[".lora_down.weight"].shape[0])
                 alpha = d.get(".alpha")
                 a = float(alpha.float().item()) if alpha is not None else float(r)
-                m = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier)
+                m = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
+                               rank_dropout=rank_dropout, module_dropout=module_dropout)
                 _load_module(m, d, source)
                 loras[t.name] = m
                 (conv_ranks if t.kind == "conv3x3" else ranks)[r] += 1
                 (conv_alphas if t.kind == "conv3x3" else alphas)[a] += 1
         top = lambda c: c.most_common(1)[0][0] if c else None  # noqa: E731
         spec = NetworkSpec(family=family, rank=top(ranks), alpha=top(alphas), conv_rank=top(conv_ranks),
-                           conv_alpha=top(conv_alphas), args=tuple(args))
+                           conv_alpha=top(conv_alphas), args=tuple(args), dropout=dropout)
         return cls(targets, loras, spec)
 
     def subset(self, root: str) -> "LoRANetwork":
@@ -386,14 +400,19 @@ class LoRANetwork(nn.Module):
                      text_encoder_lr: Union[None, float, Sequence[Optional[float]]] = None, *,
                      te_prefixes: Optional[Sequence[str]] = None, loraplus_lr_ratio: Optional[float] = None,
                      loraplus_unet_lr_ratio: Optional[float] = None,
-                     loraplus_text_encoder_lr_ratio: Optional[float] = None) -> list[dict[str, Any]]:
+                     loraplus_text_encoder_lr_ratio: Optional[float] = None,
+                     block_lr_weight: Optional[Sequence[float]] = None) -> list[dict[str, Any]]:
         """Optimizer param groups, kohya ``prepare_optimizer_params_with_multiple_te_lrs`` style.
 
         One group for the U-Net (``unet_lr`` or ``learning_rate``) and one per text-encoder prefix.
         ``text_encoder_lr`` may be one value or a list indexed by the position of the prefix in
         ``te_prefixes`` (the family's text-encoder order, default: the prefixes present); a short list
         falls back to its first value. LoRA+ puts ``lora_up`` weights in a ``"<group> plus"`` group with
-        ``lr * ratio``. Groups whose lr is 0 are dropped (their modules stay, as in kohya).
+        ``lr * ratio`` (the U-Net ratio ``loraplus_unet_lr_ratio or loraplus_lr_ratio``, the text encoders'
+        ``loraplus_text_encoder_lr_ratio or loraplus_lr_ratio``). ``block_lr_weight`` (kohya block lr weights,
+        one per U-Net block of ``network_options.block_index``) splits the U-Net group into ``unet_block<i>``
+        groups with ``lr * weight``, in the order the blocks first appear. Groups whose lr is 0 are dropped
+        (their modules stay, untrained; kohya does not create the modules of a block whose weight is 0).
         """
         te_order = list(te_prefixes) if te_prefixes else [p for p in self.prefixes() if p != "lora_unet"]
         if isinstance(text_encoder_lr, (list, tuple)):
@@ -414,20 +433,67 @@ class LoRANetwork(nn.Module):
                 lr = learning_rate if unet_lr is None else unet_lr
                 ratio = loraplus_unet_lr_ratio or loraplus_lr_ratio
             names = [n for n, t in self._targets.items() if t.prefix == prefix]
-            plain, plus = [], []
-            for n in names:
-                m = self._modules[module_key(n)]
-                plain.append(m.lora_down.weight)
-                (plus if ratio else plain).append(m.lora_up.weight)
             group_name = "unet" if not is_te else prefix[len("lora_"):] if prefix.startswith("lora_") else prefix
-            for gname, params, glr in ((group_name, plain, lr), (f"{group_name} plus", plus, lr * (ratio or 1.0))):
-                if not params:
-                    continue
-                if not glr:
-                    log.info("LoRA group %s has lr %s: not trained (NO LR skipping)", gname, glr)
-                    continue
-                groups.append({"params": params, "lr": float(glr), "name": gname})
+            parts: dict[str, tuple[list[str], float]] = {}
+            if block_lr_weight is not None and not is_te:
+                from .network_options import block_index
+
+                is_sdxl = self.family == "sdxl"
+                for n in names:
+                    idx = block_index(n, is_sdxl)
+                    if idx < 0:
+                        raise ValueError(f"block lr weights: LoRA module {n} is in no kohya U-Net block")
+                    parts.setdefault(f"unet_block{idx}", ([], lr * block_lr_weight[idx]))[0].append(n)
+            else:
+                parts[group_name] = (names, lr)
+            for gname, (members, glr) in parts.items():
+                plain, plus = [], []
+                for n in members:
+                    m = self._modules[module_key(n)]
+                    plain.append(m.lora_down.weight)
+                    (plus if ratio else plain).append(m.lora_up.weight)
+                for name_, params, lr_ in ((gname, plain, glr), (f"{gname} plus", plus, glr * (ratio or 1.0))):
+                    if not params:
+                        continue
+                    if not lr_:
+                        log.info("LoRA group %s has lr %s: not trained (NO LR skipping)", name_, lr_)
+                        continue
+                    groups.append({"params": params, "lr": float(lr_), "name": name_})
         return groups
+
+    # ------------------------------------------------------------------ max-norm regularisation
+    @torch.no_grad()
+    def apply_max_norm_regularization(self, max_norm_value: float) -> tuple[int, float, float]:
+        """kohya ``apply_max_norm_regularization`` (``scale_weight_norms``): for every module, the norm of its
+        weight delta ``up @ down * alpha / rank`` is clamped to ``max_norm_value`` by scaling ``up`` and ``down``
+        each by ``sqrt(ratio)``, ``ratio = min(norm', max) / norm'`` with ``norm' = max(norm, max / 2)``.
+        Returns (modules scaled, mean and max of the norms after scaling). One device sync for all modules."""
+        loras = self.loras()
+        if not loras:
+            return 0, 0.0, 0.0
+        ratios, norms = [], []
+        for m in loras:
+            down, up = m.lora_down.weight, m.lora_up.weight
+            if down.dim() == 2:
+                updown = up @ down
+            elif tuple(down.shape[2:]) == (1, 1):
+                updown = (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
+            else:
+                updown = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+            updown = updown * (m.alpha.to(updown.dtype) / m.lora_dim)
+            norm = updown.norm().clamp(min=max_norm_value / 2)
+            ratio = torch.clamp(norm, max=max_norm_value) / norm
+            ratios.append(ratio)
+            norms.append(updown.norm() * ratio)
+        ratio_t = torch.stack(ratios).float().cpu()  # one sync
+        norms_t = torch.stack(norms).float().cpu()
+        scaled = ratio_t != 1
+        for m, ratio, hit in zip(loras, ratios, scaled.tolist()):
+            if hit:
+                sqrt_ratio = ratio ** 0.5
+                m.lora_up.weight.mul_(sqrt_ratio.to(m.lora_up.weight.dtype))
+                m.lora_down.weight.mul_(sqrt_ratio.to(m.lora_down.weight.dtype))
+        return int(scaled.sum()), float(norms_t.mean()), float(norms_t.max())
 
     # ------------------------------------------------------------------ copies
     def copy(self) -> "LoRANetwork":
