@@ -13,3 +13,6 @@ CheckpointSettingsIO = io.Custom("LORA_CHECKPOINT_SETTINGS")
 PreviewSettingsIO = io.Custom("LORA_PREVIEW_SETTINGS")
 CaptionSettingsIO = io.Custom("LORA_CAPTION_SETTINGS")
 ValidationSettingsIO = io.Custom("LORA_VALIDATION_SETTINGS")
+NetworkTrainingIO = io.Custom("LORA_NETWORK_TRAINING_SETTINGS")
+# settings node -> Inject LoRA
+NetworkOptionsIO = io.Custom("LORA_NETWORK_OPTIONS")

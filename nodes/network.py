@@ -6,11 +6,13 @@ import logging
 from ..trainer.config import NetworkConfig
 from ._api import CATEGORY, LoraNetwork, io
 from .schema import values_of, widget
+from .settings import BY_NAME, receiver_input
 
 log = logging.getLogger(__name__)
 NONE = "none"
 MAIN = ("network_dim", "network_alpha", "conv_dim", "conv_alpha", "train_text_encoder", "seed")
 MORE = ("train_unet", "train_t5", "train_blocks")
+OPTIONS = BY_NAME["network_options"]  # its settings socket (dropouts, block dims, dim_from_weights)
 
 
 def _lora_files() -> list[str]:
@@ -40,8 +42,10 @@ class InjectLoRA(io.ComfyNode):
                io.Combo.Input("init_lora", options=_lora_files(), default=NONE, optional=True,
                               tooltip="Start from an existing kohya LoRA in models/loras: its modules, ranks, alphas "
                                       "and weights are used (and written to the new file's header) instead of a "
-                                      "fresh network; the rank/alpha widgets are ignored.")]
-            + [widget(NetworkConfig, n, optional=True) for n in MORE],
+                                      "fresh network; the rank/alpha widgets are ignored (kohya dim_from_weights; "
+                                      "a Network Options node can load it into the widgets' network instead).")]
+            + [widget(NetworkConfig, n, optional=True) for n in MORE]
+            + [receiver_input(OPTIONS)],  # last: saved workflows keep their widget and socket order
             outputs=[
                 io.Model.Output(display_name="model", tooltip="Clone of the MODEL with the (untrained) LoRA injected."),
                 io.Clip.Output(display_name="clip", tooltip="Clone of the CLIP with the text-encoder LoRA injected "
@@ -51,11 +55,17 @@ class InjectLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip=None, init_lora=NONE, **widgets) -> io.NodeOutput:
+    def execute(cls, model, clip=None, init_lora=NONE, network_options=None, **widgets) -> io.NodeOutput:
         from ..trainer import adapter as ca
         from ..trainer.assemble import build_network
 
-        cfg = NetworkConfig(**values_of(NetworkConfig, MAIN + MORE, widgets))
+        values = values_of(NetworkConfig, MAIN + MORE, widgets)
+        if network_options is not None:
+            if getattr(network_options, "topic", None) != OPTIONS.name:
+                raise TypeError(f"Inject LoRA: 'network_options' needs the output of a Network Options node, got "
+                                f"{network_options!r}")
+            values.update(network_options.values)
+        cfg = NetworkConfig(**values)
         family = ca.detect_family(model)
         init_state, init_meta, source = None, None, ""
         if init_lora and init_lora != NONE:

@@ -118,7 +118,9 @@ class NodeProgress(Progress):
         done = getattr(info, "steps_this_run", 0) or (info.step - self.start_step)
         rate = done / info.elapsed if info.elapsed and info.elapsed > 0 else 0.0
         bar = self._bar()
-        bar.set_postfix_str(f"loss={info.loss:.4f}, lr={info.lr:.2e}, {rate:.3g} it/s", refresh=False)
+        norms = getattr(info, "max_norm", None)  # scale_weight_norms: sd-scripts shows these two as well
+        extra = f", keys scaled={norms[0]}, avg key norm={norms[1]:.3g}" if norms is not None else ""
+        bar.set_postfix_str(f"loss={info.loss:.4f}, lr={info.lr:.2e}{extra}, {rate:.3g} it/s", refresh=False)
         bar.update(1)  # after the postfix: the line shows this step's loss
         self.pbar.update_absolute(info.step, self.total)  # also raises on Cancel in the server
         now = time.perf_counter()

@@ -1,5 +1,5 @@
-"""Settings nodes: small optional nodes by topic that plug into Train LoRA (or Load Dataset) through typed
-sockets, so Train LoRA keeps only what most runs change. A topic is data (:class:`Topic`: its node, its socket
+"""Settings nodes: small optional nodes by topic that plug into Train LoRA (or Load Dataset, Inject LoRA) through
+typed sockets, so Train LoRA keeps only what most runs change. A topic is data (:class:`Topic`: its node, its socket
 and the config fields it carries); one factory makes its node. Each widget is a config field (``nodes/schema``);
 the value a settings node outputs is a :class:`Settings` the receiving node unpacks into its configs. A later
 option goes into its topic's ``fields``; a new topic is one more ``Topic``."""
@@ -10,12 +10,13 @@ from typing import Any, Callable
 
 from ..trainer.captions import CAPTION_OPTION_NAMES, CaptionOptions
 from ..trainer.checkpoints import CheckpointConfig
-from ..trainer.config import TrainConfig
+from ..trainer.config import NetworkConfig, TrainConfig
 from ..trainer.dataset import SubsetConfig
 from ..trainer.options import check_values
 from ..trainer.previews import PreviewConfig
-from ._api import (CATEGORY, CaptionSettingsIO, CheckpointSettingsIO, NoiseLossSettingsIO, OptimizerSettingsIO,
-                   PreviewSettingsIO, TrainState, ValidationSettingsIO, io)
+from ._api import (CATEGORY, CaptionSettingsIO, CheckpointSettingsIO, NetworkOptionsIO, NetworkTrainingIO,
+                   NoiseLossSettingsIO, OptimizerSettingsIO, PreviewSettingsIO, TrainState, ValidationSettingsIO,
+                   io)
 from .schema import values_of, widgets
 
 SETTINGS_CATEGORY = f"{CATEGORY}/settings"
@@ -105,6 +106,21 @@ TOPICS = (
           "prefix/suffix, dropout) and image augmentation. A dataset TOML's own values win (kohya precedence).",
           ((CaptionOptions, CAPTION_OPTION_NAMES), (SubsetConfig, ("flip_aug",))),
           unconnected="captions are used as written"),
+    Topic("network_options", "LoraLoop_NetworkOptions", "Network Options (LoRA Loop)", NetworkOptionsIO,
+          "network_options", "Inject LoRA",
+          "Neuron, rank and module dropout while training, per-block ranks and alphas of the SD1/SD2/SDXL U-Net, "
+          "and how init_lora is used (dim_from_weights): sd-scripts' network options.",
+          ((NetworkConfig, ("network_dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
+                            "conv_block_dims", "conv_block_alphas", "dim_from_weights")),),
+          unconnected="no dropout, network_dim/conv_dim everywhere, init_lora gives ranks and alphas"),
+    Topic("network_training", "LoraLoop_NetworkTraining", "Network Training (LoRA Loop)", NetworkTrainingIO,
+          "network_training", "Train LoRA",
+          "LoRA+ learning-rate ratios, per-block learning-rate weights of the SD1/SD2/SDXL U-Net, and max-norm "
+          "regularisation (scale_weight_norms), with sd-scripts' names and formulas.",
+          ((TrainConfig, ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                          "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                          "scale_weight_norms")),),
+          unconnected="one learning rate per model part, no max-norm"),
 )
 BY_NAME = {t.name: t for t in TOPICS}
 

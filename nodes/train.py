@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                "blocks_to_swap")
 TOPICS = [BY_NAME[t] for t in ("optimizer", "noise_loss", "checkpoints", "previews")]  # its settings sockets
-VALIDATION = BY_NAME["validation"]  # a later socket: after the widgets
+NETWORK_TRAINING = BY_NAME["network_training"]  # a later socket: the last input, after the widgets
+VALIDATION = BY_NAME["validation"]  # a later socket too: after Network Training
 TITLE = "Train LoRA (LoRA Loop)"
 REGISTRY = ContinuationRegistry()
 
@@ -55,7 +56,7 @@ class TrainLoRA(io.ComfyNode):
             category=f"{CATEGORY}/training",
             description="Train the injected LoRA on the encoded dataset and output the model with the trained "
                         "LoRA applied, ready for KSampler. Optional settings nodes (Optimizer, Noise & Loss, "
-                        "Checkpoints & Resume, Previews, Validation) plug into its settings inputs.",
+                        "Checkpoints & Resume, Previews, Network Training, Validation) plug into its settings inputs.",
             is_experimental=True,
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL from Inject LoRA (or any MODEL of the same checkpoint). "
@@ -76,6 +77,7 @@ class TrainLoRA(io.ComfyNode):
                 widget(CheckpointConfig, "output_name", optional=True),
                 widget(TrainConfig, "memory_mode", optional=True),
                 widget(TrainConfig, "blocks_to_swap", optional=True),
+                receiver_input(NETWORK_TRAINING),  # last: saved workflows keep their widget and socket order
                 receiver_input(VALIDATION),
             ],
             outputs=[
@@ -112,10 +114,12 @@ class TrainLoRA(io.ComfyNode):
         legacy.check("LoraLoop_TrainLoRA", TITLE, uid, cls.hidden.prompt, cls.hidden.extra_pnginfo,
                      {k: v is not None for k, v in given.items()})
         opt, noise, ckpts, prev = (_settings(given[t.input_name], t.name, t.input_name) for t in TOPICS)
+        net_training = _settings(inputs.pop(NETWORK_TRAINING.input_name, None), NETWORK_TRAINING.name,
+                                 NETWORK_TRAINING.input_name)
         validation_settings = _settings(inputs.pop(VALIDATION.input_name, None), VALIDATION.name,
                                         VALIDATION.input_name)
         train_values = values_of(TrainConfig, MAIN_FIELDS, widgets)
-        for s in (opt, noise, validation_settings):
+        for s in (opt, noise, net_training, validation_settings):
             if s is not None:
                 train_values.update(s.values)
         cfg = TrainConfig(**train_values)

@@ -160,3 +160,58 @@ def test_noise_and_loss_options_reach_the_training_step(comfy):
     errors = [d for e, d in ex.status_messages if e == "execution_error"]
     assert errors and "scale_v_pred_loss_like_noise_pred needs a v-prediction model" in \
         errors[0]["exception_message"], errors
+
+
+def test_network_options_reach_the_network_and_the_trainer(comfy):
+    """Network Options on Inject LoRA (dropouts, block dims with a block left out, conv block dims) and Network
+    Training on Train LoRA (LoRA+, block lr weights, max-norm): the file has the per-block ranks, records the
+    options as sd-scripts does (ss_network_dropout, ss_scale_weight_norms, ss_network_args) and reloads through
+    ComfyUI's LoraLoader with zero 'lora key not loaded'."""
+    import json
+
+    from trainer.network_options import block_index
+
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "netopts"), n=2)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=3, save_name="netopts")
+    dims = [2 + i % 3 for i in range(25)]
+    dims[4] = 0  # down_blocks_1_attentions_0 (and resnets_0): left out
+    conv_dims = ["1"] * 25
+    conv_dims[4] = "0"  # its 3x3 convs too
+    graphs.network_options(p, network_dropout=0.1, rank_dropout=0.2, module_dropout=0.1,
+                           block_dims=",".join(map(str, dims)), conv_block_dims=",".join(conv_dims))
+    graphs.train_options(p, loraplus_lr_ratio=4.0, down_lr_weight="sine+0.5", mid_lr_weight="2",
+                         scale_weight_norms=1.0)
+    log = comfy["log"]
+    n = len(log.records)
+    ex, _ = comfy_env.run_prompt(p, "netopts")
+    assert [r for r in log.records[n:] if r.startswith("scale_weight_norms 1:")]
+    path = _saved_path(comfy, ex, p)
+    sd = _load(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    unet = {k[:-len(".lora_down.weight")]: v for k, v in sd.items()
+            if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")}
+    assert unet and all(block_index(name) >= 0 for name in unet)
+    assert not [name for name in unet if block_index(name) == 4]
+    for name, down in unet.items():
+        rank = 1 if down.ndim == 4 and down.shape[-1] == 3 else dims[block_index(name)]
+        assert down.shape[0] == rank, (name, down.shape)
+    assert any(v.ndim == 4 and v.shape[-1] == 3 for v in unet.values())  # conv_block_dims turned the convs on
+    assert meta["ss_network_dropout"] == "0.1" and meta["ss_scale_weight_norms"] == "1.0"
+    assert json.loads(meta["ss_network_args"]) == {
+        "rank_dropout": "0.2", "module_dropout": "0.1", "block_dims": ",".join(map(str, dims)),
+        "conv_block_dims": ",".join(conv_dims), "loraplus_lr_ratio": "4", "down_lr_weight": "sine+0.5",
+        "mid_lr_weight": "2"}
+    loader = graphs.one(p, "LoraLoopTest_TinyModel")
+    q = {loader: p[loader],
+         "ll": {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1],
+                                                       "lora_name": os.path.basename(path),
+                                                       "strength_model": 1.0, "strength_clip": 1.0}},
+         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ll", 1], "text": "x"}},
+         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
+                                                                     "seed": 1, "width": 64, "height": 64,
+                                                                     "sigma": 1.0}},
+         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "netopts_loaded"}}}
+    n = len(log.records)
+    comfy_env.run_prompt(q, "netopts-load", executor=ex)
+    assert [r for r in log.records[n:] if "lora key not loaded" in r] == []

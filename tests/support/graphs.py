@@ -103,8 +103,10 @@ SETTINGS_SOCKETS = {"optimizer_settings": "LoraLoop_OptimizerSettings",
                     "noise_loss_settings": "LoraLoop_NoiseLossSettings",
                     "checkpoint_settings": "LoraLoop_CheckpointSettings",
                     "preview_settings": "LoraLoop_PreviewSettings",
+                    "network_training": "LoraLoop_NetworkTraining",
                     "validation_settings": "LoraLoop_ValidationSettings"}
 CAPTION_SOCKET = ("caption_settings", "LoraLoop_CaptionSettings")
+NETWORK_OPTIONS_SOCKET = ("network_options", "LoraLoop_NetworkOptions")  # Inject LoRA's settings socket
 
 
 def _inputs_of(class_type: str, object_info: dict | None = None) -> set[str]:
@@ -158,6 +160,13 @@ def caption_options(p: dict, **options) -> dict:
     missing)."""
     ds = one(p, "LoraLoop_LoadDataset")
     node = _settings_node(p, ds, *CAPTION_SOCKET)
+    node.update(options)
+    return node
+
+
+def network_options(p: dict, **options) -> dict:
+    """Set options on the Network Options node of Inject LoRA (created and connected when missing)."""
+    node = _settings_node(p, one(p, "LoraLoop_InjectLoRA"), *NETWORK_OPTIONS_SOCKET)
     node.update(options)
     return node
 
