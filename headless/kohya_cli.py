@@ -15,8 +15,8 @@ Every argument has a kind (:data:`OPTION_TABLE` lists them with where each one g
 * ``unsupported``: changes the result in a way LoRA Loop does not implement; any of them set to something other
   than sd-scripts' default stops parsing with one message listing all of them. Some mapped arguments accept only
   part of sd-scripts' values (a non-square ``--resolution``, an optimizer we do not have,
-  ``--network_args`` keys other than conv_dim, conv_alpha, train_blocks, train_t5xxl, ...); the others are listed
-  in the same message.
+  ``--network_args`` keys other than those of :data:`_NETWORK_ARGS`, ...); the others are listed in the same
+  message.
 
 Arguments that are no sd-scripts argument at all (on the command line or as keys of ``--config_file``) are listed
 in one message too. Every such message is a :class:`CliError`; the runtime prints it and exits with status 2, as
@@ -68,8 +68,11 @@ Where the headless run deliberately differs from sd-scripts:
   ``<repeats>_<tokens>`` subfolders).
 * previews: only with ``--sample_prompts`` and ``--sample_every_n_steps`` (as sd-scripts), and also after the last
   step; per-line options of the prompt file (``--n --w --h --d --l --s --ss``) apply per image.
-* ``--network_weights``: the file's own ranks and alphas are used (sd-scripts requires them to match
-  ``--network_dim`` / ``--network_alpha``).
+* ``--network_weights`` without ``--dim_from_weights``: the weights load into the network of ``--network_dim``
+  (and block dims) as in sd-scripts, but the alphas stay ``--network_alpha`` / ``conv_alpha`` (sd-scripts trains
+  with those and writes the file's alphas). The network options (dropouts, block dims, LoRA+, block lr weights)
+  also apply with ``--dim_from_weights``, where sd-scripts ignores the dropouts and block dims (LoRA Loop refuses
+  block dims there: the file gives the ranks).
 """
 from __future__ import annotations
 
@@ -101,6 +104,7 @@ INJECT, TRAIN, SAVE = "LoraLoop_InjectLoRA", "LoraLoop_TrainLoRA", "LoraLoop_Sav
 OPTIMIZER, NOISE_LOSS, CHECKPOINTS, PREVIEWS = ("LoraLoop_OptimizerSettings", "LoraLoop_NoiseLossSettings",
                                                 "LoraLoop_CheckpointSettings", "LoraLoop_PreviewSettings")
 VALIDATION = "LoraLoop_ValidationSettings"
+NETWORK_OPTIONS, NETWORK_TRAINING = "LoraLoop_NetworkOptions", "LoraLoop_NetworkTraining"
 TRAIN_ID, SAVE_ID = "train", "save"  # the runtime looks these up
 
 
@@ -334,14 +338,19 @@ OPTIONS: tuple[Option, ...] = (
                                        "family modules networks.lora_*"),
     _o("network_dim", int, None, M, f"{INJECT}.network_dim (4 when not given)"),
     _o("network_alpha", float, 1, M, f"{INJECT}.network_alpha"),
-    _o("network_dropout", float, None, U),
-    _o("network_args", str, None, M, f"{INJECT}.conv_dim, conv_alpha, train_blocks, train_t5 (other keys are "
+    _o("network_dropout", float, None, M, f"{NETWORK_OPTIONS}.network_dropout"),
+    _o("network_args", str, None, M, f"{INJECT}.conv_dim, conv_alpha, train_blocks, train_t5; {NETWORK_OPTIONS}."
+                                     f"rank_dropout, module_dropout, block_dims, block_alphas, conv_block_dims, "
+                                     f"conv_block_alphas; {NETWORK_TRAINING}.loraplus_lr_ratio, "
+                                     f"loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio, down_lr_weight, "
+                                     f"mid_lr_weight, up_lr_weight, block_lr_zero_threshold (other keys are "
                                      f"unsupported)", nargs="*"),
     _o("network_train_unet_only", FLAG, False, M, f"{INJECT}.train_text_encoder = false"),
     _o("network_train_text_encoder_only", FLAG, False, M, f"{INJECT}.train_unet = false"),
     _o("training_comment", str, None, U, _META),
-    _o("dim_from_weights", FLAG, False, A, "init_lora always takes ranks and alphas from the file"),
-    _o("scale_weight_norms", float, None, U),
+    _o("dim_from_weights", FLAG, False, M, f"{NETWORK_OPTIONS}.dim_from_weights (off: --network_weights loads "
+                                           f"into the --network_dim network)"),
+    _o("scale_weight_norms", float, None, M, f"{NETWORK_TRAINING}.scale_weight_norms"),
     _o("base_weights", str, None, U, nargs="*"),
     _o("base_weights_multiplier", float, None, U, nargs="*"),
     _o("no_half_vae", FLAG, False, A, "ComfyUI chooses the VAE's dtype"),
@@ -412,7 +421,16 @@ _OPTIMIZER_CLASSES = {"Adam": "Adam", "SGD": "SGD", "AdamW": "AdamW", "torch.opt
                       "bitsandbytes.optim.AdamW8bit": "AdamW8bit"}
 _NETWORK_MODULE = re.compile(r"networks\.lora(_[a-z0-9_]+)?")
 _NOT_LORA_MODULES = {"networks.lora_fa", "networks.lora_diffusers", "networks.lora_interrogator"}
-_NETWORK_ARGS = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl")
+# --network_args keys -> (our node, config field, type); conv_dim, conv_alpha, train_blocks, train_t5xxl: Inject LoRA
+_OPTION_ARGS = {k: (NETWORK_OPTIONS, k, t) for k, t in (
+    ("rank_dropout", float), ("module_dropout", float), ("block_dims", str), ("block_alphas", str),
+    ("conv_block_dims", str), ("conv_block_alphas", str))}
+_OPTION_ARGS.update({k: (NETWORK_TRAINING, k, t) for k, t in (
+    ("loraplus_lr_ratio", float), ("loraplus_unet_lr_ratio", float), ("loraplus_text_encoder_lr_ratio", float),
+    ("down_lr_weight", str), ("mid_lr_weight", str), ("up_lr_weight", str), ("block_lr_zero_threshold", float))})
+_BLOCK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+               "mid_lr_weight", "up_lr_weight")  # sd-scripts' networks.lora (SD1/SD2/SDXL) only
+_NETWORK_ARGS = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl") + tuple(_OPTION_ARGS)
 _FLOW_SAMPLINGS = ("uniform", "sigmoid", "shift", "flux_shift")
 _IGNORED_WITH_DATASET_CONFIG = ("train_data_dir", "reg_data_dir", "in_json")  # sd-scripts ignores them then
 _SAVE_DTYPES = {None: "fp32", "float": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -756,6 +774,10 @@ def _unsupported_values(a, given: frozenset[str]) -> list[str]:
     if module is not None and (not _NETWORK_MODULE.fullmatch(module) or module in _NOT_LORA_MODULES):
         out.append(_show("network_module", module, "networks.lora, networks.lora_flux, networks.lora_sd3, ..."))
     out += _network_args(a)[1]
+    blocks = [k for k in _network_args(a)[0] if k in _BLOCK_ARGS]
+    if blocks and module not in (None, "networks.lora"):
+        out += [_show(f"network_args {k}", _network_args(a)[0][k], "networks.lora only: the SD1/SD2/SDXL U-Net")
+                for k in blocks]
     lrs = _lr_list(a)
     if len(set(lrs)) > 1 and module not in (None, "networks.lora"):
         out.append(_show("text_encoder_lr", lrs, "one rate for all text encoders"))
@@ -1010,6 +1032,24 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
             "--network_train_text_encoder_only")
     inp.put(INJECT, NetworkConfig, "train_t5", train_t5, "--network_args train_t5xxl")
     inp.put(INJECT, NetworkConfig, "train_blocks", net_args.get("train_blocks", "all"), "--network_args train_blocks")
+    # network options (Inject LoRA's Network Options node) and LoRA+ / block lr / max-norm (Network Training)
+    if a.dim_from_weights and not a.network_weights:
+        invalid.append("--dim_from_weights needs --network_weights")
+    inp.put(NETWORK_OPTIONS, NetworkConfig, "network_dropout", a.network_dropout or 0.0, "--network_dropout")
+    inp.put(NETWORK_OPTIONS, NetworkConfig, "dim_from_weights", bool(a.dim_from_weights), "--dim_from_weights")
+    inp.put(NETWORK_TRAINING, TrainConfig, "scale_weight_norms", a.scale_weight_norms or 0.0, "--scale_weight_norms")
+    for key, (node_type, name, kind) in _OPTION_ARGS.items():
+        cls = NetworkConfig if node_type == NETWORK_OPTIONS else TrainConfig
+        value = net_args.get(key)
+        if value is None:
+            value = field_of(cls, name).default
+        elif kind is float:
+            try:
+                value = float(value)
+            except ValueError:
+                invalid.append(f"--network_args {key}={value}: a number")
+                continue
+        inp.put(node_type, cls, name, value, f"--network_args {key}")
     # learning rates
     unet_lr = a.unet_lr if a.unet_lr is not None else a.learning_rate
     lrs = _lr_list(a)
@@ -1227,10 +1267,12 @@ def graph(parsed: Parsed, register: Callable[[str, str], str]) -> dict[str, dict
     trains_te = nodes[INJECT]["train_text_encoder"] or nodes[INJECT]["train_t5"]
     ds = node("encode", ENCODE, dataset=ds, vae=vae, **({} if trains_te else {"clip": clip}), **nodes[ENCODE])
     init = register("loras", parsed.args.network_weights) if parsed.args.network_weights else "none"
-    node("inject", INJECT, model=model, clip=clip, init_lora=init, **nodes[INJECT])
+    options = node("network_options", NETWORK_OPTIONS, **nodes[NETWORK_OPTIONS])
+    node("inject", INJECT, model=model, clip=clip, init_lora=init, network_options=options, **nodes[INJECT])
     settings = {"optimizer_settings": node("optimizer", OPTIMIZER, **nodes[OPTIMIZER]),
                 "noise_loss_settings": node("noise_loss", NOISE_LOSS, **nodes[NOISE_LOSS]),
-                "checkpoint_settings": node("checkpoints", CHECKPOINTS, **nodes[CHECKPOINTS])}
+                "checkpoint_settings": node("checkpoints", CHECKPOINTS, **nodes[CHECKPOINTS]),
+                "network_training": node("network_training", NETWORK_TRAINING, **nodes[NETWORK_TRAINING])}
     if PREVIEWS in nodes:
         settings["preview_settings"] = node("previews", PREVIEWS, vae=vae, **nodes[PREVIEWS])
     if VALIDATION in nodes:

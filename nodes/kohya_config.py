@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 TITLE = "Load kohya Config (LoRA Loop)"
 OUTPUT_TOPICS = ("optimizer", "noise_loss", "checkpoints", "captions")
+LATER_TOPICS = ("network_training", "network_options")  # outputs after the report: saved workflows keep their slots
 MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed")
 # sd-scripts arguments that set each of Train LoRA's own widgets
 MAIN_GIVEN = {"max_train_steps": ("max_train_steps",), "learning_rate": ("learning_rate", "unet_lr"),
@@ -92,7 +93,7 @@ def settings_of(parsed, given) -> tuple[dict[str, Settings], list[str]]:
     """The Settings for each output topic, and the report lines about Train LoRA's overridden widgets."""
     out: dict[str, Settings] = {}
     lines: list[str] = []
-    for name in OUTPUT_TOPICS:
+    for name in OUTPUT_TOPICS + LATER_TOPICS:
         topic = BY_NAME[name]
         inputs = parsed.inputs.get(topic.node_id)
         values: dict = {}
@@ -161,7 +162,10 @@ class LoadKohyaConfig(io.ComfyNode):
                      for t in sockets]
             + [io.String.Output(display_name="report",
                                 tooltip="What the file set, what to set by hand on other nodes, what comes from the "
-                                        "graph and what is not supported.")],
+                                        "graph and what is not supported.")]
+            + [BY_NAME[t].socket.Output(display_name=BY_NAME[t].input_name,
+                                        tooltip=f"Connect to {BY_NAME[t].receiver}'s {BY_NAME[t].input_name} input.")
+               for t in LATER_TOPICS],
         )
 
     @classmethod
@@ -188,4 +192,5 @@ class LoadKohyaConfig(io.ComfyNode):
             log.warning("%s: %s: not supported, left out: %s", TITLE, full, ", ".join(parsed.skipped))
         text = "\n".join(lines)
         log.info("%s: %s", TITLE, text.replace("\n", "; "))
-        return io.NodeOutput(*(settings[t] for t in OUTPUT_TOPICS), text, ui={"text": [text]})
+        return io.NodeOutput(*(settings[t] for t in OUTPUT_TOPICS), text, *(settings[t] for t in LATER_TOPICS),
+                             ui={"text": [text]})

@@ -21,6 +21,8 @@ network_module = "networks.lora"
 network_dim = 8
 network_alpha = 4
 network_train_unet_only = true
+network_dropout = 0.1
+network_args = ["rank_dropout=0.2", "loraplus_lr_ratio=4"]
 
 [optimizer_arguments]
 optimizer_type = "AdamW"
@@ -69,7 +71,7 @@ def test_a_training_toml_fills_the_settings(comfy, tmp_path):
     path = tmp_path / "train.toml"
     path.write_text(TOML, encoding="utf-8")
     out = comfy_env.call(_node().execute, str(path))
-    opt, noise, ckpt, caps, text = out.result
+    opt, noise, ckpt, caps, text, net_training, net_options = out.result
     assert {k: opt.values[k] for k in ("lr_warmup_steps", "lr_scheduler_num_cycles", "max_grad_norm", "optimizer_args",
                                        "mixed_precision")} == \
         {"lr_warmup_steps": 1, "lr_scheduler_num_cycles": 3, "max_grad_norm": 0.5, "optimizer_args": "weight_decay=0.05",
@@ -81,6 +83,9 @@ def test_a_training_toml_fills_the_settings(comfy, tmp_path):
     assert noise.values["noise_offset"] == 0.05 and noise.values["min_snr_gamma"] == 5.0
     assert ckpt.values["save_every_n_steps"] == 2 and ckpt.values["save_dtype"] == "fp16"
     assert caps.values["shuffle_caption"] is True and caps.values["keep_tokens"] == 1
+    # after the report: the Network Training (Train LoRA) and Network Options (Inject LoRA) outputs
+    assert net_training.values["loraplus_lr_ratio"] == 4.0 and net_training.values["scale_weight_norms"] == 0.0
+    assert net_options.values["network_dropout"] == 0.1 and net_options.values["rank_dropout"] == 0.2
     lines = text.splitlines()
     assert any(ln.startswith("overrides Train LoRA's ") and "learning_rate=0.0005" in ln for ln in lines)
     inject = next(ln for ln in lines if ln.startswith("set on Inject LoRA by hand: "))
@@ -159,7 +164,7 @@ def test_a_kohya_ss_gui_json_fills_the_settings(comfy, tmp_path):
 
     path = tmp_path / "gui.json"
     path.write_text(json.dumps(GUI_JSON), encoding="utf-8")
-    opt, noise, ckpt, caps, text = comfy_env.call(_node().execute, str(path)).result
+    opt, noise, ckpt, caps, text, *_ = comfy_env.call(_node().execute, str(path)).result
     assert opt.values["optimizer_type"] == "AdamW8bit" and opt.values["learning_rate"] == pytest.approx(3e-4)
     assert opt.values["max_train_epochs"] == 4 and opt.values["lr_warmup_steps"] == pytest.approx(0.1)  # 10 %
     assert opt.values["mixed_precision"] == "bf16" and opt.values["text_encoder_lr"] == pytest.approx(5e-5)

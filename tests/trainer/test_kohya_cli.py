@@ -224,16 +224,16 @@ def test_unknown_arguments_one_message():
 
 
 def test_unsupported_arguments_one_message():
-    msg = refused(BASE + ["--network_dropout", "0.1", "--scale_weight_norms", "1", "--huber_c", "0.2",
+    msg = refused(BASE + ["--huber_c", "0.2",
                           "--multires_noise_iterations", "6", "--ip_noise_gamma", "0.1", "--masked_loss",
                           "--color_aug", "--random_crop", "--debiased_estimation_loss",
                           "--zero_terminal_snr", "--lr_decay_steps", "10", "--max_token_length", "225",
                           "--loss_type", "huber", "--fused_backward_pass", "--network_module", "lycoris.kohya",
-                          "--network_args", "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution", "512,768"])
+                          "--network_args", "ggpo_beta=0.01", "split_qkv=True", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
-    for name in ("--network_dropout=0.1", "--scale_weight_norms", "--masked_loss", "--color_aug", "--random_crop",
+    for name in ("--masked_loss", "--color_aug", "--random_crop",
                  "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
-                 "--network_module=lycoris.kohya", "down_lr_weight=1", "loraplus_lr_ratio=4", "--resolution=512,768"):
+                 "--network_module=lycoris.kohya", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
         assert name in msg, name
     # the loss and noise options are implemented (mapped)
     for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
@@ -248,8 +248,8 @@ def test_unsupported_at_their_default_values_pass():
 
 
 def test_unknown_and_unsupported_together():
-    msg = refused(BASE + ["--nope", "--network_dropout", "0.1"])
-    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "network_dropout" in msg
+    msg = refused(BASE + ["--nope", "--masked_loss"])
+    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "masked_loss" in msg
 
 
 def test_flow_sampling_choices():
@@ -397,7 +397,7 @@ def test_network_args():
     assert inject["train_t5"] is False and inject["train_text_encoder"] is False
     assert by_type(g, "LoraLoop_EncodeDataset")["clip"] == ["checkpoint", 1]
     assert "key=value" in refused(BASE + ["--network_args", "conv_dim"])
-    assert "rank_dropout=0.1" in refused(BASE + ["--network_args", "rank_dropout=0.1"])
+    assert "ggpo_beta=0.1" in refused(BASE + ["--network_args", "ggpo_beta=0.1"])
     for module in ("networks.lora", "networks.lora_flux", "networks.lora_sd3", "networks.lora_lumina"):
         run(BASE + ["--network_module", module])
     for module in ("lycoris.kohya", "networks.dylora", "networks.oft", "networks.lora_fa"):
@@ -577,6 +577,11 @@ MAPPED_VALUES = [
     (["--resume", "ck/last-step00000100-state.json"], "LoraLoop_CheckpointSettings", "resume_from",
      os.path.abspath("ck/last-step00000100-state.json")),
     (["--output_name", "y"], "LoraLoop_SaveLoRA", "filename", "y"),
+    (["--network_dropout", "0.1"], "LoraLoop_NetworkOptions", "network_dropout", 0.1),
+    (["--network_weights", "w.safetensors", "--dim_from_weights"], "LoraLoop_NetworkOptions", "dim_from_weights",
+     True),
+    (["--network_weights", "w.safetensors"], "LoraLoop_NetworkOptions", "dim_from_weights", False),
+    (["--scale_weight_norms", "1"], "LoraLoop_NetworkTraining", "scale_weight_norms", 1.0),
 ]
 
 
@@ -585,6 +590,34 @@ def test_mapped_value_lands_in_its_node_input(argv, class_type, name, value):
     _, g, _ = run(BASE + argv)
     got = by_type(g, class_type)[name]
     assert got == value and type(got) is type(value)
+
+
+def test_network_options_and_lr_args():
+    """sd-scripts' network args beyond conv and blocks: the dropouts and block dims go to the Network Options node
+    of Inject LoRA, LoRA+ and the block lr weights to the Network Training node of Train LoRA."""
+    dims = ",".join(["4"] * 25)
+    _, g, _ = run(BASE + ["--network_args", "rank_dropout=0.2", "module_dropout=0.1", f"block_dims={dims}",
+                          f"block_alphas={dims}", "conv_block_dims=" + dims, "loraplus_lr_ratio=16",
+                          "loraplus_unet_lr_ratio=8", "loraplus_text_encoder_lr_ratio=4", "down_lr_weight=sine",
+                          "mid_lr_weight=0.5", "up_lr_weight=1,1,0", "block_lr_zero_threshold=0.1"])
+    options, training = by_type(g, "LoraLoop_NetworkOptions"), by_type(g, "LoraLoop_NetworkTraining")
+    assert (options["rank_dropout"], options["module_dropout"], options["block_dims"], options["block_alphas"],
+            options["conv_block_dims"], options["conv_block_alphas"]) == (0.2, 0.1, dims, dims, dims, "")
+    assert (training["loraplus_lr_ratio"], training["loraplus_unet_lr_ratio"],
+            training["loraplus_text_encoder_lr_ratio"], training["down_lr_weight"], training["mid_lr_weight"],
+            training["up_lr_weight"], training["block_lr_zero_threshold"]) == (16.0, 8.0, 4.0, "sine", "0.5",
+                                                                               "1,1,0", 0.1)
+    assert by_type(g, "LoraLoop_InjectLoRA")["network_options"] == ["network_options", 0]
+    assert by_type(g, "LoraLoop_TrainLoRA")["network_training"] == ["network_training", 0]
+    _, g, _ = run(BASE)  # nothing given: the nodes carry the defaults (off)
+    assert by_type(g, "LoraLoop_NetworkOptions")["network_dropout"] == 0.0
+    assert by_type(g, "LoraLoop_NetworkTraining")["loraplus_lr_ratio"] == 0.0
+    msg = refused(BASE + ["--network_module", "networks.lora_flux", "--network_args", "down_lr_weight=sine"])
+    assert "down_lr_weight=sine (networks.lora only" in msg
+    assert "a number" in refused(BASE + ["--network_args", "rank_dropout=x"])
+    assert "rank_dropout" in refused(BASE + ["--network_args", "rank_dropout=1.5"])
+    assert "cosine, sine" in refused(BASE + ["--network_args", "up_lr_weight=2"])
+    assert "needs --network_weights" in refused(BASE + ["--dim_from_weights"])
 
 
 def test_every_mapped_argument_is_exercised():
@@ -677,15 +710,23 @@ def test_every_emitted_input_name_is_a_node_input():
                     "zero_terminal_snr")
     main_fields = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                    "blocks_to_swap")
+    network_option_fields = ("network_dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
+                             "conv_block_dims", "conv_block_alphas", "dim_from_weights")
+    network_training_fields = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                               "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                               "scale_weight_norms")
     allowed = {
         "LoraLoop_LoadDataset": {"path", "caption_settings"} | _field_inputs(
             dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens")),
         "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug"},
         "LoraLoop_BucketImages": {"dataset"} | _field_inputs(dataset_mod.GroupConfig),
         "LoraLoop_EncodeDataset": {"dataset", "vae", "clip", "cache_latents_to_disk", "vae_batch_size"},
-        "LoraLoop_InjectLoRA": {"model", "clip", "init_lora"} | _field_inputs(cfg.NetworkConfig),
+        "LoraLoop_InjectLoRA": {"model", "clip", "init_lora", "network_options"}
+        | _field_inputs(cfg.NetworkConfig) - _field_inputs(cfg.NetworkConfig, network_option_fields),
+        "LoraLoop_NetworkOptions": _field_inputs(cfg.NetworkConfig, network_option_fields),
+        "LoraLoop_NetworkTraining": _field_inputs(T, network_training_fields),
         "LoraLoop_TrainLoRA": {"model", "network", "dataset", "clip", "optimizer_settings", "noise_loss_settings",
-                               "checkpoint_settings", "preview_settings", "output_name"}
+                               "checkpoint_settings", "preview_settings", "output_name", "network_training"}
         | _field_inputs(T, main_fields),
         # max_train_epochs: the Optimizer Settings input being added with the headless command
         "LoraLoop_OptimizerSettings": _field_inputs(T, optimizer_fields) | {"max_train_epochs"},
