@@ -9,6 +9,7 @@ import contextlib
 import torch
 
 from ..families.blocks import is_block_list
+from . import quant
 
 
 # ----------------------------------------------------------------------------- inference tensors
@@ -19,17 +20,21 @@ def replace_inference_tensors(module: torch.nn.Module) -> int:
     ComfyUI's executor runs every node under ``torch.inference_mode()`` (``execution.py``), so weights a
     loader node created are inference tensors, which autograd refuses to save for backward. Each tensor is
     cloned and swapped in place, so the old one is freed right away: no second copy of the model is kept.
-    Values are identical, so other users of the shared module see no change. Must run with inference mode
-    off."""
+    Values are identical, so other users of the shared module see no change. Must run with inference mode off.
+
+    ComfyUI 0.8's quantized weights (``QuantizedTensor``, see ``quant``) stay as they are: training never saves
+    them for backward (``recast_in_backward`` dequantizes them per use, forward and backward), and a normal one
+    could no longer be detached under inference mode (its ``detach`` makes a new wrapper there, an inference tensor,
+    which cannot share a normal tensor's version counter), as ComfyUI's LoraLoader and model moves do."""
     n = 0
     with torch.no_grad():
         for mod in module.modules():
             for name, p in list(mod._parameters.items()):
-                if p is not None and p.is_inference():
+                if p is not None and p.is_inference() and not quant.is_quantized(p):
                     mod._parameters[name] = _normal_copy(p, parameter=True)
                     n += 1
             for name, b in list(mod._buffers.items()):
-                if b is not None and b.is_inference():
+                if b is not None and b.is_inference() and not quant.is_quantized(b):
                     mod._buffers[name] = _normal_copy(b)
                     n += 1
     return n
@@ -193,7 +198,10 @@ def recast_in_backward(root: torch.nn.Module):
     """While training, ComfyUI's cast Linear / Conv2d layers under ``root`` (the ones whose forward casts the
     weight: fp8 and quantized weights, manual-cast dtypes, weights ComfyUI left off the device) keep no cast
     copy for backward: the weight is cast again there (see ``_Recast``). Layers that use their weight as it
-    is stored are not touched."""
+    is stored are not touched. ComfyUI 0.8's quantized layers (``quant``: ``MixedPrecisionOps.Linear``, seen as
+    Linear once ``quant.as_linear`` ran, as ``model.diffusion_root`` does) are among them, their quantized matmul
+    (no gradient for the input) replaced by their cast path meanwhile; on exit their weights are inference tensors
+    again (``quant.inference_wrappers``), however ComfyUI moved them."""
     kinds = {m: k for m in root.modules() if (k := _recast_kind(m)) is not None}
 
     def make_for(module):
@@ -208,6 +216,8 @@ def recast_in_backward(root: torch.nn.Module):
         return make
 
     with contextlib.ExitStack() as stack:  # every override entered here is undone, also when a later one fails
+        stack.callback(quant.inference_wrappers, root)
+        stack.enter_context(quant.full_precision_matmuls(kinds))
         for m in kinds:
             stack.enter_context(override_forwards([m], make_for(m), method="forward_comfy_cast_weights"))
         yield

@@ -23,6 +23,7 @@ from ..memory import LiveBytes, StepMemory
 from ..network import UNET_ROOT
 from .autograd import (checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing,
                        recast_in_backward)
+from .quant import stored_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ def free_device_memory() -> None:
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (as stored: fp8 weights count 1 byte per element)."""
+    """Bytes of a module's parameters and buffers (as stored: fp8 weights count 1 byte per element, ComfyUI's
+    quantized weights their storage and scales)."""
     n = 0
     for t in list(module.parameters()) + list(module.buffers()):
-        n += t.numel() * t.element_size()
+        n += stored_bytes(t)
     return n
 
 
@@ -66,8 +68,11 @@ def meta_model(model_config, weight_dtype: torch.dtype | None = None, compute_dt
     mc.__dict__.update(model_config.__dict__)
     mc.unet_config = dict(model_config.unet_config)
     # a pack's own ops (ComfyUI-GGUF's create their weights at load time) give way to ComfyUI's: the layers and
-    # activations are the same, and the weights' real sizes are counted on the loaded model (model_memory)
+    # activations are the same, and the weights' real sizes are counted on the loaded model (model_memory). So do
+    # ComfyUI's mixed-precision ops (quantized checkpoints), whose Linear layers create their weights only when
+    # loading them
     mc.custom_operations = None
+    mc.quant_config = None
     wd = weight_dtype or mc.unet_config.get("dtype") or torch.float32
     cd = compute_dtype or wd
     mc.set_inference_dtype(wd, None if cd == wd else cd)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .autograd import replace_inference_tensors
+from .quant import inference_wrappers
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,13 @@ def detect_family(model_patcher):
 
 
 def diffusion_root(model_patcher) -> torch.nn.Module:
-    return model_patcher.model.diffusion_model
+    """The diffusion model, its ComfyUI 0.8 quantized Linear layers recognisable as Linear (``quant.as_linear``:
+    value-preserving), so LoRA targets them like every other Linear."""
+    from .quant import as_linear
+
+    root = model_patcher.model.diffusion_model
+    as_linear(root)
+    return root
 
 
 # ----------------------------------------------------------------------------- objective
@@ -110,6 +117,7 @@ def load_for_training(model_patcher, memory_required: int = 0, stream: bool = Fa
     import comfy.model_management as mm
 
     mm.load_models_gpu([model_patcher], memory_required=int(memory_required), force_full_load=not stream)
+    inference_wrappers(model_patcher.model)  # quantized weights: as ComfyUI's loader made them (see there)
     n = replace_inference_tensors(model_patcher.model)
     if n:
         log.debug("converted %d inference tensors of %s", n, type(model_patcher.model).__name__)
