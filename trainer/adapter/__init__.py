@@ -7,6 +7,7 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 - ``inject``: the bypass LoRA as a ``PatcherInjection`` on a clone (``comfy/model_patcher.py``);
 - ``autograd``: what makes ComfyUI's inference code trainable (inference tensors, fused kernels without a
   backward, blocks that update their residual stream in place, gradient checkpointing);
+- ``quant``: ComfyUI 0.8's quantized checkpoints (``comfy/ops.py`` ``mixed_precision_ops``, ``comfy/quant_ops.py``);
 - ``encode``: VAE and CLIP encoding and cheap weight fingerprints;
 - ``preview``: sampling preview images with ComfyUI's own sampler (``comfy/sample.py``);
 - ``memory``: free device memory, and a step's memory measured on the meta device (``comfy/model_management.py``,
