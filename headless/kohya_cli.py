@@ -103,8 +103,8 @@ LOAD_DATASET, CAPTIONS, BUCKETS, ENCODE = ("LoraLoop_LoadDataset", "LoraLoop_Cap
 INJECT, TRAIN, SAVE = "LoraLoop_InjectLoRA", "LoraLoop_TrainLoRA", "LoraLoop_SaveLoRA"
 OPTIMIZER, NOISE_LOSS, CHECKPOINTS, PREVIEWS = ("LoraLoop_OptimizerSettings", "LoraLoop_NoiseLossSettings",
                                                 "LoraLoop_CheckpointSettings", "LoraLoop_PreviewSettings")
-VALIDATION = "LoraLoop_ValidationSettings"
 NETWORK_OPTIONS, NETWORK_TRAINING = "LoraLoop_NetworkOptions", "LoraLoop_NetworkTraining"
+VALIDATION = "LoraLoop_ValidationSettings"
 TRAIN_ID, SAVE_ID = "train", "save"  # the runtime looks these up
 
 
@@ -520,12 +520,12 @@ class Parsed:
     loader: LoaderPlan
     inputs: dict[str, dict[str, Any]]  # our node class type -> its widget values (node input name -> value)
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # parse(strict=False): unknown and unsupported, left out
 
     @property
     def args(self) -> argparse.Namespace:
         return self.namespace
 
-    skipped: list[str] = field(default_factory=list)  # parse(strict=False): unknown and unsupported, left out
 
 def _differs(value, default) -> bool:
     empty = (None, [], ())
@@ -1123,6 +1123,7 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(NOISE_LOSS, TrainConfig, "huber_schedule", a.huber_schedule, "--huber_schedule")
     inp.put(NOISE_LOSS, TrainConfig, "huber_c", a.huber_c, "--huber_c")
     inp.put(NOISE_LOSS, TrainConfig, "huber_scale", a.huber_scale, "--huber_scale")
+    inp.put(NOISE_LOSS, TrainConfig, "prior_loss_weight", a.prior_loss_weight, "--prior_loss_weight")
     inp.put(NOISE_LOSS, TrainConfig, "debiased_estimation_loss", a.debiased_estimation_loss,
             "--debiased_estimation_loss")
     inp.put(NOISE_LOSS, TrainConfig, "scale_v_pred_loss_like_noise_pred", a.scale_v_pred_loss_like_noise_pred,

@@ -276,6 +276,9 @@ class Trainer:
             huber_c = self.objective.huber_threshold(sigma, **self.huber) if self.huber is not None else None
             weights = self.objective.loss_weight(sigma, **self.weighting)
             per_sample = per_sample_loss(pred, target, cfg.loss_type, huber_c) * weights
+            if cfg.prior_loss_weight != 1.0:  # kohya: regularisation samples' loss x prior_loss_weight
+                per_sample = per_sample * self._prior_weights(samples[shard[0]:shard[1]] if shard else samples,
+                                                              per_sample)
             loss = per_sample.mean() if shard is None else per_sample.sum() / len(samples)
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -297,9 +300,6 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
             self.scaler.update()
-            if cfg.prior_loss_weight != 1.0:  # kohya: regularisation samples' loss x prior_loss_weight
-                per_sample = per_sample * self._prior_weights(samples[shard[0]:shard[1]] if shard else samples,
-                                                              per_sample)
         else:
             self.optimizer.step()
         self.scheduler.step()

@@ -491,6 +491,10 @@ MAPPED_VALUES = [
     (["--validate_every_n_steps", "10"], "LoraLoop_ValidationSettings", "validate_every_n_steps", 10),
     (["--validate_every_n_epochs", "3"], "LoraLoop_ValidationSettings", "validate_every_n_epochs", 3),
     (["--max_validation_steps", "5"], "LoraLoop_ValidationSettings", "max_validation_steps", 5),
+    (["--enable_wildcard"], "LoraLoop_CaptionSettings", "enable_wildcard", True),
+    (["--prior_loss_weight", "0.5"], "LoraLoop_NoiseLossSettings", "prior_loss_weight", 0.5),
+    (["--token_warmup_min", "2"], "LoraLoop_CaptionSettings", "token_warmup_min", 2),
+    (["--token_warmup_step", "0.5"], "LoraLoop_CaptionSettings", "token_warmup_step", 0.5),
     (["--keep_tokens", "2"], "LoraLoop_CaptionSettings", "keep_tokens", 2),
     (["--keep_tokens_separator", "|||"], "LoraLoop_CaptionSettings", "keep_tokens_separator", "|||"),
     (["--caption_separator", ";"], "LoraLoop_CaptionSettings", "caption_separator", ";"),
@@ -535,9 +539,6 @@ MAPPED_VALUES = [
      "lr_scheduler_type", "StepLR"),
     (["--lr_scheduler_type", "StepLR", "--lr_scheduler_args", "step_size=10", "gamma=0.5"],
      "LoraLoop_OptimizerSettings", "lr_scheduler_args", "step_size=10 gamma=0.5"),
-    (["--enable_wildcard"], "LoraLoop_CaptionSettings", "enable_wildcard", True),
-    (["--token_warmup_min", "2"], "LoraLoop_CaptionSettings", "token_warmup_min", 2),
-    (["--token_warmup_step", "0.5"], "LoraLoop_CaptionSettings", "token_warmup_step", 0.5),
     (["--max_grad_norm", "0"], "LoraLoop_OptimizerSettings", "max_grad_norm", 0.0),
     (["--gradient_accumulation_steps", "4"], "LoraLoop_OptimizerSettings", "gradient_accumulation_steps", 4),
     (["--mixed_precision", "bf16"], "LoraLoop_OptimizerSettings", "mixed_precision", "bf16"),
@@ -707,6 +708,7 @@ def test_every_emitted_input_name_is_a_node_input():
                     "adaptive_noise_scale", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
                     "ip_noise_gamma_random_strength", "huber_schedule", "huber_c", "huber_scale",
                     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+                    "prior_loss_weight",
                     "zero_terminal_snr")
     main_fields = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                    "blocks_to_swap")
