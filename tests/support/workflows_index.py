@@ -13,7 +13,8 @@ CPU_STEP = ("a full-size SD1.5 step at 256 px took 3.8 s on an idle 2-core CPU i
 SD_LAYOUT = {"1": (20, 380), "2": (20, 520), "3": (20, 700), "4": (370, 40), "5": (370, 200),
              "6": (720, 40, 420, 620), "7": (1180, 40, 320, 300), "8": (1180, 390), "9": (1180, 600),
              "10": (1180, 810), "11": (1540, 40), "12": (1540, 360), "13": (1540, 480, 320, 300)}
-VIEW = {"scale": 0.8, "offset": [70, 90]}  # clear of the side bar and the top bar
+VIEW = {"scale": 0.75, "offset": [70, 90]}  # clear of the side bar and the top bar; Train LoRA with its
+# preview and all its settings sockets fits a 1366x768 screen
 # the templates with separate UNET / CLIP / VAE loaders
 FLUX_LAYOUT = {"1": (20, 380), "2": (20, 500), "3": (20, 660), "4": (370, 40), "5": (370, 200),
                "6": (370, 440), "7": (370, 600), "8": (720, 40, 420, 620),
