@@ -141,6 +141,13 @@ def boot(argv: list[str]) -> tuple[Comfy, list[str]]:
 def main(command: str, argv: list[str]) -> int:
     comfy_obj, rest = boot(argv)
     try:
-        return int(comfy_obj.module(f"headless.{command}").main(rest, comfy_obj) or 0)
+        code = int(comfy_obj.module(f"headless.{command}").main(rest, comfy_obj) or 0)
     finally:
         comfy_obj.module("trainer.distributed").shutdown()
+    if comfy_obj.world_size > 1:
+        # several processes: leave without the interpreter's teardown, where gloo's / NCCL's threads can end the
+        # process in std::terminate after the group is gone and turn a finished run into a failed one
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
