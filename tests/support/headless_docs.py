@@ -3,29 +3,21 @@
 between the ARGUMENTS markers. tests/trainer/test_kohya_cli.py checks the block is current."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PAGE = os.path.join(ROOT, "docs", "headless.md")
 BEGIN, END = "<!-- ARGUMENTS:BEGIN -->", "<!-- ARGUMENTS:END -->"
-PACKAGE = "lora_loop_under_test"
 KIND_TEXT = {"mapped": "yes", "graph": "yes (graph)", "automatic": "taken care of", "unsupported": "**not supported**"}
 
 
 def kohya_cli():
     """headless.kohya_cli, imported as a submodule of the pack (it imports the trainer relatively)."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACKAGE}.headless.kohya_cli")
+    from pack_import import pack_module
+
+    return pack_module("headless.kohya_cli")
 
 
 def _default(v) -> str:

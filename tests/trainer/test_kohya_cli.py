@@ -12,25 +12,13 @@ import subprocess
 import sys
 
 import pytest
+from pack_import import PACKAGE, pack_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACKAGE = "lora_loop_under_test"
-
-
-def _pack():
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACKAGE}.headless.kohya_cli")
-
-
-kc = _pack()
-cfg = importlib.import_module(f"{PACKAGE}.trainer.config")
-captions_mod = importlib.import_module(f"{PACKAGE}.trainer.captions")
-dataset_mod = importlib.import_module(f"{PACKAGE}.trainer.dataset")
+kc = pack_module("headless.kohya_cli")
+cfg = pack_module("trainer.config")
+captions_mod = pack_module("trainer.captions")
+dataset_mod = pack_module("trainer.dataset")
 
 README_COMMAND = ("--pretrained_model_name_or_path=model.safetensors --dataset_config=my_dataset.toml "
                   "--output_dir=./output --output_name=my_lora --network_module=networks.lora --network_dim=16 "

@@ -10,19 +10,9 @@ import random
 import sys
 
 import pytest
+from pack_import import pack_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACKAGE = "lora_loop_under_test"
-
-
-def _pack():
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACKAGE}.headless.kohya_cli")
 
 
 def _plain_module():
@@ -35,7 +25,7 @@ def _plain_module():
     return module
 
 
-kc = _pack()
+kc = pack_module("headless.kohya_cli")
 gj = _plain_module()
 
 # A standard SD1.5 LoRA as the LoRA tab of kohya_ss saves it (every key of its save_configuration, sorted; UI
