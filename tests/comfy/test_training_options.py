@@ -94,15 +94,7 @@ def test_trains_over_fp8_base_weights(comfy, fp8):
     path = _saved_path(comfy, ex, p)
     sd = _load(path)
     assert any(not torch.all(v == 0) for k, v in sd.items() if k.endswith("lora_up.weight"))
-    q = {loader: p[loader],
-         "ll": {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1],
-                                                       "lora_name": os.path.basename(path),
-                                                       "strength_model": 1.0, "strength_clip": 1.0}},
-         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ll", 1], "text": "x"}},
-         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
-                                                                     "seed": 1, "width": 64, "height": 64,
-                                                                     "sigma": 1.0}},
-         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": f"{fp8}_loaded"}}}
+    q = graphs.lora_reload_graph(loader, p[loader], os.path.basename(path), f"{fp8}_loaded")
     log = comfy["log"]
     n = len(log.records)
     comfy_env.run_prompt(q, f"{fp8}-load", executor=ex)
@@ -203,15 +195,7 @@ def test_network_options_reach_the_network_and_the_trainer(comfy):
         "conv_block_dims": ",".join(conv_dims), "loraplus_lr_ratio": "4", "down_lr_weight": "sine+0.5",
         "mid_lr_weight": "2"}
     loader = graphs.one(p, "LoraLoopTest_TinyModel")
-    q = {loader: p[loader],
-         "ll": {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1],
-                                                       "lora_name": os.path.basename(path),
-                                                       "strength_model": 1.0, "strength_clip": 1.0}},
-         "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ll", 1], "text": "x"}},
-         "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
-                                                                     "seed": 1, "width": 64, "height": 64,
-                                                                     "sigma": 1.0}},
-         "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": "netopts_loaded"}}}
+    q = graphs.lora_reload_graph(loader, p[loader], os.path.basename(path), "netopts_loaded")
     n = len(log.records)
     comfy_env.run_prompt(q, "netopts-load", executor=ex)
     assert [r for r in log.records[n:] if "lora key not loaded" in r] == []

@@ -197,3 +197,17 @@ def add_predict_branch(p: dict, model_ref, clip_ref, name: str, prefix: str, sig
     if save_cond:
         p[f"{prefix}_cond"] = {"class_type": "LoraLoopTest_SaveConditioning",
                                "inputs": {"conditioning": [f"{prefix}_enc", 0], "name": name + "_cond"}}
+
+
+def lora_reload_graph(loader_id: str, loader: dict, lora_name: str, name: str) -> dict:
+    """A prompt that loads ``lora_name`` with core's LoraLoader onto the MODEL/CLIP of ``loader`` (the loader node
+    ``loader_id``) and keeps its prediction as RESULTS[name] (LoraLoopTest_ModelPredict at sigma 1)."""
+    return {loader_id: loader,
+            "ll": {"class_type": "LoraLoader", "inputs": {"model": [loader_id, 0], "clip": [loader_id, 1],
+                                                          "lora_name": lora_name, "strength_model": 1.0,
+                                                          "strength_clip": 1.0}},
+            "e": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ll", 1], "text": "x"}},
+            "k": {"class_type": "LoraLoopTest_ModelPredict", "inputs": {"model": ["ll", 0], "positive": ["e", 0],
+                                                                        "seed": 1, "width": 64, "height": 64,
+                                                                        "sigma": 1.0}},
+            "s": {"class_type": "LoraLoopTest_SaveTensor", "inputs": {"latent": ["k", 0], "name": name}}}
