@@ -335,7 +335,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("fp8_base_unet", FLAG, False, G, "UNETLoader.weight_dtype = fp8_e4m3fn"),
     _o("network_weights", str, None, G, f"{INJECT}.init_lora"),
     _o("network_module", str, None, M, "networks.lora, networks.lora_flux, networks.lora_sd3 and the other "
-                                       "family modules networks.lora_*"),
+                                       "family modules networks.lora_*; lycoris.kohya (LoHa, LoKr, LoCon, DoRA: "
+                                       f"{NETWORK_OPTIONS}.algo)"),
     _o("network_dim", int, None, M, f"{INJECT}.network_dim (4 when not given)"),
     _o("network_alpha", float, 1, M, f"{INJECT}.network_alpha"),
     _o("network_dropout", float, None, M, f"{NETWORK_OPTIONS}.network_dropout"),
@@ -343,8 +344,10 @@ OPTIONS: tuple[Option, ...] = (
                                      f"rank_dropout, module_dropout, block_dims, block_alphas, conv_block_dims, "
                                      f"conv_block_alphas; {NETWORK_TRAINING}.loraplus_lr_ratio, "
                                      f"loraplus_unet_lr_ratio, loraplus_text_encoder_lr_ratio, down_lr_weight, "
-                                     f"mid_lr_weight, up_lr_weight, block_lr_zero_threshold (other keys are "
-                                     f"unsupported)", nargs="*"),
+                                     f"mid_lr_weight, up_lr_weight, block_lr_zero_threshold; lycoris.kohya: "
+                                     f"{NETWORK_OPTIONS}.algo (lora, locon, loha, lokr), dora_wd, factor, "
+                                     f"decompose_both (other keys are unsupported unless at LyCORIS' default)",
+       nargs="*"),
     _o("network_train_unet_only", FLAG, False, M, f"{INJECT}.train_text_encoder = false"),
     _o("network_train_text_encoder_only", FLAG, False, M, f"{INJECT}.train_unet = false"),
     _o("training_comment", str, None, U, _META),
@@ -430,7 +433,16 @@ _OPTION_ARGS.update({k: (NETWORK_TRAINING, k, t) for k, t in (
     ("down_lr_weight", str), ("mid_lr_weight", str), ("up_lr_weight", str), ("block_lr_zero_threshold", float))})
 _BLOCK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                "mid_lr_weight", "up_lr_weight")  # sd-scripts' networks.lora (SD1/SD2/SDXL) only
-_NETWORK_ARGS = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl") + tuple(_OPTION_ARGS)
+LYCORIS_MODULE = "lycoris.kohya"
+# lycoris.kohya --network_args: mapped to Network Options; accepted at these values (LyCORIS' defaults, and
+# bypass_mode, which is how LoRA Loop always runs); preset: a note (the targets are networks.lora's)
+_LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+_LYCORIS_ARGS = ("algo", "dora_wd", "factor", "decompose_both", "wd_on_output", "preset")
+_LYCORIS_DEFAULTS = {"use_tucker": ("False",), "use_cp": ("False",), "use_conv_cp": ("False",),
+                     "disable_conv_cp": ("True",), "use_scalar": ("False",), "rank_dropout_scale": ("False",),
+                     "bypass_mode": ("False", "True"), "train_norm": ("False",), "rs_lora": ("False",),
+                     "unbalanced_factorization": ("False",), "full_matrix": ("False",)}
+_NETWORK_ARGS = ("conv_dim", "conv_alpha", "train_blocks", "train_t5xxl") + tuple(_OPTION_ARGS) + _LYCORIS_ARGS
 _FLOW_SAMPLINGS = ("uniform", "sigmoid", "shift", "flux_shift")
 _IGNORED_WITH_DATASET_CONFIG = ("train_data_dir", "reg_data_dir", "in_json")  # sd-scripts ignores them then
 _SAVE_DTYPES = {None: "fp32", "float": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -532,6 +544,14 @@ def _differs(value, default) -> bool:
     if value in empty and default in empty:
         return False
     return value != default
+
+
+def _number(text) -> float:
+    """A ``--network_args`` number, 0 when missing or not a number (reported as invalid where it is read)."""
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
 
 
 def _show(name: str, value: Any, why: str = "") -> str:
@@ -723,10 +743,13 @@ def _network_args(a) -> tuple[dict[str, str], list[str], list[str]]:
             invalid.append(f"--network_args {item!r} must look like key=value")
             continue
         key, value = (s.strip() for s in item.split("=", 1))
-        if key in _NETWORK_ARGS:
+        lycoris = a.network_module == LYCORIS_MODULE
+        if key in _NETWORK_ARGS and (lycoris or key not in _LYCORIS_ARGS):
             known[key] = value
         elif key == "verbose" or (key == "split_qkv" and value != "True"):
             continue  # a log line / the default
+        elif lycoris and key in _LYCORIS_DEFAULTS and value.lower() in {v.lower() for v in _LYCORIS_DEFAULTS[key]}:
+            continue
         else:
             unsupported.append(f"--network_args {key}={value}")
     return known, unsupported, invalid
@@ -771,9 +794,20 @@ def _unsupported_values(a, given: frozenset[str]) -> list[str]:
     if a.lr_scheduler not in from_schedules:
         out.append(_show("lr_scheduler", a.lr_scheduler, ", ".join(from_schedules)))
     module = a.network_module
-    if module is not None and (not _NETWORK_MODULE.fullmatch(module) or module in _NOT_LORA_MODULES):
-        out.append(_show("network_module", module, "networks.lora, networks.lora_flux, networks.lora_sd3, ..."))
+    if module is not None and module != LYCORIS_MODULE and (not _NETWORK_MODULE.fullmatch(module)
+                                                            or module in _NOT_LORA_MODULES):
+        out.append(_show("network_module", module, "networks.lora, networks.lora_flux, networks.lora_sd3, ..., "
+                                                   "lycoris.kohya"))
     out += _network_args(a)[1]
+    if module == LYCORIS_MODULE:
+        known = _network_args(a)[0]
+        algo = known.get("algo", "lora").lower()
+        if algo not in _LYCORIS_ALGOS:
+            out.append(_show("network_args algo", algo, ", ".join(_LYCORIS_ALGOS)))
+        if known.get("dora_wd", "False").lower() == "true" and known.get("wd_on_output", "True").lower() == "true" \
+                and "wd_on_output" in known:
+            out.append(_show("network_args wd_on_output", "True", "False (DoRA's per-input-column norm, which "
+                                                                  "ComfyUI and A1111 rebuild exactly)"))
     blocks = [k for k in _network_args(a)[0] if k in _BLOCK_ARGS]
     if blocks and module not in (None, "networks.lora"):
         out += [_show(f"network_args {k}", _network_args(a)[0][k], "networks.lora only: the SD1/SD2/SDXL U-Net")
@@ -969,6 +1003,7 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
         invalid.append("--resolution is required with --train_data_dir (sd-scripts has no default either)")
     if a.network_module is None:
         notes.append("--network_module not given: networks.lora (LoRA Loop picks the family's LoRA targets)")
+    lycoris = a.network_module == LYCORIS_MODULE
 
     seed_random = a.seed is None
     seed = rng.randint(0, 2**32) if seed_random else int(a.seed)
@@ -1018,6 +1053,9 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(INJECT, NetworkConfig, "network_alpha", 1.0 if a.network_alpha is None else a.network_alpha,
             "--network_alpha")
     conv_dim, conv_alpha = net_args.get("conv_dim"), net_args.get("conv_alpha")
+    if lycoris:  # lycoris.kohya: the convs train by default, at network_dim / network_alpha
+        conv_dim = conv_dim if conv_dim is not None else (4 if a.network_dim is None else a.network_dim)
+        conv_alpha = conv_alpha if conv_alpha is not None else (1.0 if a.network_alpha is None else a.network_alpha)
     try:
         conv_dim = int(conv_dim) if conv_dim is not None else 0
         conv_alpha = float(conv_alpha) if conv_alpha is not None else 1.0
@@ -1038,6 +1076,28 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(NETWORK_OPTIONS, NetworkConfig, "network_dropout", a.network_dropout or 0.0, "--network_dropout")
     inp.put(NETWORK_OPTIONS, NetworkConfig, "dim_from_weights", bool(a.dim_from_weights), "--dim_from_weights")
     inp.put(NETWORK_TRAINING, TrainConfig, "scale_weight_norms", a.scale_weight_norms or 0.0, "--scale_weight_norms")
+    algo = _LYCORIS_ALGOS.get(net_args.get("algo", "lora").lower(), "lora") if lycoris else "lora"
+    inp.put(NETWORK_OPTIONS, NetworkConfig, "algo", algo, "--network_args algo")
+    flags = {}
+    for key in ("dora_wd", "decompose_both"):
+        value = net_args.get(key, "False") if lycoris else "False"
+        if value.lower() not in ("true", "false"):
+            invalid.append(f"--network_args {key}={value}: True or False")
+        flags[key] = value.lower() == "true"
+        inp.put(NETWORK_OPTIONS, NetworkConfig, key, flags[key], f"--network_args {key}")
+    try:
+        factor = int(net_args.get("factor", -1)) if lycoris else -1
+    except ValueError:
+        invalid.append(f"--network_args factor={net_args.get('factor')}: a whole number (-1 = as square as possible)")
+        factor = -1
+    inp.put(NETWORK_OPTIONS, NetworkConfig, "factor", factor, "--network_args factor")
+    if lycoris and "preset" in net_args:
+        notes.append(f"--network_args preset={net_args['preset']}: LoRA Loop trains networks.lora's modules (the "
+                     "3x3 convs too with conv_dim), not the LyCORIS preset's module list")
+    if lycoris and (algo != "lora" or flags["dora_wd"]) and (a.network_dropout or _number(net_args.get("rank_dropout"))):
+        invalid.append(f"--network_dropout / --network_args rank_dropout with algo={algo}"
+                       f"{' and dora_wd' if flags['dora_wd'] else ''}: LyCORIS defines them for LoRA only; use "
+                       "module_dropout")
     for key, (node_type, name, kind) in _OPTION_ARGS.items():
         cls = NetworkConfig if node_type == NETWORK_OPTIONS else TrainConfig
         value = net_args.get(key)

@@ -78,7 +78,8 @@ class InjectLoRA(io.ComfyNode):
             with safe_open(source, framework="pt") as f:
                 init_meta = f.metadata() or {}
         net = build_network(family, ca.diffusion_root(model), ca.unet_config(model),
-                            clip.cond_stage_model if clip is not None else None, cfg, init_state, source, init_meta)
+                            clip.cond_stage_model if clip is not None else None, cfg, init_state, source, init_meta,
+                            weight_reader=ca.dense_weight)
         log.info("Inject LoRA: %s, %d modules (%d U-Net, %d text encoder)", family.name, len(net),
                  len(net.unet_names), len(net.text_encoder_names))
         return io.NodeOutput(ca.install_network(model, net), ca.install_text_encoder_network(clip, net), net)

@@ -109,10 +109,12 @@ TOPICS = (
     Topic("network_options", "LoraLoop_NetworkOptions", "Network Options (LoRA Loop)", NetworkOptionsIO,
           "network_options", "Inject LoRA",
           "Neuron, rank and module dropout while training, per-block ranks and alphas of the SD1/SD2/SDXL U-Net, "
-          "and how init_lora is used (dim_from_weights): sd-scripts' network options.",
+          "how init_lora is used (dim_from_weights): sd-scripts' network options; then the LyCORIS adapter type "
+          "(LoHa, LoKr, DoRA) and its shape.",
           ((NetworkConfig, ("network_dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
-                            "conv_block_dims", "conv_block_alphas", "dim_from_weights")),),
-          unconnected="no dropout, network_dim/conv_dim everywhere, init_lora gives ranks and alphas"),
+                            "conv_block_dims", "conv_block_alphas", "dim_from_weights", "algo", "dora_wd",
+                            "factor", "decompose_both")),),
+          unconnected="kohya LoRA, no dropout, network_dim/conv_dim everywhere, init_lora gives ranks and alphas"),
     Topic("network_training", "LoraLoop_NetworkTraining", "Network Training (LoRA Loop)", NetworkTrainingIO,
           "network_training", "Train LoRA",
           "LoRA+ learning-rate ratios, per-block learning-rate weights of the SD1/SD2/SDXL U-Net, and max-norm "

@@ -5,7 +5,9 @@ import logging
 
 from .config import NetworkConfig, TrainConfig
 from .network import COMFY_TE_PREFIX, TE_ROOT, UNET_ROOT, LoRANetwork, NetworkSpec, Target, split_kohya_key
-from .network_options import dropouts, is_sdxl_family, module_ranks, structure_network_args, uses_block_dims
+from .lycoris import kind_of_keys, plain_weight
+from .network_options import (adapter_args, dropouts, is_sdxl_family, module_ranks, structure_network_args,
+                              uses_block_dims)
 from .objectives import DiscreteObjective, FlowObjective, check_weighting
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ def _load_weights(net: LoRANetwork, sd: dict, source: str) -> None:
     modules this network lacks are ignored. The alphas stay the network's (sd-scripts trains with the network's
     alpha but writes the file's)."""
     weights = {k: v for k, v in sd.items() if not k.endswith(".alpha")}
-    loaded = [n for n in net.names if f"{n}.lora_down.weight" in weights and f"{n}.lora_up.weight" in weights]
+    loaded = [n for n in net.names if all(f"{n}{suf}" in weights for suf in net.lora(n).file_tensors()
+                                          if suf != ".alpha")]
     if not loaded:
         raise ValueError(f"{source}: none of its modules is in this network (another model type, or other "
                          "targets?); turn dim_from_weights on to take the file's modules")
@@ -108,7 +111,7 @@ def _check_header(net: LoRANetwork, metadata: dict | None, source: str) -> None:
 
 def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkConfig,
                   init_state: dict | None = None, init_source: str = "",
-                  init_metadata: dict | None = None) -> LoRANetwork:
+                  init_metadata: dict | None = None, weight_reader=plain_weight) -> LoRANetwork:
     """A fresh LoRA network on the family's kohya targets, or one loaded from a kohya file.
 
     The network's spec (what the file header will say) always follows the modules it really has: from a
@@ -116,7 +119,9 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
     them); fresh, the config's. The network options (docs/training.md "Network options"): the dropouts act only
     while training; block dims (SD1/SD2/SDXL) give per-module ranks and alphas, a rank of 0 leaves a module out.
     ``cfg.dim_from_weights`` off: the config's network with the file's weights loaded where the names match
-    (kohya ``network_weights`` without ``dim_from_weights``)."""
+    (kohya ``network_weights`` without ``dim_from_weights``). ``cfg.algo`` / ``dora_wd`` pick LoRA, LoHa, LoKr or
+    DoRA (``trainer/lycoris.py``; a file's modules keep the kind its keys say); ``weight_reader`` reads the base
+    weights DoRA's magnitudes start from."""
     blocks = uses_block_dims(cfg)
     is_sdxl = is_sdxl_family(family.name, family.display_name,
                              "block_dims / block_alphas / conv_block_dims / conv_block_alphas") if blocks else False
@@ -137,7 +142,8 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
                              "file gives every rank and alpha (dim_from_weights); turn dim_from_weights off to load "
                              "the file into a network of these block dims, or clear them")
         has_conv = any(k.endswith(".lora_down.weight") and v.ndim == 4 and v.shape[-1] > 1
-                       for k, v in init_state.items())
+                       for k, v in init_state.items()) or \
+            (family.supports_conv and kind_of_keys(split_kohya_key(k)[1] for k in init_state) in ("loha", "lokr"))
         file_cfg = NetworkConfig(network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
                                  conv_dim=1 if has_conv else 0, conv_alpha=cfg.conv_alpha,
                                  train_unet=any(k.startswith("lora_unet_") for k in init_state),
@@ -147,8 +153,14 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
                                  and any(k.startswith(family.t5_prefix + "_") for k in init_state),
                                  train_blocks="all", seed=cfg.seed)
         targets = network_targets(family, unet_root, unet_config, te_root, file_cfg)
-        in_file = {split_kohya_key(k)[0] for k in init_state}
-        args = {**family.network_args([t for t in targets if t.name in in_file]), **options}
+        by_name: dict[str, set] = {}
+        for k in init_state:
+            name, suf = split_kohya_key(k)
+            by_name.setdefault(name, set()).add(suf)
+        in_file = set(by_name)
+        kinds = [kind_of_keys(by_name[t.name]) for t in targets if t.name in in_file]
+        options = {k: v for k, v in options.items() if k not in ("factor", "decompose_both")}  # the file's shapes
+        args = {**family.network_args([t for t in targets if t.name in in_file]), **adapter_args(kinds), **options}
         net = LoRANetwork.from_kohya_state_dict(init_state, targets, roots, family=family.name,
                                                 args=tuple(args.items()), strict=True,
                                                 source=init_source or "init file", **drop)
@@ -159,9 +171,11 @@ def build_network(family, unet_root, unet_config: dict, te_root, cfg: NetworkCon
     kept = [t for t in targets if ranks.get(t.name, (1, None))[0] != 0]
     if not kept:
         raise ValueError("block_dims / conv_block_dims are 0 for every block: no module is left to train")
+    options = {**adapter_args(["dora" if cfg.dora_wd else cfg.algo]), **options}
     spec = _spec(family, kept, cfg.network_dim, cfg.network_alpha, cfg.conv_dim or None,
                  cfg.conv_alpha if cfg.conv_dim else None, options, drop["dropout"])
-    net = LoRANetwork.create(targets, roots, spec, seed=cfg.seed, ranks=ranks, **drop)
+    net = LoRANetwork.create(targets, roots, spec, seed=cfg.seed, ranks=ranks, algo=cfg.algo, dora=cfg.dora_wd,
+                             factor=cfg.factor, decompose_both=cfg.decompose_both, weight_reader=weight_reader, **drop)
     if init_state is not None:
         _load_weights(net, init_state, init_source or "init file")
     return net

@@ -82,6 +82,9 @@ LR = dict(min=0.0, max=1.0, step=0.000001, round=0.0000001)
 SEED = dict(min=0, max=2**63 - 1)
 
 
+NETWORK_ALGOS = ("lora", "loha", "lokr")  # LyCORIS algo names (trainer/lycoris.py)
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     network_dim: int = option(16, "LoRA rank for Linear and 1x1 conv modules (kohya network_dim; kohya's fallback "
@@ -131,9 +134,28 @@ class NetworkConfig:
                                           "dim_from_weights). Off: the network is built from the rank settings and "
                                           "the file's weights are loaded into the modules of the same name (kohya "
                                           "network_weights alone; shapes must match, alphas stay the settings').")
+    # ---- LyCORIS adapters (sd-scripts --network_module lycoris.kohya with --network_args algo=... )
+    algo: str = option("lora", "Adapter type (LyCORIS algo): lora = kohya LoRA; loha = LoHa (Hadamard product of two "
+                               "low-rank products: more expressive at the same rank, rank ~half of LoRA's); lokr = "
+                               "LoKr (Kronecker product, small files; see factor). LoHa and LoKr need the lycoris-lora "
+                               "package and are saved as lycoris.kohya files (ComfyUI, A1111, Forge load them).",
+                       choices=NETWORK_ALGOS)
+    dora_wd: bool = option(False, "DoRA (LyCORIS dora_wd, algo lora): a magnitude per input column of each weight is "
+                                  "trained beside the LoRA (dora_scale in the file). Saved with the per-input-column "
+                                  "norm (LyCORIS wd_on_output=False), the one ComfyUI and A1111 rebuild exactly. "
+                                  "Slower than LoRA (each step reads every base weight once more).")
+    factor: int = option(-1, "LoKr: split each weight's out and in sizes with this factor (LyCORIS factor; -1 = as "
+                             "square as possible, larger = bigger Kronecker part and file).", min=-1, max=8192)
+    decompose_both: bool = option(False, "LoKr: also make the small Kronecker matrix low-rank (LyCORIS "
+                                         "decompose_both).")
 
     def __post_init__(self):
         check_options(self)
+        if self.dora_wd and self.algo != "lora":
+            raise ValueError(f"dora_wd with algo {self.algo}: DoRA decomposes a LoRA here (algo lora); set algo to "
+                             "lora or turn dora_wd off")
+        if self.factor == 0:
+            raise ValueError("factor 0: give -1 (as square as possible) or a positive split factor")
 
 
 @dataclass(frozen=True)

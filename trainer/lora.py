@@ -165,5 +165,47 @@ class LoRAModule(nn.Module):
         w = w * (self.multiplier * self.scale)
         return w if dtype is None else w.to(dtype)
 
+    # ------------------------------------------------------------------ file, optimizer, max norm
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The module's tensors by file-key suffix (``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``)."""
+        return {".lora_down.weight": self.lora_down.weight.detach(), ".lora_up.weight": self.lora_up.weight.detach(),
+                ".alpha": self.alpha.detach().to(torch.float32).reshape(())}
+
+    def load_file_tensors(self, d, source: str) -> None:
+        with torch.no_grad():
+            for suf, p in ((".lora_down.weight", self.lora_down.weight), (".lora_up.weight", self.lora_up.weight)):
+                if suf in d:
+                    v = d[suf]
+                    if tuple(v.shape) != tuple(p.shape):
+                        raise ValueError(f"{source}: {self.lora_name}{suf} has shape {tuple(v.shape)}, "
+                                         f"the model needs {tuple(p.shape)}")
+                    p.copy_(v.to(device=p.device, dtype=p.dtype))
+        if ".alpha" in d:
+            self.set_alpha(d[".alpha"])
+
+    def plus_params(self) -> list[nn.Parameter]:
+        """The weights LoRA+ trains at the higher rate (sd-scripts: the ``lora_up`` weights)."""
+        return [self.lora_up.weight]
+
+    def plain_params(self) -> list[nn.Parameter]:
+        return [self.lora_down.weight]
+
+    def norm_delta(self) -> torch.Tensor:
+        """The weight delta ``scale_weight_norms`` bounds: ``up @ down * alpha / rank`` (multiplier left out)."""
+        down, up = self.lora_down.weight, self.lora_up.weight
+        if down.dim() == 2:
+            updown = up @ down
+        elif tuple(down.shape[2:]) == (1, 1):
+            updown = (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
+        else:
+            updown = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return updown * (self.alpha.to(updown.dtype) / self.lora_dim)
+
+    def scale_delta_(self, ratio: torch.Tensor) -> None:
+        """Scale the weight delta by ``ratio`` (up and down each by its square root, as sd-scripts)."""
+        sqrt_ratio = ratio ** 0.5
+        self.lora_up.weight.mul_(sqrt_ratio.to(self.lora_up.weight.dtype))
+        self.lora_down.weight.mul_(sqrt_ratio.to(self.lora_down.weight.dtype))
+
     def extra_repr(self) -> str:
         return f"{self.lora_name}: {self.spec.kind} rank={self.lora_dim} alpha={self.alpha_value:g}"

@@ -216,7 +216,7 @@ def build_metadata(*, family: Union[str, Family], network: Mapping[str, Any], ou
         "ss_session_id": session_id if session_id is not None else random.randint(0, 2 ** 32),
         "ss_training_started_at": started,
         "ss_output_name": output_name,
-        "ss_network_module": fam.network_module,
+        "ss_network_module": "lycoris.kohya" if "algo" in args else fam.network_module,
         "ss_network_dim": network.get("rank"),
         "ss_network_alpha": network.get("alpha"),
         "ss_v2": fam.is_v2(),

@@ -17,17 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .lora import LoRAModule, OrgSpec
+from .lycoris import (ALGOS, DORA_SUFFIX, LOHA_SUFFIXES, LOKR_SUFFIXES, DoRAModule, LoHaModule, LoKrModule,
+                      kind_of_keys, plain_weight)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("linear", "conv", "conv3x3")
 UNET_ROOT = "unet"   # the diffusion model (U-Net / transformer) a network installs on
 TE_ROOT = "te"       # the text-encoder model (ComfyUI's CLIP.cond_stage_model)
-SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+SUFFIXES = LORA_SUFFIXES + (DORA_SUFFIX,) + LOHA_SUFFIXES + LOKR_SUFFIXES  # every file-key suffix a module has
 _PREFIX_RE = re.compile(r"^(lora_unet|lora_te\d*)_")
 COMFY_TE_PREFIX = "text_encoders."  # ComfyUI's generic text-encoder LoRA key prefix
 
@@ -175,14 +177,22 @@ class LoRANetwork(nn.Module):
                multiplier: float = 1.0, dropout: Optional[float] = None, rank_dropout: Optional[float] = None,
                module_dropout: Optional[float] = None, seed: Optional[int] = None,
                generator: Optional[torch.Generator] = None,
-               ranks: Optional[Mapping[str, tuple[int, float]]] = None) -> "LoRANetwork":
+               ranks: Optional[Mapping[str, tuple[int, float]]] = None, algo: str = "lora", dora: bool = False,
+               factor: int = -1, decompose_both: bool = False,
+               weight_reader=plain_weight) -> "LoRANetwork":
         """Fresh network for ``targets`` (shapes read from the modules under ``roots``; meta is fine).
 
         ``conv3x3`` targets use ``spec.conv_rank``/``conv_alpha`` (kohya C3Lier); everything else uses
         ``spec.rank``/``alpha``; ``ranks`` (kohya block dims) gives (rank, alpha) per target name instead, rank 0
         leaving the target out. Weights are drawn in target order from ``generator`` (or a CPU generator
-        seeded with ``seed``) for reproducibility.
+        seeded with ``seed``) for reproducibility. ``algo`` (``lora``, ``loha``, ``lokr``; LyCORIS' names) picks the
+        adapter; ``dora`` adds LyCORIS' weight decomposition to LoRA, its magnitudes read from the base weights
+        through ``weight_reader`` (``trainer/lycoris.py``); ``factor`` / ``decompose_both`` shape LoKr.
         """
+        if algo not in ALGOS:
+            raise ValueError(f"algo {algo!r}: one of {', '.join(ALGOS)}")
+        if dora and algo != "lora":
+            raise ValueError(f"dora_wd with algo={algo}: LoRA Loop's DoRA decomposes a LoRA (algo=lora) only")
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         ranks = dict(ranks or {})
@@ -201,9 +211,12 @@ class LoRANetwork(nn.Module):
                 _check_kind(t, lora_spec)
                 r, a = (spec.conv_rank, spec.conv_alpha) if t.kind == "conv3x3" else (spec.rank, spec.alpha)
                 r, a = ranks.get(t.name, (r, a))
-                loras[t.name] = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
-                                           rank_dropout=rank_dropout, module_dropout=module_dropout,
-                                           generator=generator)
+                org = _resolve(roots, t)
+                loras[t.name] = _new_module("dora" if dora else algo, t.name, lora_spec, r, a,
+                                            multiplier=multiplier, dropout=dropout, rank_dropout=rank_dropout,
+                                            module_dropout=module_dropout, generator=generator, factor=factor,
+                                            decompose_both=decompose_both,
+                                            base_weight=(lambda o=org: weight_reader(o, None)) if dora else None)
         return cls(targets, loras, spec)
 
     @classmethod
@@ -227,9 +240,10 @@ class LoRANetwork(nn.Module):
                 unexpected.append(key)
                 continue
             by_name.setdefault(name, {})[suf] = value
-        no_down = sorted(n for n, d in by_name.items() if ".lora_down.weight" not in d or ".lora_up.weight" not in d)
+        no_down = sorted(n for n, d in by_name.items() if not _complete(d))
         if no_down:
-            raise ValueError(f"{source}: modules without both lora_down.weight and lora_up.weight: "
+            raise ValueError(f"{source}: incomplete modules (a LoRA needs lora_down.weight and lora_up.weight, a LoHa "
+                             f"all four hada_w*, a LoKr lokr_w1 or lokr_w1_a/_b and lokr_w2 or lokr_w2_a/_b): "
                              f"{no_down[:10]}")
         if unexpected:
             msg = (f"{source}: {len(unexpected)} keys match no target of this model "
@@ -248,11 +262,13 @@ class LoRANetwork(nn.Module):
                 d = by_name[t.name]
                 lora_spec = OrgSpec.of(_resolve(roots, t))
                 _check_kind(t, lora_spec)
-                r = int(d[".lora_down.weight"].shape[0])
+                kind = kind_of_keys(d)
+                r = _file_rank(kind, d)
                 alpha = d.get(".alpha")
                 a = float(alpha.float().item()) if alpha is not None else float(r)
-                m = LoRAModule(t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
-                               rank_dropout=rank_dropout, module_dropout=module_dropout)
+                m = _new_module(kind, t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
+                                rank_dropout=rank_dropout, module_dropout=module_dropout,
+                                shapes={k: tuple(v.shape) for k, v in d.items() if k in LOKR_SUFFIXES})
                 _load_module(m, d, source)
                 loras[t.name] = m
                 (conv_ranks if t.kind == "conv3x3" else ranks)[r] += 1
@@ -305,8 +321,9 @@ class LoRANetwork(nn.Module):
     def is_installed(self) -> bool:
         return bool(self._installed)
 
-    def install(self, roots: Mapping[str, nn.Module]) -> None:
-        """Override ``forward`` of every target module under ``roots`` with ``org(x) + delta(x)``."""
+    def install(self, roots: Mapping[str, nn.Module], weight_reader=plain_weight) -> None:
+        """Override ``forward`` of every target module under ``roots`` with ``org(x) + delta(x)`` (DoRA:
+        ``org(x * c) + delta(x * c)``, the base weight read through ``weight_reader(module, like)``)."""
         if self._installed:
             raise RuntimeError("LoRA network is already installed; call remove() first")
         done: list[tuple[nn.Module, Any, Any]] = []
@@ -317,7 +334,7 @@ class LoRANetwork(nn.Module):
                 if spec != lora.spec:
                     raise ValueError(f"LoRA {t.name} was built for {lora.spec} but {t.root}.{t.path} is {spec}")
                 prev = mod.__dict__.get("forward", _MISSING)
-                ours = _make_forward(mod.forward, lora)
+                ours = _make_forward(mod.forward, lora, mod, weight_reader)
                 mod.forward = ours
                 done.append((mod, prev, ours))
         except Exception:
@@ -343,31 +360,28 @@ class LoRANetwork(nn.Module):
         ``dtype`` is given: like kohya ``save_precision`` it then casts every tensor)."""
         out: dict[str, torch.Tensor] = {}
         for name, m in zip(self._targets, self.loras()):
-            down = m.lora_down.weight.detach()
-            up = m.lora_up.weight.detach()
-            alpha = m.alpha.detach().to(torch.float32).reshape(())
-            if dtype is not None:
-                down, up, alpha = down.to(dtype), up.to(dtype), alpha.to(dtype)
-            if device is not None:
-                down, up, alpha = down.to(device), up.to(device), alpha.to(device)
-            out[f"{name}.lora_down.weight"] = down.contiguous()
-            out[f"{name}.lora_up.weight"] = up.contiguous()
-            out[f"{name}.alpha"] = alpha.clone()
+            for suf, v in m.file_tensors().items():
+                if dtype is not None:
+                    v = v.to(dtype)
+                if device is not None:
+                    v = v.to(device)
+                out[f"{name}{suf}"] = v.clone() if suf == ".alpha" else v.contiguous()
         return out
 
     def load_kohya_state_dict(self, sd: Mapping[str, torch.Tensor], strict: bool = True,
                               source: str = "state dict") -> LoadReport:
         """Copy weights (and alpha) from a kohya state dict. Shape mismatches always raise; missing and
         unexpected keys raise when ``strict`` (listing them), else they are returned and logged."""
-        expected = {f"{n}{s}" for n in self._targets for s in SUFFIXES}
+        mine = {n: m.file_tensors() for n, m in zip(self._targets, self.loras())}
+        expected = {f"{n}{s}" for n, t in mine.items() for s in t}
         given = set(sd)
         missing = sorted(k for k in expected - given if not k.endswith(".alpha"))
         unexpected = sorted(given - expected)
         mismatched = []
-        for n, m in zip(self._targets, self.loras()):
-            for suf, p in ((".lora_down.weight", m.lora_down.weight), (".lora_up.weight", m.lora_up.weight)):
+        for n, tensors in mine.items():
+            for suf, p in tensors.items():
                 k = n + suf
-                if k in sd and tuple(sd[k].shape) != tuple(p.shape):
+                if suf != ".alpha" and k in sd and tuple(sd[k].shape) != tuple(p.shape):
                     mismatched.append(f"{k}: file {tuple(sd[k].shape)} vs network {tuple(p.shape)}")
         problems = []
         if mismatched:
@@ -380,7 +394,7 @@ class LoRANetwork(nn.Module):
             raise ValueError(f"cannot load LoRA weights from {source}: " + "; ".join(problems))
         with torch.inference_mode(False):
             for n, m in zip(self._targets, self.loras()):
-                d = {s: sd[n + s] for s in SUFFIXES if n + s in sd}
+                d = {s: sd[n + s] for s in mine[n] if n + s in sd}
                 if d:
                     _load_module(m, d, source)
         if missing or unexpected:
@@ -450,8 +464,8 @@ class LoRANetwork(nn.Module):
                 plain, plus = [], []
                 for n in members:
                     m = self._modules[module_key(n)]
-                    plain.append(m.lora_down.weight)
-                    (plus if ratio else plain).append(m.lora_up.weight)
+                    plain.extend(m.plain_params())
+                    (plus if ratio else plain).extend(m.plus_params())
                 for name_, params, lr_ in ((gname, plain, glr), (f"{gname} plus", plus, glr * (ratio or 1.0))):
                     if not params:
                         continue
@@ -473,14 +487,7 @@ class LoRANetwork(nn.Module):
             return 0, 0.0, 0.0
         ratios, norms = [], []
         for m in loras:
-            down, up = m.lora_down.weight, m.lora_up.weight
-            if down.dim() == 2:
-                updown = up @ down
-            elif tuple(down.shape[2:]) == (1, 1):
-                updown = (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
-            else:
-                updown = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-            updown = updown * (m.alpha.to(updown.dtype) / m.lora_dim)
+            updown = m.norm_delta()
             norm = updown.norm().clamp(min=max_norm_value / 2)
             ratio = torch.clamp(norm, max=max_norm_value) / norm
             ratios.append(ratio)
@@ -490,9 +497,7 @@ class LoRANetwork(nn.Module):
         scaled = ratio_t != 1
         for m, ratio, hit in zip(loras, ratios, scaled.tolist()):
             if hit:
-                sqrt_ratio = ratio ** 0.5
-                m.lora_up.weight.mul_(sqrt_ratio.to(m.lora_up.weight.dtype))
-                m.lora_down.weight.mul_(sqrt_ratio.to(m.lora_down.weight.dtype))
+                m.scale_delta_(ratio)
         return int(scaled.sum()), float(norms_t.mean()), float(norms_t.max())
 
     # ------------------------------------------------------------------ copies
@@ -525,9 +530,13 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _make_forward(org_forward, lora: LoRAModule):
-    def forward(x, *args, **kwargs):
-        return org_forward(x, *args, **kwargs) + lora.delta(x)
+def _make_forward(org_forward, lora: LoRAModule, mod: nn.Module, weight_reader):
+    if isinstance(lora, DoRAModule):
+        def forward(x, *args, **kwargs):
+            return lora.adapted(org_forward, x, args, kwargs, lambda: weight_reader(mod, x))
+    else:
+        def forward(x, *args, **kwargs):
+            return org_forward(x, *args, **kwargs) + lora.delta(x)
 
     forward.lora_loop_name = lora.lora_name  # type: ignore[attr-defined]
     return forward
@@ -541,14 +550,50 @@ def _restore(done: Iterable[tuple[nn.Module, Any, Any]]) -> None:
             mod.forward = prev
 
 
-def _load_module(m: LoRAModule, d: Mapping[str, torch.Tensor], source: str) -> None:
-    with torch.no_grad():
-        for suf, p in ((".lora_down.weight", m.lora_down.weight), (".lora_up.weight", m.lora_up.weight)):
-            if suf in d:
-                v = d[suf]
-                if tuple(v.shape) != tuple(p.shape):
-                    raise ValueError(f"{source}: {m.lora_name}{suf} has shape {tuple(v.shape)}, "
-                                     f"the model needs {tuple(p.shape)}")
-                p.copy_(v.to(device=p.device, dtype=p.dtype))
-        if ".alpha" in d:
-            m.set_alpha(d[".alpha"])
+def _load_module(m, d: Mapping[str, torch.Tensor], source: str) -> None:
+    m.load_file_tensors(d, source)
+
+
+_MODULES = {"lora": LoRAModule, "dora": DoRAModule, "loha": LoHaModule, "lokr": LoKrModule}
+
+
+def _new_module(kind: str, name: str, spec: OrgSpec, rank: int, alpha, *, base_weight=None, shapes=None,
+                factor: int = -1, decompose_both: bool = False, dropout=None, rank_dropout=None, **kwargs):
+    """A fresh module of ``kind`` (``lora``, ``dora``, ``loha``, ``lokr``); ``base_weight`` (DoRA) is a callable
+    giving the base weight, ``shapes`` (LoKr from a file) its tensors' shapes."""
+    if kind == "lora":
+        return LoRAModule(name, spec, rank, alpha, dropout=dropout, rank_dropout=rank_dropout, **kwargs)
+    if kind == "dora":
+        return DoRAModule(name, spec, rank, alpha, dropout=dropout, rank_dropout=rank_dropout,
+                          base_weight=base_weight() if base_weight is not None else None, **kwargs)
+    if dropout or rank_dropout:
+        raise ValueError(f"{name}: {kind} takes no network_dropout / rank_dropout (LyCORIS defines them for LoRA); "
+                         "clear them or use module_dropout")
+    if kind == "loha":
+        return LoHaModule(name, spec, rank, alpha, **kwargs)
+    return LoKrModule(name, spec, rank, alpha, factor=factor, decompose_both=decompose_both,
+                      shapes=shapes or None, **kwargs)
+
+
+def _complete(d: Mapping[str, torch.Tensor]) -> bool:
+    kind = kind_of_keys(d)
+    if kind in ("lora", "dora"):
+        return ".lora_down.weight" in d and ".lora_up.weight" in d
+    if kind == "loha":
+        return all(s in d for s in LOHA_SUFFIXES)
+    if kind == "lokr":
+        return ((".lokr_w1" in d) != (".lokr_w1_a" in d and ".lokr_w1_b" in d)) and \
+            ((".lokr_w2" in d) != (".lokr_w2_a" in d and ".lokr_w2_b" in d))
+    return False
+
+
+def _file_rank(kind: str, d: Mapping[str, torch.Tensor]) -> int:
+    """A module's rank from its file tensors (LoKr without a decomposed part: 1, LyCORIS' full-matrix rank)."""
+    if kind in ("lora", "dora"):
+        return int(d[".lora_down.weight"].shape[0])
+    if kind == "loha":
+        return int(d[".hada_w1_b"].shape[0])
+    for k in (".lokr_w2_a", ".lokr_w1_a"):
+        if k in d:
+            return int(d[k].shape[1])
+    return int(float(d[".alpha"].float().item())) if ".alpha" in d else 1

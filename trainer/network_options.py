@@ -277,7 +277,26 @@ def structure_network_args(cfg: Any) -> dict[str, str]:
         v = str(getattr(cfg, k, "") or "").strip()
         if v:
             out[k] = v
+    algo = getattr(cfg, "algo", "lora")
+    if algo == "lokr":
+        out["factor"] = str(cfg.factor)
+        if cfg.decompose_both:
+            out["decompose_both"] = "True"
     return out
+
+
+def adapter_args(kinds) -> dict[str, str]:
+    """LyCORIS' ``--network_args`` for a network whose modules are of ``kinds`` (``lora``, ``dora``, ``loha``,
+    ``lokr``), as ``lycoris.kohya`` files record them: none for a kohya LoRA; ``algo`` (the kind most modules have),
+    with ``dora_wd`` / ``wd_on_output`` for DoRA."""
+    kinds = list(kinds)
+    other = [k for k in kinds if k != "lora"]
+    if not other:
+        return {}
+    top = max(set(other), key=other.count)
+    if top == "dora":
+        return {"algo": "lora", "dora_wd": "True", "wd_on_output": "False"}
+    return {"algo": top}
 
 
 def dropouts(cfg: Any) -> Mapping[str, Optional[float]]:

@@ -115,15 +115,18 @@ def _predict(mp, x, ctx):
         return mp.model.apply_model(x, torch.tensor([1.0]), c_crossattn=ctx).float()
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_K", "F16", "F32", "mixed"])
-def test_gguf_model_trains_and_the_lora_reloads_exactly(comfy, gguf_pack, kind):
+def _train_and_reload(gguf_pack, kind: str, net_cfg, memory_mode: str = "resident"):
+    """Write the ``kind`` GGUF U-Net, load it with UnetLoaderGGUF, train ``net_cfg``'s network on it, then a paired
+    evaluation (same draws, lr 1e-12), and reload the trained tensors with LoraLoader's path onto the same model.
+    Returns (the GGUF patcher, the trained network, losses before, losses after, predictions: trained, reloaded,
+    base)."""
     import folder_paths
 
     import comfy.sd
     import synthetic
     from trainer import adapter as ca
     from trainer.assemble import build_network
-    from trainer.config import NetworkConfig, TrainConfig
+    from trainer.config import TrainConfig
     from trainer.session import train
 
     folder = folder_paths.get_folder_paths("unet")[0]
@@ -136,34 +139,59 @@ def test_gguf_model_trains_and_the_lora_reloads_exactly(comfy, gguf_pack, kind):
         (mp,) = gguf_pack().load_unet(name)
     assert type(mp.model.model_config).__name__ == "SD15", type(mp.model.model_config)
     fam = ca.detect_family(mp)
-    net = build_network(fam, ca.diffusion_root(mp), ca.unet_config(mp), None,
-                        NetworkConfig(network_dim=8, network_alpha=8))
+    net = build_network(fam, ca.diffusion_root(mp), ca.unet_config(mp), None, net_cfg, weight_reader=ca.dense_weight)
     mc = mp.model.model_config
     data = synthetic.encoded_dataset(mc, 64, tempfile.mkdtemp(prefix=f"gguf_{kind}_"), n=1)
     cfg = TrainConfig(max_train_steps=STEPS, learning_rate=1e-2, min_timestep=500, max_timestep=500,
-                      memory_mode="checkpointed" if kind == "mixed" else "resident")
+                      memory_mode=memory_mode)
     with torch.inference_mode():
         result = train(model=mp, clip=None, network=net, data=data, cfg=cfg)
         again = train(model=mp, clip=None, network=result.network, data=data,
                       cfg=TrainConfig(max_train_steps=EVAL, learning_rate=1e-12, min_timestep=500, max_timestep=500))
-    # every weight, GGUF's own tensor class included, is a normal tensor while it trains: any layer may save it
-    inference = [n for n, p in mp.model.named_parameters() if p.is_inference()]
-    assert inference == [], inference[:5]
-    assert any(type(p).__name__ == "GGMLTensor" for p in mp.model.parameters())
-    before, after = result.losses[:EVAL], again.losses
-    assert all(np.isfinite(before + after)), (before, after)
-    assert sum(after) < 0.95 * sum(before), (before, after)
-
-    # the file's tensors loaded by LoraLoader's path onto the same GGUF model
     log = comfy_env.boot()["log"]
     n = len(log.records)
     reloaded, _ = comfy.sd.load_lora_for_models(mp, None, result.network.kohya_state_dict(torch.float32), 1.0, 0.0)
     assert [r for r in log.records[n:] if "lora key not loaded" in r] == []
     g = torch.Generator().manual_seed(3)
     x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 768, generator=g)
-    trained, loaded, base = _predict(result.model, x, ctx), _predict(reloaded, x, ctx), _predict(mp, x, ctx)
+    preds = _predict(result.model, x, ctx), _predict(reloaded, x, ctx), _predict(mp, x, ctx)
+    return mp, result.network, result.losses[:EVAL], again.losses, preds
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_K", "F16", "F32", "mixed"])
+def test_gguf_model_trains_and_the_lora_reloads_exactly(comfy, gguf_pack, kind):
+    from trainer.config import NetworkConfig
+
+    mp, _, before, after, (trained, loaded, base) = _train_and_reload(
+        gguf_pack, kind, NetworkConfig(network_dim=8, network_alpha=8),
+        memory_mode="checkpointed" if kind == "mixed" else "resident")
+    # every weight, GGUF's own tensor class included, is a normal tensor while it trains: any layer may save it
+    inference = [n for n, p in mp.model.named_parameters() if p.is_inference()]
+    assert inference == [], inference[:5]
+    assert any(type(p).__name__ == "GGMLTensor" for p in mp.model.parameters())
+    assert all(np.isfinite(before + after)), (before, after)
+    assert sum(after) < 0.95 * sum(before), (before, after)
+    # the file's tensors loaded by LoraLoader's path onto the same GGUF model
     # F16 storage: LoraLoader's path merges the LoRA into the fp16 weights (fp16 rounding, about 5e-4 relative);
     # the quantized and F32 tensors get it in float32 at dequantization
     tol = 2e-3 if kind in ("F16", "mixed") else 1e-5
     assert float((loaded - trained).norm() / trained.norm()) <= tol
     assert float((trained - base).norm() / base.norm()) > 1e-4  # the LoRA changed something
+
+
+@pytest.mark.parametrize("algo,kind", [("dora", "Q4_K"), ("loha", "Q8_0"), ("lokr", "Q4_0")])
+def test_lycoris_adapters_train_on_quantized_gguf_weights(comfy, gguf_pack, algo, kind):
+    """LoHa, LoKr and DoRA over GGUF-quantized weights: they learn and LoraLoader's path reproduces them on the same
+    model. DoRA reads the dequantized base weight (ComfyUI-GGUF's own dequantization) for its magnitudes and norms:
+    a file whose magnitudes came from the raw quantized blocks would not reproduce."""
+    from trainer.config import NetworkConfig
+
+    cfg = NetworkConfig(network_dim=4, network_alpha=4, algo="lora" if algo == "dora" else algo,
+                        dora_wd=algo == "dora")
+    _, net, before, after, (trained, loaded, base) = _train_and_reload(gguf_pack, kind, cfg)
+    assert all(np.isfinite(before + after)), (before, after)
+    assert sum(after) < 0.95 * sum(before), (before, after)
+    assert float((loaded - trained).norm() / trained.norm()) <= 1e-5
+    assert float((trained - base).norm() / base.norm()) > 1e-4
+    assert {type(m).__name__ for m in net.loras()} == {{"dora": "DoRAModule", "loha": "LoHaModule",
+                                                        "lokr": "LoKrModule"}[algo]}

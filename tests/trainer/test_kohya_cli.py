@@ -216,12 +216,12 @@ def test_unsupported_arguments_one_message():
                           "--multires_noise_iterations", "6", "--ip_noise_gamma", "0.1", "--masked_loss",
                           "--color_aug", "--random_crop", "--debiased_estimation_loss",
                           "--zero_terminal_snr", "--lr_decay_steps", "10", "--max_token_length", "225",
-                          "--loss_type", "huber", "--fused_backward_pass", "--network_module", "lycoris.kohya",
+                          "--loss_type", "huber", "--fused_backward_pass", "--network_module", "networks.oft",
                           "--network_args", "ggpo_beta=0.01", "split_qkv=True", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
     for name in ("--masked_loss", "--color_aug", "--random_crop",
                  "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
-                 "--network_module=lycoris.kohya", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
+                 "--network_module=networks.oft", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
         assert name in msg, name
     # the loss and noise options are implemented (mapped)
     for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
@@ -388,8 +388,34 @@ def test_network_args():
     assert "ggpo_beta=0.1" in refused(BASE + ["--network_args", "ggpo_beta=0.1"])
     for module in ("networks.lora", "networks.lora_flux", "networks.lora_sd3", "networks.lora_lumina"):
         run(BASE + ["--network_module", module])
-    for module in ("lycoris.kohya", "networks.dylora", "networks.oft", "networks.lora_fa"):
+    for module in ("networks.dylora", "networks.oft", "networks.lora_fa"):
         assert f"--network_module={module}" in refused(BASE + ["--network_module", module])
+
+
+def test_lycoris_network_args():
+    """lycoris.kohya: algo (locon is LoRA with convs), dora_wd, factor and decompose_both go to Network Options;
+    the convs train at network_dim/alpha unless conv_dim says otherwise (LyCORIS' defaults); options at LyCORIS'
+    default values pass; the others, and dropouts LyCORIS defines for LoRA only, are refused by name."""
+    lyco = BASE + ["--network_module", "lycoris.kohya", "--network_dim", "8", "--network_alpha", "4"]
+    parsed, g, _ = run(lyco + ["--network_args", "algo=lokr", "factor=8", "decompose_both=True", "preset=full",
+                               "use_tucker=False", "bypass_mode=True", "rank_dropout_scale=False"])
+    options, inject = by_type(g, "LoraLoop_NetworkOptions"), by_type(g, "LoraLoop_InjectLoRA")
+    assert (options["algo"], options["factor"], options["decompose_both"], options["dora_wd"]) == \
+        ("lokr", 8, True, False)
+    assert (inject["conv_dim"], inject["conv_alpha"]) == (8, 4.0)
+    assert [n for n in parsed.notes if "preset=full" in n and "networks.lora's modules" in n]
+    _, g, _ = run(lyco + ["--network_args", "algo=locon", "dora_wd=True", "conv_dim=2", "conv_alpha=1"])
+    options, inject = by_type(g, "LoraLoop_NetworkOptions"), by_type(g, "LoraLoop_InjectLoRA")
+    assert (options["algo"], options["dora_wd"], inject["conv_dim"], inject["conv_alpha"]) == ("lora", True, 2, 1.0)
+    _, g, _ = run(lyco + ["--network_args", "algo=loha"])
+    assert by_type(g, "LoraLoop_NetworkOptions")["algo"] == "loha"
+    _, g, _ = run(BASE + ["--network_args", "conv_dim=4"])  # networks.lora: no LyCORIS keys, kohya LoRA
+    assert by_type(g, "LoraLoop_NetworkOptions")["algo"] == "lora"
+    assert "algo=ia3" in refused(lyco + ["--network_args", "algo=ia3"])
+    assert "use_tucker=True" in refused(lyco + ["--network_args", "algo=loha", "use_tucker=True"])
+    assert "wd_on_output" in refused(lyco + ["--network_args", "dora_wd=True", "wd_on_output=True"])
+    assert "LoRA only" in refused(lyco + ["--network_args", "algo=loha", "rank_dropout=0.1"])
+    assert "algo=loha" in refused(BASE + ["--network_args", "algo=loha"])  # networks.lora has no algo
 
 
 def test_train_only_text_encoder():
@@ -701,7 +727,8 @@ def test_every_emitted_input_name_is_a_node_input():
     main_fields = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                    "blocks_to_swap")
     network_option_fields = ("network_dropout", "rank_dropout", "module_dropout", "block_dims", "block_alphas",
-                             "conv_block_dims", "conv_block_alphas", "dim_from_weights")
+                             "conv_block_dims", "conv_block_alphas", "dim_from_weights", "algo", "dora_wd", "factor",
+                             "decompose_both")
     network_training_fields = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
                                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
                                "scale_weight_norms")

@@ -354,9 +354,22 @@ def test_lora_types(lora_type, module, args):
         assert set(args) <= set(opts["network_args"]), opts["network_args"]
 
 
-def test_lycoris_is_refused_by_lora_loops_parser_with_its_message():
-    argv, _ = convert(gui(LoRA_type="LyCORIS/LoCon", conv_dim=8, conv_alpha=4))
-    with pytest.raises(kc.CliError, match="network_module=lycoris.kohya"):
+def test_lycoris_types_reach_network_options():
+    """The GUI's LyCORIS/LoCon, LoHa and LoKr types (with every default network arg the GUI writes) become LoRA
+    Loop's adapters; its other LyCORIS types are refused by LoRA Loop's parser with their algo named."""
+    for lora_type, extra, want in (("LyCORIS/LoCon", {}, ("lora", False)), ("LyCORIS/LoHa", {}, ("loha", False)),
+                                   ("LyCORIS/LoCon", {"dora_wd": True}, ("lora", True)),
+                                   ("LyCORIS/LoKr", {"factor": 8, "decompose_both": True}, ("lokr", False))):
+        argv, _ = convert(gui(LoRA_type=lora_type, conv_dim=8, conv_alpha=4, **extra))
+        parsed = kc.parse(argv, rng=random.Random(0))
+        options = parsed.inputs["LoraLoop_NetworkOptions"]
+        assert (options["algo"], options["dora_wd"]) == want, (lora_type, options)
+        assert (parsed.inputs["LoraLoop_InjectLoRA"]["conv_dim"], parsed.inputs["LoraLoop_InjectLoRA"]["conv_alpha"]) \
+            == (8, 4.0)
+        if lora_type == "LyCORIS/LoKr":
+            assert (options["factor"], options["decompose_both"]) == (8, True)
+    argv, _ = convert(gui(LoRA_type="LyCORIS/iA3"))
+    with pytest.raises(kc.CliError, match="algo=ia3"):
         kc.parse(argv, rng=random.Random(0))
 
 

@@ -15,7 +15,7 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 - ``interrupt``: ComfyUI's Cancel (``comfy/model_management.py``);
 - ``verify``: reload a saved file through ComfyUI's LoRA loader and compare (``comfy/sd.py``, ``comfy/lora.py``).
 """
-from .autograd import (checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing,
+from .autograd import (checkpoint_blocks, dense_weight, differentiable_kernels, functional_residuals, gradient_checkpointing,
                        recast_in_backward)
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
 from .inject import install_network, install_text_encoder_network
@@ -28,6 +28,7 @@ from .verify import VerifyReport, verify_saved_lora
 
 __all__ = [
     "ComfyTrainModel", "ObjectiveSpec", "VerifyReport", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint",
+    "dense_weight",
     "detect_family", "device_budget", "differentiable_kernels", "diffusion_root", "encode_caption",
     "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing", "install_network",
     "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale", "load_clip_for_training",

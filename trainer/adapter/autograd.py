@@ -148,6 +148,23 @@ def _uncast(module, w, b, stream) -> None:
         ops.uncast_bias_weight(module, w, b, stream)
 
 
+def dense_weight(module: torch.nn.Module, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A layer's frozen weight as a float32 tensor on ``like``'s device (its own device without ``like``), however
+    ComfyUI stores it: cast, fp8, quantized (dequantized), GGUF, off the device. The weight reader of a DoRA
+    network (``trainer/lycoris.py``): it reads the base weight per use and keeps nothing."""
+    w = module.weight
+    device = like.device if like is not None else (w.device if w is not None else None)
+    if not hasattr(module, "comfy_cast_weights") and not callable(getattr(type(module), "cast_bias_weight", None)):
+        return w.detach().to(device=device, dtype=torch.float32)
+    probe = torch.empty(0, dtype=torch.float32, device=device)
+    cw, cb, stream = _cast(module, probe)
+    out = cw.detach().to(dtype=torch.float32)
+    if stream is not None:
+        out = out.clone()
+    _uncast(module, cw, cb, stream)
+    return out
+
+
 class _Recast(torch.autograd.Function):
     """A ComfyUI cast layer (``comfy/ops.py`` ``forward_comfy_cast_weights``) whose backward casts the frozen
     weight again instead of keeping the forward's cast copy alive: an fp8, quantized, manual-cast or streamed

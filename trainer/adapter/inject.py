@@ -18,7 +18,9 @@ def _injection(network, root_key: str, get_root: Callable[[Any], torch.nn.Module
 
     def inject(patcher):
         network.to(patcher.load_device)
-        network.install({root_key: get_root(patcher)})
+        from .autograd import dense_weight
+
+        network.install({root_key: get_root(patcher)}, weight_reader=dense_weight)
 
     def eject(patcher):
         network.remove()

@@ -220,7 +220,9 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
     for p in net.parameters():
         p.requires_grad_(True)
     root = model.diffusion_model
-    net.install({UNET_ROOT: root})
+    from .autograd import dense_weight
+
+    net.install({UNET_ROOT: root}, weight_reader=dense_weight)
     b = x_shape[0]
     opts = {"optimized_attention_override": planning_attention, "cond_or_uncond": [0] * b}
     try:
