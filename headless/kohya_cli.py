@@ -192,7 +192,7 @@ OPTIONS: tuple[Option, ...] = (
                                                       "area")),
     _o("token_warmup_min", int, 1, M, f"{CAPTIONS}.token_warmup_min"),
     _o("token_warmup_step", float, 0, M, f"{CAPTIONS}.token_warmup_step"),
-    _o("alpha_mask", FLAG, False, U),
+    _o("alpha_mask", FLAG, False, M, f"{LOAD_DATASET}.alpha_mask (the fallback of a dataset TOML's subsets)"),
     _o("dataset_class", str, None, U),
     _o("caption_dropout_rate", float, 0.0, M, f"{CAPTIONS}.caption_dropout_rate"),
     _o("caption_dropout_every_n_epochs", int, 0, M, f"{CAPTIONS}.caption_dropout_every_n_epochs"),
@@ -286,7 +286,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("output_config", FLAG, False, U),
     _o("prior_loss_weight", float, 1.0, M, f"{NOISE_LOSS}.prior_loss_weight"),
     _o("conditioning_data_dir", str, None, U),
-    _o("masked_loss", FLAG, False, U),
+    _o("masked_loss", FLAG, False, M, f"{NOISE_LOSS}.masked_loss (masks: conditioning_data_dir in the dataset TOML)"),
     # deepspeed
     _o("deepspeed", FLAG, False, U, _DS),
     _o("zero_stage", int, 2, U, _DS, choices=(0, 1, 2, 3)),
@@ -1019,6 +1019,7 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(LOAD_DATASET, SubsetConfig, "caption_extension", a.caption_extention or a.caption_extension,
             "--caption_extension")
     inp.put(LOAD_DATASET, SubsetConfig, "num_repeats", 1, "(folder names give the repeats)")
+    inp.put(LOAD_DATASET, SubsetConfig, "alpha_mask", bool(a.alpha_mask), "--alpha_mask")
     inp.put(LOAD_DATASET, SubsetConfig, "class_tokens", "", "(folder names give the class tokens)")
     caption_values = {n: getattr(a, n) for n in CAPTION_OPTION_NAMES}
     captions_set = any(_differs(v, getattr(CaptionOptions(), n)) for n, v in caption_values.items()) or a.flip_aug
@@ -1184,6 +1185,7 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(NOISE_LOSS, TrainConfig, "huber_c", a.huber_c, "--huber_c")
     inp.put(NOISE_LOSS, TrainConfig, "huber_scale", a.huber_scale, "--huber_scale")
     inp.put(NOISE_LOSS, TrainConfig, "prior_loss_weight", a.prior_loss_weight, "--prior_loss_weight")
+    inp.put(NOISE_LOSS, TrainConfig, "masked_loss", bool(a.masked_loss), "--masked_loss")
     inp.put(NOISE_LOSS, TrainConfig, "debiased_estimation_loss", a.debiased_estimation_loss,
             "--debiased_estimation_loss")
     inp.put(NOISE_LOSS, TrainConfig, "scale_v_pred_loss_like_noise_pred", a.scale_v_pred_loss_like_noise_pred,

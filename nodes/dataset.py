@@ -85,6 +85,11 @@ class LoadDataset(io.ComfyNode):
                        extra_tooltip="For a TOML it is the fallback when no level sets it."),
                 widget(SubsetConfig, "num_repeats", extra_tooltip="Folders named '<N>_<tokens>' use N instead."),
                 widget(SubsetConfig, "class_tokens", extra_tooltip="Folders named '<N>_<tokens>' use their tokens."),
+                widget(SubsetConfig, "alpha_mask", optional=True,
+                       extra_tooltip="For a TOML it is the fallback when no level sets it."),
+                widget(SubsetConfig, "conditioning_data_dir", optional=True,
+                       extra_tooltip="A folder inside ComfyUI's input folder, or absolute; for a folder dataset (all "
+                                     "its subfolders), a TOML sets it per subset. Empty = no masks."),
                 receiver_input(BY_NAME["captions"]),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
@@ -101,7 +106,8 @@ class LoadDataset(io.ComfyNode):
             return ""
 
     @classmethod
-    def execute(cls, path, caption_extension, num_repeats, class_tokens, caption_settings=None) -> io.NodeOutput:
+    def execute(cls, path, caption_extension, num_repeats, class_tokens, caption_settings=None, alpha_mask=False,
+                conditioning_data_dir="") -> io.NodeOutput:
         from ..trainer.dataset import load_folder, load_toml
 
         uid = cls.hidden.unique_id
@@ -117,12 +123,18 @@ class LoadDataset(io.ComfyNode):
         if os.path.isfile(full):
             if not full.lower().endswith(".toml"):
                 raise ValueError(f"Load Dataset: {full} is a file but not a .toml dataset config")
+            if (conditioning_data_dir or "").strip():
+                raise ValueError("Load Dataset: conditioning_data_dir is for a folder dataset; in a dataset TOML set "
+                                 "conditioning_data_dir in each [[datasets.subsets]] that has masks")
             defaults = {"caption_extension": caption_extension, "num_repeats": num_repeats,
-                        "class_tokens": class_tokens or None, "flip_aug": flip_aug, **values}
+                        "class_tokens": class_tokens or None, "flip_aug": flip_aug, "alpha_mask": bool(alpha_mask),
+                        **values}
             ds = load_toml(full, defaults=defaults)
         else:
+            masks = resolve_dataset_path(conditioning_data_dir) if (conditioning_data_dir or "").strip() else None
             ds = load_folder(full, caption_extension=caption_extension, num_repeats=num_repeats,
-                             class_tokens=class_tokens or None, caption=caption, flip_aug=flip_aug)
+                             class_tokens=class_tokens or None, caption=caption, flip_aug=flip_aug,
+                             alpha_mask=bool(alpha_mask), conditioning_data_dir=masks)
         for p, why in ds.skipped:
             log.warning("Load Dataset: skipped %s: %s", p, why)
         summary = (f"{len(ds.images)} images in {len(ds.subsets)} folder(s), {len(ds.skipped)} skipped"

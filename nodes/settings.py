@@ -62,14 +62,15 @@ TOPICS = (
           "noise_loss_settings", "Train LoRA",
           "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3, FLUX and the newer "
           "families) timestep sampling and guidance; then sd-scripts' other noise options (pyramid noise, input "
-          "perturbation, adaptive offset), the huber schedule, the other loss weights and zero terminal SNR.",
+          "perturbation, adaptive offset), the huber schedule, the other loss weights, zero terminal SNR and the "
+          "masked loss.",
           ((TrainConfig, ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type",
                           "timestep_sampling", "sigmoid_scale", "discrete_flow_shift", "guidance_scale",
                           "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
                           "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength",
                           "huber_schedule", "huber_c", "huber_scale", "debiased_estimation_loss",
                           "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr",
-                          "prior_loss_weight")),)),
+                          "prior_loss_weight", "masked_loss")),)),
     Topic("checkpoints", "LoraLoop_CheckpointSettings", "Checkpoints & Resume (LoRA Loop)", CheckpointSettingsIO,
           "checkpoint_settings", "Train LoRA",
           "Periodic checkpoints (LoRA + resumable state) into <loras>/<output_name>_checkpoints, how many to keep, "

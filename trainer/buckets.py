@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from .dataset import GroupConfig, ImageRecord, LoraDataset
-from .images import DEFAULT_MAX_PIXELS, ImageError, open_rgb
+from .images import DEFAULT_MAX_PIXELS, ImageError, open_mask, open_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -219,16 +219,8 @@ def check_reso_steps(plan: BucketPlan, min_steps: int) -> None:
                              f"multiple of {min_steps}")
 
 
-def load_training_pixels(
-    record: ImageRecord, assignment: BucketAssignment, flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> torch.Tensor:
-    """Decode, resize, centre-trim and optionally flip one image: float32 (H, W, 3) in [0, 1] of
-    exactly the bucket size (ComfyUI IMAGE layout without the batch dimension)."""
-    im = open_rgb(record.path, max_pixels)
-    if im.size != tuple(assignment.original):
-        raise ImageError(record.path, f"image is now {im.size[0]}x{im.size[1]}, was "
-                         f"{assignment.original[0]}x{assignment.original[1]} when the dataset was loaded",
-                         "reload the dataset")
+def _fit(im: Image.Image, assignment: BucketAssignment, flip: bool) -> Image.Image:
+    """Resize, centre-trim and optionally flip one (oriented, original-size) image to its bucket."""
     rw, rh = assignment.resized
     if (rw, rh) != im.size:
         shrink = im.size[0] >= rw and im.size[1] >= rh
@@ -239,6 +231,42 @@ def load_training_pixels(
         im = im.crop((left, top, left + bw, top + bh))
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return im
+
+
+def load_training_mask(record: ImageRecord, alpha: bool, assignment: BucketAssignment, flip: bool = False,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """The loss mask of one image, resized, trimmed and flipped exactly as its pixels: float32 (H, W) in [0, 1] of
+    the bucket size. From the image's transparency (``alpha``) or from its mask image (``record.mask_path``), which
+    is scaled to the image's size first (it must have the image's aspect ratio)."""
+    path = record.path if alpha else record.mask_path
+    im = open_mask(path, alpha, max_pixels)
+    w, h = assignment.original
+    if im.size != (w, h):
+        if alpha:
+            raise ImageError(record.path, f"image is now {im.size[0]}x{im.size[1]}, was {w}x{h} when the dataset was "
+                             "loaded", "reload the dataset")
+        mw, mh = im.size
+        if abs(mw / mh - w / h) > 0.01 * (w / h):
+            raise ImageError(path, f"mask is {mw}x{mh}, its image {record.path} is {w}x{h}: another aspect ratio",
+                             "make the mask the image's size (white = train, black = ignore)")
+        im = im.resize((w, h), Image.Resampling.BOX if mw >= w and mh >= h else Image.Resampling.LANCZOS)
+    arr = np.asarray(_fit(im, assignment, flip), dtype=np.uint8)
+    return torch.from_numpy(arr.astype(np.float32) / 255.0)
+
+
+def load_training_pixels(
+    record: ImageRecord, assignment: BucketAssignment, flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """Decode, resize, centre-trim and optionally flip one image: float32 (H, W, 3) in [0, 1] of
+    exactly the bucket size (ComfyUI IMAGE layout without the batch dimension)."""
+    im = open_rgb(record.path, max_pixels)
+    if im.size != tuple(assignment.original):
+        raise ImageError(record.path, f"image is now {im.size[0]}x{im.size[1]}, was "
+                         f"{assignment.original[0]}x{assignment.original[1]} when the dataset was loaded",
+                         "reload the dataset")
+    im = _fit(im, assignment, flip)
+    bw, bh = assignment.bucket
     arr = np.asarray(im, dtype=np.uint8)
     out = torch.from_numpy(arr.astype(np.float32) / 255.0)
     if tuple(out.shape) != (bh, bw, 3):  # pragma: no cover - guarded by the arithmetic above

@@ -261,6 +261,10 @@ class TrainConfig:
     prior_loss_weight: float = option(1.0, "Loss weight of regularisation images (subsets with is_reg; kohya "
                                            "prior_loss_weight, default 1.0): each reg sample's loss is multiplied "
                                            "by it.", min=0.0, max=100.0, step=0.01)
+    masked_loss: bool = option(False, "Train only where each image's mask allows (kohya masked_loss): the mask images "
+                                      "of the dataset's conditioning_data_dir (white trains, black is ignored). The "
+                                      "loss is averaged over the mask's area; images with alpha_mask use their "
+                                      "transparency even without this.")
     guidance_scale: float = option(1.0, "FLUX.1 dev, FLUX.2 dev and other models with a distilled-guidance input: "
                                         "guidance value fed to the model while "
                                         "training. 1.0 as sd-scripts recommends for LoRA (kohya's CLI default 3.5): "

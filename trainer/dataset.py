@@ -42,6 +42,13 @@ class SubsetConfig:
     is_reg: bool = option(False, "Regularisation (prior preservation) images.")
     caption: CaptionOptions = option(help="Caption processing.", default_factory=CaptionOptions)
     group_index: int = option(0, "Index of the dataset group this subset belongs to.")
+    alpha_mask: bool = option(False, "Use each image's transparency as its loss mask: transparent pixels do not "
+                                     "train, half-transparent ones at half weight (kohya alpha_mask; applies "
+                                     "without masked_loss). Images without transparency train everywhere.")
+    conditioning_data_dir: str | None = option(None, "Folder of mask images, one per training image with the same "
+                                                     "file name (any image extension): white trains, black is "
+                                                     "ignored, grey in between (the red channel; kohya "
+                                                     "conditioning_data_dir). Used with masked_loss.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caption_extension", normalize_extension(self.caption_extension))
@@ -89,6 +96,7 @@ class ImageRecord:
     sha256: str
     subset_index: int
     group_index: int
+    mask_path: str | None = None  # its mask image (the subset's conditioning_data_dir), None without
 
 
 @dataclass
@@ -232,11 +240,26 @@ def _list_images(image_dir: str) -> list[str]:
     return [os.path.join(image_dir, n) for n in names if is_image_file(n) and os.path.isfile(os.path.join(image_dir, n))]
 
 
+def _mask_images(sub: SubsetConfig) -> dict[str, str]:
+    """The mask images of a subset by file stem (its ``conditioning_data_dir``); {} without one."""
+    if not sub.conditioning_data_dir:
+        return {}
+    folder = sub.conditioning_data_dir
+    if not os.path.isdir(folder):
+        raise ValueError(f"conditioning_data_dir {folder} (the mask images of {sub.image_dir}) is not a folder")
+    out: dict[str, str] = {}
+    for path in _list_images(folder):
+        out.setdefault(os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
+    return out
+
+
 def _scan_subset(
     sub: SubsetConfig, subset_index: int, images: list[ImageRecord], skipped: list[tuple[str, str]], max_pixels: int
 ) -> int:
     found = 0
     uncaptioned = 0
+    masks = _mask_images(sub)
+    no_mask: list[str] = []
     for path in _list_images(sub.image_dir):
         path = os.path.abspath(path)
         try:
@@ -258,8 +281,15 @@ def _scan_subset(
         if cap is None:
             cap = sub.class_tokens if sub.class_tokens is not None else ""
             uncaptioned += not cap
-        images.append(ImageRecord(path, cap, w, h, digest, subset_index, sub.group_index))
+        mask = masks.get(os.path.splitext(os.path.basename(path))[0])
+        if sub.conditioning_data_dir and mask is None:
+            no_mask.append(os.path.basename(path))
+        images.append(ImageRecord(path, cap, w, h, digest, subset_index, sub.group_index, mask))
         found += 1
+    if no_mask:
+        raise ValueError(f"{len(no_mask)} images of {sub.image_dir} have no mask image in conditioning_data_dir "
+                         f"{sub.conditioning_data_dir} (e.g. {no_mask[0]}): give each image a mask of the same file "
+                         "name (white = train, black = ignore), or clear conditioning_data_dir")
     logger.info("%s: %d images (x%d repeats)", sub.image_dir, found, sub.num_repeats)
     if uncaptioned:
         logger.warning("%d of %d images in %s have no caption file ('<image name>%s') and the folder sets no class "
@@ -303,8 +333,11 @@ def load_folder(
     flip_aug: bool = False,
     group: GroupConfig = GroupConfig(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    alpha_mask: bool = False,
+    conditioning_data_dir: str | None = None,
 ) -> LoraDataset:
-    """Load a kohya DreamBooth-style folder (see the module doc). One group, one or more subsets."""
+    """Load a kohya DreamBooth-style folder (see the module doc). One group, one or more subsets; the masks
+    (``alpha_mask``, ``conditioning_data_dir``: one mask folder for every subset) as :class:`SubsetConfig`'s."""
     path = _absolute(path, "dataset folder")
     if not os.path.isdir(path):
         raise ValueError(f"dataset folder not found: {path}")
@@ -316,7 +349,10 @@ def load_folder(
 
     def make(image_dir: str, repeats: int, tokens: str | None) -> SubsetConfig:
         return SubsetConfig(image_dir=image_dir, num_repeats=repeats, caption_extension=caption_extension,
-                            class_tokens=tokens, flip_aug=flip_aug, caption=caption, group_index=0)
+                            class_tokens=tokens, flip_aug=flip_aug, caption=caption, group_index=0,
+                            alpha_mask=alpha_mask,
+                            conditioning_data_dir=_absolute(conditioning_data_dir, "conditioning_data_dir")
+                            if conditioning_data_dir else None)
 
     if _list_images(path):
         repeats, tokens = num_repeats, class_tokens
@@ -376,6 +412,8 @@ SUPPORTED_KEYS: dict[str, tuple[str, str]] = {
     "caption_extension": (_STR, _GDS),
     "class_tokens": (_STR, _GDS),
     "flip_aug": (_BOOL, _GDS),
+    "alpha_mask": (_BOOL, _GDS),
+    "conditioning_data_dir": (_STR, _S),
     "shuffle_caption": (_BOOL, _GDS),
     "keep_tokens": (_INT, _GDS),
     "keep_tokens_separator": (_STR, _GDS),
@@ -402,7 +440,6 @@ IGNORED_KEYS: dict[str, tuple[str, str]] = {
     "network_multiplier": ("any", _GD),
     "validation_seed": ("any", _GD),
     "validation_split": ("any", _GD),
-    "alpha_mask": ("bool", _S),
 }
 
 def _toml_module():
@@ -425,7 +462,7 @@ _LEVEL_NAMES = {"g": "[general]", "d": "[[datasets]]", "s": "[[datasets.subsets]
 _ARGPARSE_ALIASES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
 _GROUP_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                "bucket_reso_steps", "bucket_no_upscale")
-_SUBSET_KEYS = ("num_repeats", "caption_extension", "class_tokens", "flip_aug", "is_reg")
+_SUBSET_KEYS = ("num_repeats", "caption_extension", "class_tokens", "flip_aug", "is_reg", "alpha_mask")
 
 
 def _allowed_at(level: str) -> list[str]:
@@ -493,10 +530,10 @@ def _validate_table(table: Mapping[str, Any], level: str, where: str, toml_path:
     for key, value in table.items():
         if level == "d" and key == "subsets":
             continue
-        if key in ("metadata_file", "conditioning_data_dir"):
+        if key == "metadata_file":
             raise ValueError(
-                f"{toml_path}: {where} uses '{key}': fine-tuning (metadata_file) and ControlNet subsets are not "
-                "supported; use image_dir with caption files next to the images")
+                f"{toml_path}: {where} uses '{key}': fine-tuning (metadata_file) subsets are not supported; use "
+                "image_dir with caption files next to the images")
         spec = SUPPORTED_KEYS.get(key) or IGNORED_KEYS.get(key)
         if spec is None:
             raise ValueError(
@@ -641,7 +678,13 @@ def read_dataset_toml(path: str, *, defaults: Mapping[str, Any] | None = None) -
                 continue
             try:
                 cap = _build(CaptionOptions, CAPTION_OPTION_NAMES, layers)
-                sub = _build(SubsetConfig, _SUBSET_KEYS, layers, image_dir=image_dir, caption=cap, group_index=gi)
+                masks = subset.get("conditioning_data_dir")
+                if masks:
+                    masks = os.path.normpath(os.path.join(base_dir, os.path.expanduser(masks)))
+                    if not os.path.isdir(masks):
+                        raise ValueError(f"conditioning_data_dir not found: {masks}")
+                sub = _build(SubsetConfig, _SUBSET_KEYS, layers, image_dir=image_dir, caption=cap, group_index=gi,
+                             conditioning_data_dir=masks or None)
             except ValueError as e:
                 raise ValueError(f"{path}: {where_s}: {e}") from e
             subsets.append(sub)

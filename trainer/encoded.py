@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .batching import Sample
-from .buckets import BucketAssignment, BucketPlan, load_training_pixels
+from .buckets import BucketAssignment, BucketPlan, load_training_mask, load_training_pixels
 from .captions import is_deterministic
 from .dataset import LoraDataset
 
@@ -34,6 +34,9 @@ class EncodedDataset:
     vae_id: str = ""
     clip_id: str | None = None
     stats: dict = field(default_factory=dict)           # {"encoded": n, "memory_hits": n, "disk_hits": n}
+    #: (image_index, flipped) -> loss mask at the latent's size (h, w) in [0, 1], for the images whose subset has
+    #: masks (alpha_mask or conditioning_data_dir); see :func:`latent_mask`
+    masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
         return (f"EncodedDataset({len(self.dataset.images)} images, {len(self.latents)} latents, "
@@ -49,6 +52,32 @@ class EncodedDataset:
 
     def deterministic_captions(self) -> bool:
         return all(is_deterministic(s.caption) for s in self.dataset.subsets)
+
+    def loss_masks(self, samples: list[Sample], masked_loss: bool, like: torch.Tensor) -> torch.Tensor | None:
+        """The loss masks of a batch, (B, 1, h, w) like ``like`` (B, C, h, w): an alpha-mask subset's always, a mask
+        folder's with ``masked_loss`` (sd-scripts' rules), 1 for the other samples. None when no sample has one."""
+        out, any_mask = [], False
+        for s in samples:
+            sub = self.dataset.subsets[self.dataset.images[s.image_index].subset_index]
+            m = self.masks.get((s.image_index, s.flip)) if (sub.alpha_mask or masked_loss) else None
+            any_mask |= m is not None
+            out.append(m)
+        if not any_mask:
+            return None
+        h, w = like.shape[-2:]
+        ones = torch.ones((h, w), dtype=torch.float32)
+        masks = torch.stack([ones if m is None else m for m in out]).unsqueeze(1)
+        return masks.reshape((len(samples), 1) + (1,) * (like.dim() - 4) + (h, w)).to(like.device)
+
+
+def latent_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A (H, W) pixel mask at the latent's size (h, w): the mean of each latent pixel's area (sd-scripts
+    ``apply_masked_loss``: ``interpolate(mode="area")``)."""
+    return torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(hw), mode="area")[0, 0]
+
+
+def has_masks(dataset: LoraDataset) -> bool:
+    return any(s.alpha_mask or s.conditioning_data_dir for s in dataset.subsets)
 
 
 def latent_cache_key(sha256: str, vae_id: str, a: BucketAssignment, flip: bool) -> str:
@@ -137,4 +166,11 @@ def encode_dataset(dataset: LoraDataset, plan: BucketPlan, *, vae_id: str,
             done += len(chunk)
             if progress:
                 progress(done, total)
-    return EncodedDataset(dataset=dataset, plan=plan, latents=latents, vae_id=vae_id, stats=stats)
+    masks: dict[tuple[int, bool], torch.Tensor] = {}
+    for i, flip in wanted:  # cheap beside the VAE: read again each time (the latent cache does not hold them)
+        rec = dataset.images[i]
+        sub = dataset.subsets[rec.subset_index]
+        if sub.alpha_mask or rec.mask_path:
+            pixels = load_training_mask(rec, sub.alpha_mask, plan.assignments[i], flip)
+            masks[(i, flip)] = latent_mask(pixels, tuple(latents[(i, flip)].shape[-2:]))
+    return EncodedDataset(dataset=dataset, plan=plan, latents=latents, vae_id=vae_id, stats=stats, masks=masks)

@@ -218,3 +218,28 @@ def open_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
     return rgb
+
+
+def open_mask(path: str, alpha: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A loss mask as an upright 8-bit ``L`` image (255 = train, 0 = ignore): the transparency of ``path``
+    (``alpha``: sd-scripts ``alpha_mask``; an image without transparency is opaque everywhere), else the red channel
+    of the mask image ``path`` (sd-scripts' ``conditioning_data_dir`` masks; a grey mask is its grey level).
+
+    Raises :class:`ImageError` for missing, non-image, corrupt, truncated or oversized files."""
+    im = _open_checked(path, max_pixels)
+    try:
+        orientation = _orientation(im)
+        try:
+            im.load()
+            if alpha:
+                mask = im.convert("RGBA").getchannel("A") if _has_transparency(im) else \
+                    Image.new("L", im.size, 255)
+            else:
+                mask = _to_rgb(im).getchannel("R")
+        except _DECODE_ERRORS as e:
+            raise ImageError(path, f"image data is corrupt or truncated: {e}") from e
+    finally:
+        im.close()
+    if orientation in _TRANSPOSE:
+        mask = mask.transpose(_TRANSPOSE[orientation])
+    return mask

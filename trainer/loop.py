@@ -261,6 +261,7 @@ class Trainer:
             if shard is not None and shard[0] == shard[1]:
                 continue  # fewer samples than processes: this rank only joins the gradient sum
             x0, conds = self._batch_inputs(pos, samples, shard)
+            mask = self.data.loss_masks(samples, cfg.masked_loss, x0)
             noise = self.noise.noise(x0, gen)  # + offset / adaptive / pyramid noise (sd-scripts' order)
             sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
             sigma = sigma.to(x0.device)
@@ -268,6 +269,7 @@ class Trainer:
             if shard is not None:
                 lo, hi = shard
                 x0, noise, input_noise, sigma = x0[lo:hi], noise[lo:hi], input_noise[lo:hi], sigma[lo:hi]
+                mask = mask[lo:hi] if mask is not None else None
             x_t = self.objective.noisy(x0, input_noise, sigma)
             with self.model.autocast():
                 denoised = self.model.denoise(x_t, sigma, conds)
@@ -275,7 +277,7 @@ class Trainer:
             target = self.objective.target(x0, noise, sigma)
             huber_c = self.objective.huber_threshold(sigma, **self.huber) if self.huber is not None else None
             weights = self.objective.loss_weight(sigma, **self.weighting)
-            per_sample = per_sample_loss(pred, target, cfg.loss_type, huber_c) * weights
+            per_sample = per_sample_loss(pred, target, cfg.loss_type, huber_c, mask) * weights
             if cfg.prior_loss_weight != 1.0:  # kohya: regularisation samples' loss x prior_loss_weight
                 per_sample = per_sample * self._prior_weights(samples[shard[0]:shard[1]] if shard else samples,
                                                               per_sample)

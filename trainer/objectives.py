@@ -117,13 +117,16 @@ def make_noise(x0: torch.Tensor, generator: torch.Generator, noise_offset: float
 
 def per_sample_loss(
     pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-    huber_c: Union[float, torch.Tensor, None] = 0.1,
+    huber_c: Union[float, torch.Tensor, None] = 0.1, mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Element loss averaged over every non-batch dim -> (B,) float32.
 
     ``l2`` (mean squared error), ``l1``, ``huber`` = ``2c(sqrt(d^2+c^2)-c)`` and
     ``smooth_l1`` = ``2(sqrt(d^2+c^2)-c)`` (sd-scripts ``conditional_loss``); ``huber_c`` is one
     number or one per sample (B,), as :meth:`DiscreteObjective.huber_threshold` schedules it.
+    ``mask`` (B, 1, ..., h, w) in [0, 1] (masked loss): each element's loss times its pixel's mask, averaged over the
+    mask's area, ``sum(loss * mask) / (C * sum(mask))`` (sd-scripts averages over the whole latent instead, so a
+    small mask also trains with a smaller loss there); a sample whose mask is 0 everywhere gives 0.
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
@@ -144,6 +147,10 @@ def per_sample_loss(
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
     if el.ndim == 1:
         return el
+    if mask is not None:
+        mask = mask.to(el.dtype)
+        area = mask.expand_as(el).reshape(el.shape[0], -1).sum(dim=1)
+        return (el * mask).reshape(el.shape[0], -1).sum(dim=1) / area.clamp_min(1e-12)
     return el.reshape(el.shape[0], -1).mean(dim=1)
 
 

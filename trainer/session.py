@@ -190,6 +190,10 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
 
 def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resume_source, preview, vae, on_state,
            model_name, outcome) -> SessionResult:
+    if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for s in data.dataset.subsets):
+        raise ValueError("masked_loss: the dataset has no masks. Give its subsets a conditioning_data_dir (a folder of "
+                         "mask images with the images' file names; Load Dataset's conditioning_data_dir) or turn "
+                         "alpha_mask on for transparent images")
     data, held_out = validation.split(data, cfg.validation_split, validation.validation_seed(cfg))
     family = ca.detect_family(model)
     if network.family and network.family != family.name:

@@ -55,7 +55,9 @@ def _part(data: EncodedDataset, chosen: list[int], repeats_once: bool) -> Encode
     part = dataclasses.replace(part, plan=new_plan)
     latents = {(new, flip): data.latents[(old, flip)] for new, old in enumerate(chosen) for flip in (False, True)
                if (old, flip) in data.latents}
-    return dataclasses.replace(data, dataset=part, plan=new_plan, latents=latents)
+    masks = {(new, flip): data.masks[(old, flip)] for new, old in enumerate(chosen) for flip in (False, True)
+             if (old, flip) in data.masks}
+    return dataclasses.replace(data, dataset=part, plan=new_plan, latents=latents, masks=masks)
 
 
 def split(data: EncodedDataset, fraction: float, seed: int) -> tuple[EncodedDataset, EncodedDataset | None]:
@@ -173,6 +175,7 @@ class Validator:
             with torch.no_grad(), _rng_kept():
                 for b, samples in enumerate(self.batches):
                     x0, conds = self._inputs(trainer, b, samples)
+                    mask = self.data.loss_masks(samples, cfg.masked_loss, x0)
                     for k, s in enumerate(sigmas):
                         gen = _seeded(self.seed, b, k)
                         noise = trainer.noise.noise(x0, gen)
@@ -185,7 +188,7 @@ class Validator:
                         target = objective.target(x0, noise, sigma)
                         huber_c = objective.huber_threshold(sigma, **trainer.huber) if trainer.huber else None
                         weights = objective.loss_weight(sigma, **trainer.weighting)
-                        total += (per_sample_loss(pred, target, cfg.loss_type, huber_c) * weights).mean().item()
+                        total += (per_sample_loss(pred, target, cfg.loss_type, huber_c, mask) * weights).mean().item()
                         n += 1
         finally:
             trainer.network.train(was_training)

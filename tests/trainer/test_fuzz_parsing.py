@@ -491,6 +491,7 @@ def valid_tables(draw, level: str):
         "caption_suffix": st.text(max_size=5), "caption_dropout_rate": rates, "caption_tag_dropout_rate": rates,
         "caption_dropout_every_n_epochs": st.integers(0, 100_000), "token_warmup_min": st.integers(0, 255),
         "token_warmup_step": st.one_of(st.integers(0, 10_000), st.floats(0.0, 0.99)),
+        "conditioning_data_dir": st.sampled_from(EXISTING_DIRS),
     }
     keys = draw(st.lists(st.sampled_from(LEVEL_KEYS[level]), max_size=6, unique=True))
     table = {}
@@ -554,8 +555,10 @@ def test_toml_valid_documents_and_precedence(tmp_path_factory, doc, headers):
             assert sub.image_dir == os.path.normpath(os.path.join(d, s["image_dir"].replace("@ABS@", abs_img)))
             for key in CAPTION_OPTION_NAMES:
                 assert getattr(sub.caption, key) == _first(key, layers, getattr(CaptionOptions(), key)), key
-            for key in ("num_repeats", "class_tokens", "flip_aug", "is_reg"):
+            for key in ("num_repeats", "class_tokens", "flip_aug", "is_reg", "alpha_mask"):
                 assert getattr(sub, key) == _first(key, layers, getattr(SubsetConfig(image_dir="x"), key)), key
+            masks = s.get("conditioning_data_dir")  # a subset key, relative to the TOML's folder
+            assert sub.conditioning_data_dir == (os.path.normpath(os.path.join(d, masks)) if masks else None)
             assert sub.caption_extension == normalize_extension(_first("caption_extension", layers, ".txt"))
 
 

@@ -219,13 +219,13 @@ def test_unsupported_arguments_one_message():
                           "--loss_type", "huber", "--fused_backward_pass", "--network_module", "networks.oft",
                           "--network_args", "ggpo_beta=0.01", "split_qkv=True", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
-    for name in ("--masked_loss", "--color_aug", "--random_crop",
+    for name in ("--color_aug", "--random_crop",
                  "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
                  "--network_module=networks.oft", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
         assert name in msg, name
     # the loss and noise options are implemented (mapped)
     for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
-                 "--zero_terminal_snr", "--loss_type"):
+                 "--zero_terminal_snr", "--loss_type", "--masked_loss"):
         assert name not in msg, name
 
 
@@ -236,8 +236,8 @@ def test_unsupported_at_their_default_values_pass():
 
 
 def test_unknown_and_unsupported_together():
-    msg = refused(BASE + ["--nope", "--masked_loss"])
-    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "masked_loss" in msg
+    msg = refused(BASE + ["--nope", "--color_aug"])
+    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "color_aug" in msg
 
 
 def test_flow_sampling_choices():
@@ -500,6 +500,8 @@ def test_warmup_ratio_and_optimizer_args():
 # ------------------------------------------------------------------------------------------ every mapped value
 MAPPED_VALUES = [
     (["--shuffle_caption"], "LoraLoop_CaptionSettings", "shuffle_caption", True),
+    (["--masked_loss"], "LoraLoop_NoiseLossSettings", "masked_loss", True),
+    (["--alpha_mask"], "LoraLoop_LoadDataset", "alpha_mask", True),
     (["--validation_split", "0.25"], "LoraLoop_ValidationSettings", "validation_split", 0.25),
     (["--validation_seed", "9"], "LoraLoop_ValidationSettings", "validation_seed", 9),
     (["--validate_every_n_steps", "10"], "LoraLoop_ValidationSettings", "validate_every_n_steps", 10),
@@ -722,7 +724,7 @@ def test_every_emitted_input_name_is_a_node_input():
                     "adaptive_noise_scale", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
                     "ip_noise_gamma_random_strength", "huber_schedule", "huber_c", "huber_scale",
                     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-                    "prior_loss_weight",
+                    "prior_loss_weight", "masked_loss",
                     "zero_terminal_snr")
     main_fields = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed", "memory_mode",
                    "blocks_to_swap")
@@ -734,7 +736,7 @@ def test_every_emitted_input_name_is_a_node_input():
                                "scale_weight_norms")
     allowed = {
         "LoraLoop_LoadDataset": {"path", "caption_settings"} | _field_inputs(
-            dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens")),
+            dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens", "alpha_mask")),
         "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug"},
         "LoraLoop_BucketImages": {"dataset"} | _field_inputs(dataset_mod.GroupConfig),
         "LoraLoop_EncodeDataset": {"dataset", "vae", "clip", "cache_latents_to_disk", "vae_batch_size"},
