@@ -227,7 +227,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("save_state_on_train_end", FLAG, False, U),
     _o("resume", str, None, M, f"{CHECKPOINTS}.resume_from (a LoRA Loop -state.json, not an accelerate folder)"),
     _o("train_batch_size", int, 1, M, f"{BUCKETS}.batch_size"),
-    _o("max_token_length", int, None, U, "ComfyUI chunks long captions itself", choices=(None, 150, 225)),
+    _o("max_token_length", int, None, M, f"{ENCODE}.max_token_length (not given: 75, sd-scripts' cut)",
+       choices=(None, 150, 225)),
     _o("mem_eff_attn", FLAG, False, A, _SPEED),
     _o("torch_compile", FLAG, False, A, _SPEED),
     _o("dynamo_backend", str, "inductor", A, _SPEED, choices=(
@@ -1043,6 +1044,7 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     if not 1 <= a.vae_batch_size <= 64:
         invalid.append(f"--vae_batch_size {a.vae_batch_size}: between 1 and 64")
     inp.raw(ENCODE, "vae_batch_size", a.vae_batch_size)
+    inp.raw(ENCODE, "max_token_length", a.max_token_length or 75)  # sd-scripts: None = 75 tokens
     # network
     train_te = not a.network_train_unet_only and a.model_type != "chroma"
     # sd-scripts applies the text-encoder LoRA (T5-XXL's too) only when the text encoders train

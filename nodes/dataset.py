@@ -6,6 +6,7 @@ import os
 
 from ..trainer.captions import CaptionOptions
 from ..trainer.dataset import GroupConfig, LoraDataset, SubsetConfig
+from ..trainer.encoded import EncodeConfig
 from . import legacy
 from ._api import CATEGORY, LoraDataset as LoraDatasetIO, io
 from .progress import show_text
@@ -193,17 +194,17 @@ class EncodeDataset(io.ComfyNode):
                 io.Clip.Input("clip", optional=True,
                               tooltip="CLIP of the checkpoint. When given, captions are encoded once here; leave it "
                                       "unconnected if the text encoder is trained (Train LoRA encodes then)."),
-                io.Boolean.Input("cache_latents_to_disk", default=True,
-                                 tooltip="Also keep latents on disk (ComfyUI temp/output 'lora_loop_cache' folder) so a "
-                                         "restarted ComfyUI does not re-encode unchanged images."),
-                io.Int.Input("vae_batch_size", default=4, min=1, max=64, tooltip="Images per VAE encode call."),
+                widget(EncodeConfig, "cache_latents_to_disk"),
+                widget(EncodeConfig, "vae_batch_size"),
+                widget(EncodeConfig, "max_token_length", optional=True),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The encoded dataset for Train LoRA.")],
         )
 
     @classmethod
-    def execute(cls, dataset, vae, clip=None, cache_latents_to_disk=True, vae_batch_size=4) -> io.NodeOutput:
+    def execute(cls, dataset, vae, clip=None, cache_latents_to_disk=True, vae_batch_size=4,
+                max_token_length=0) -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -213,13 +214,16 @@ class EncodeDataset(io.ComfyNode):
 
         if not isinstance(dataset, LoraDataset):
             raise TypeError("Encode Dataset needs the dataset from Load Dataset / Bucket Images")
+        cfg = EncodeConfig(cache_latents_to_disk=cache_latents_to_disk, vae_batch_size=vae_batch_size,
+                           max_token_length=max_token_length)
         plan = getattr(dataset, "plan", None) or plan_buckets(dataset)
         cache_dir = os.path.join(folder_paths.get_output_directory(), "lora_loop_cache", "latents") \
             if cache_latents_to_disk else None
         pbar = comfy.utils.ProgressBar(max(1, len(dataset.images)))
         enc = encode_dataset(dataset, plan, vae_id=ca.vae_fingerprint(vae),
                              encode_pixels=lambda px: ca.encode_latents(vae, px), cache_dir=cache_dir,
-                             batch_size=vae_batch_size, progress=lambda d, t: pbar.update_absolute(d, t))
+                             batch_size=cfg.vae_batch_size, progress=lambda d, t: pbar.update_absolute(d, t))
+        enc.max_token_length = cfg.max_token_length
         log.info("Encode Dataset: %d latents (%d encoded, %d from memory, %d from disk)", len(enc.latents),
                  enc.stats["encoded"], enc.stats["memory_hits"], enc.stats["disk_hits"])
         if clip is not None and enc.deterministic_captions():
@@ -229,6 +233,6 @@ class EncodeDataset(io.ComfyNode):
 
             captions = sorted({process_caption(rec.caption, dataset.subsets[rec.subset_index].caption,
                                                random.Random(0), 1) for rec in dataset.images})
-            enc.text_conds = {c: ca.encode_caption(clip, c) for c in captions}
+            enc.text_conds = {c: ca.encode_caption(clip, c, cfg.max_token_length) for c in captions}
             enc.clip_id = ca.clip_fingerprint(clip)
         return io.NodeOutput(enc)

@@ -19,10 +19,36 @@ from .batching import Sample
 from .buckets import BucketAssignment, BucketPlan, load_training_mask, load_training_pixels
 from .captions import is_deterministic
 from .dataset import LoraDataset
+from .options import check_options, option
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
+TOKEN_CHUNK = 75  # tokens per CLIP window (77 with its start and end tokens)
+
+
+def _check_max_tokens(value: int) -> int:
+    if value not in (0, 75, 150, 225):
+        raise ValueError(f"max_token_length {value}: 0 (the whole caption) or 75, 150, 225 (sd-scripts' values)")
+    return value
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Encode Dataset's options."""
+
+    cache_latents_to_disk: bool = option(True, "Also keep latents on disk (ComfyUI temp/output 'lora_loop_cache' "
+                                               "folder) so a restarted ComfyUI does not re-encode unchanged images.")
+    vae_batch_size: int = option(4, "Images per VAE encode call.", min=1, max=64)
+    max_token_length: int = option(0, "Caption length the CLIP text encoders see while training (kohya "
+                                      "max_token_length): 0 = the whole caption, as ComfyUI encodes prompts (in "
+                                      "windows of 75 tokens); 75, 150 or 225 = at most that many tokens (1, 2 or 3 "
+                                      "windows), as sd-scripts cuts captions (its default without the option is "
+                                      "75). T5 and LLM encoders are not cut.", min=0, max=225, step=75,
+                                   check=_check_max_tokens)
+
+    def __post_init__(self):
+        check_options(self)
 
 
 @dataclass
@@ -37,6 +63,7 @@ class EncodedDataset:
     #: (image_index, flipped) -> loss mask at the latent's size (h, w) in [0, 1], for the images whose subset has
     #: masks (alpha_mask or conditioning_data_dir); see :func:`latent_mask`
     masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
+    max_token_length: int = 0                            # EncodeConfig.max_token_length: what the captions were cut to
 
     def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
         return (f"EncodedDataset({len(self.dataset.images)} images, {len(self.latents)} latents, "

@@ -44,12 +44,12 @@ class SessionResult:
     checkpoints: list[Saved] = field(default_factory=list)
 
 
-def _text_encoder(clip):
+def _text_encoder(clip, max_token_length: int = 0):
     if clip is None:
         return None
 
     def encode(captions: list[str]) -> list:
-        return [ca.encode_caption(clip, c) for c in captions]
+        return [ca.encode_caption(clip, c, max_token_length) for c in captions]
 
     return encode
 
@@ -100,7 +100,7 @@ def _plan_cond(data: EncodedDataset, clip):
     train with the text encoder, or change per epoch, are not cached); None without either."""
     cond = next(iter(data.text_conds.values()), None)
     if cond is None and clip is not None and data.dataset.images:
-        cond = ca.encode_caption(clip, data.dataset.images[0].caption)
+        cond = ca.encode_caption(clip, data.dataset.images[0].caption, data.max_token_length)
     return cond
 
 
@@ -258,7 +258,7 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
             p.requires_grad_(True)
         tmodel = ca.ComfyTrainModel(mp, cfg.mixed_precision, guidance=guidance)
         trainer = Trainer(model=tmodel, network=net, data=data, cfg=cfg, objective=objective,
-                          text_encoder=_text_encoder(clip_t if clip_t is not None else clip),
+                          text_encoder=_text_encoder(clip_t if clip_t is not None else clip, data.max_token_length),
                           size_conditioning=family.name == "sdxl")
         if resume is not None:
             apply_state(trainer, net, resume, resume_source)

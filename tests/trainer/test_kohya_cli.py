@@ -220,12 +220,12 @@ def test_unsupported_arguments_one_message():
                           "--network_args", "ggpo_beta=0.01", "split_qkv=True", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
     for name in ("--color_aug", "--random_crop",
-                 "--lr_decay_steps", "--max_token_length", "--fused_backward_pass",
+                 "--lr_decay_steps", "--fused_backward_pass",
                  "--network_module=networks.oft", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
         assert name in msg, name
     # the loss and noise options are implemented (mapped)
     for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
-                 "--zero_terminal_snr", "--loss_type", "--masked_loss"):
+                 "--zero_terminal_snr", "--loss_type", "--masked_loss", "--max_token_length"):
         assert name not in msg, name
 
 
@@ -502,6 +502,7 @@ MAPPED_VALUES = [
     (["--shuffle_caption"], "LoraLoop_CaptionSettings", "shuffle_caption", True),
     (["--masked_loss"], "LoraLoop_NoiseLossSettings", "masked_loss", True),
     (["--alpha_mask"], "LoraLoop_LoadDataset", "alpha_mask", True),
+    (["--max_token_length", "225"], "LoraLoop_EncodeDataset", "max_token_length", 225),
     (["--validation_split", "0.25"], "LoraLoop_ValidationSettings", "validation_split", 0.25),
     (["--validation_seed", "9"], "LoraLoop_ValidationSettings", "validation_seed", 9),
     (["--validate_every_n_steps", "10"], "LoraLoop_ValidationSettings", "validate_every_n_steps", 10),
@@ -739,7 +740,8 @@ def test_every_emitted_input_name_is_a_node_input():
             dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens", "alpha_mask")),
         "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug"},
         "LoraLoop_BucketImages": {"dataset"} | _field_inputs(dataset_mod.GroupConfig),
-        "LoraLoop_EncodeDataset": {"dataset", "vae", "clip", "cache_latents_to_disk", "vae_batch_size"},
+        "LoraLoop_EncodeDataset": {"dataset", "vae", "clip", "cache_latents_to_disk", "vae_batch_size",
+                                   "max_token_length"},
         "LoraLoop_InjectLoRA": {"model", "clip", "init_lora", "network_options"}
         | _field_inputs(cfg.NetworkConfig) - _field_inputs(cfg.NetworkConfig, network_option_fields),
         "LoraLoop_NetworkOptions": _field_inputs(cfg.NetworkConfig, network_option_fields),
@@ -818,3 +820,12 @@ def test_validation_arguments_make_the_validation_node():
         "validation_split": 0.2, "validation_seed": -1, "validate_every_n_steps": 0, "validate_every_n_epochs": 0,
         "max_validation_steps": 0}
     assert "validation_split" in refused(BASE + ["--validation_split", "1.5"])
+
+
+def test_max_token_length_defaults_to_sd_scripts_cut():
+    """sd-scripts cuts captions to 75 CLIP tokens unless --max_token_length says 150 or 225; the headless command
+    does the same (the nodes' own default, 0, keeps ComfyUI's whole caption)."""
+    _, g, _ = run(BASE)
+    assert by_type(g, "LoraLoop_EncodeDataset")["max_token_length"] == 75
+    _, g, _ = run(BASE + ["--max_token_length", "150"])
+    assert by_type(g, "LoraLoop_EncodeDataset")["max_token_length"] == 150

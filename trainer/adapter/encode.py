@@ -35,9 +35,16 @@ def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixels[:, :, :, :3]).float().cpu()
 
 
-def encode_caption(clip, text: str):
-    """One caption -> a CONDITIONING list ([[cond, {"pooled_output": ...}]])."""
+def encode_caption(clip, text: str, max_token_length: int = 0):
+    """One caption -> a CONDITIONING list ([[cond, {"pooled_output": ...}]]). ``max_token_length`` (75, 150, 225;
+    sd-scripts' option): each CLIP encoder keeps only its first ``max_token_length / 75`` windows of ComfyUI's
+    tokenization (``comfy/sd1_clip.py`` ``tokenize_with_weights`` splits a prompt into 77-token windows; it keeps
+    a short word whole, so a window can end a few tokens early). Encoders that do not split (T5, LLMs) are kept."""
     tokens = clip.tokenize(text)
+    if max_token_length:
+        windows = max(1, max_token_length // 75)
+        tokens = {k: (v[:windows] if isinstance(v, list) and len(v) > windows else v) for k, v in tokens.items()} \
+            if isinstance(tokens, dict) else tokens
     return clip.encode_from_tokens_scheduled(tokens, show_pbar=False)
 
 
