@@ -173,10 +173,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("enable_wildcard", FLAG, False, M, f"{CAPTIONS}.enable_wildcard"),
     _o("caption_prefix", str, None, M, f"{CAPTIONS}.caption_prefix"),
     _o("caption_suffix", str, None, M, f"{CAPTIONS}.caption_suffix"),
-    _o("color_aug", FLAG, False, U),
+    _o("color_aug", FLAG, False, M, f"{CAPTIONS}.color_aug (augmented versions encoded once: "
+                                    f"{ENCODE}.augment_variants)"),
     _o("flip_aug", FLAG, False, M, f"{CAPTIONS}.flip_aug"),
     _o("face_crop_aug_range", str, None, U),
-    _o("random_crop", FLAG, False, U),
+    _o("random_crop", FLAG, False, M, f"{CAPTIONS}.random_crop (augmented versions encoded once: "
+                                      f"{ENCODE}.augment_variants)"),
     _o("debug_dataset", FLAG, False, U),
     _o("resolution", str, None, M, f"{BUCKETS}.resolution (a square size; set W,H in the dataset TOML)"),
     _o("cache_latents", FLAG, False, A, "latents are always cached"),
@@ -1023,11 +1025,14 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     inp.put(LOAD_DATASET, SubsetConfig, "alpha_mask", bool(a.alpha_mask), "--alpha_mask")
     inp.put(LOAD_DATASET, SubsetConfig, "class_tokens", "", "(folder names give the class tokens)")
     caption_values = {n: getattr(a, n) for n in CAPTION_OPTION_NAMES}
-    captions_set = any(_differs(v, getattr(CaptionOptions(), n)) for n, v in caption_values.items()) or a.flip_aug
+    captions_set = any(_differs(v, getattr(CaptionOptions(), n)) for n, v in caption_values.items()) or a.flip_aug \
+        or a.color_aug or a.random_crop
     if captions_set:
         for n, v in caption_values.items():
             inp.put(CAPTIONS, CaptionOptions, n, "" if v is None else v, f"--{n}")
         inp.put(CAPTIONS, SubsetConfig, "flip_aug", bool(a.flip_aug), "--flip_aug")
+        inp.put(CAPTIONS, SubsetConfig, "color_aug", bool(a.color_aug), "--color_aug")
+        inp.put(CAPTIONS, SubsetConfig, "random_crop", bool(a.random_crop), "--random_crop")
         try:
             CaptionOptions(**caption_values)
         except ValueError as e:

@@ -119,6 +119,7 @@ class LoadDataset(io.ComfyNode):
                             f"{caption_settings!r}")
         values = dict(caption_settings.values) if caption_settings is not None else {}
         flip_aug = bool(values.pop("flip_aug", False))
+        augment = {k: bool(values.pop(k, False)) for k in ("color_aug", "random_crop")}
         caption = CaptionOptions(**values)
         full = resolve_dataset_path(path)
         if os.path.isfile(full):
@@ -129,13 +130,13 @@ class LoadDataset(io.ComfyNode):
                                  "conditioning_data_dir in each [[datasets.subsets]] that has masks")
             defaults = {"caption_extension": caption_extension, "num_repeats": num_repeats,
                         "class_tokens": class_tokens or None, "flip_aug": flip_aug, "alpha_mask": bool(alpha_mask),
-                        **values}
+                        **augment, **values}
             ds = load_toml(full, defaults=defaults)
         else:
             masks = resolve_dataset_path(conditioning_data_dir) if (conditioning_data_dir or "").strip() else None
             ds = load_folder(full, caption_extension=caption_extension, num_repeats=num_repeats,
                              class_tokens=class_tokens or None, caption=caption, flip_aug=flip_aug,
-                             alpha_mask=bool(alpha_mask), conditioning_data_dir=masks)
+                             alpha_mask=bool(alpha_mask), conditioning_data_dir=masks, **augment)
         for p, why in ds.skipped:
             log.warning("Load Dataset: skipped %s: %s", p, why)
         summary = (f"{len(ds.images)} images in {len(ds.subsets)} folder(s), {len(ds.skipped)} skipped"
@@ -197,6 +198,7 @@ class EncodeDataset(io.ComfyNode):
                 widget(EncodeConfig, "cache_latents_to_disk"),
                 widget(EncodeConfig, "vae_batch_size"),
                 widget(EncodeConfig, "max_token_length", optional=True),
+                widget(EncodeConfig, "augment_variants", optional=True),
             ],
             outputs=[LoraDatasetIO.Output(display_name="dataset",
                                           tooltip="The encoded dataset for Train LoRA.")],
@@ -204,7 +206,7 @@ class EncodeDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, vae, clip=None, cache_latents_to_disk=True, vae_batch_size=4,
-                max_token_length=0) -> io.NodeOutput:
+                max_token_length=0, augment_variants=8) -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -215,17 +217,19 @@ class EncodeDataset(io.ComfyNode):
         if not isinstance(dataset, LoraDataset):
             raise TypeError("Encode Dataset needs the dataset from Load Dataset / Bucket Images")
         cfg = EncodeConfig(cache_latents_to_disk=cache_latents_to_disk, vae_batch_size=vae_batch_size,
-                           max_token_length=max_token_length)
+                           max_token_length=max_token_length, augment_variants=augment_variants)
         plan = getattr(dataset, "plan", None) or plan_buckets(dataset)
         cache_dir = os.path.join(folder_paths.get_output_directory(), "lora_loop_cache", "latents") \
             if cache_latents_to_disk else None
         pbar = comfy.utils.ProgressBar(max(1, len(dataset.images)))
         enc = encode_dataset(dataset, plan, vae_id=ca.vae_fingerprint(vae),
                              encode_pixels=lambda px: ca.encode_latents(vae, px), cache_dir=cache_dir,
-                             batch_size=cfg.vae_batch_size, progress=lambda d, t: pbar.update_absolute(d, t))
+                             batch_size=cfg.vae_batch_size, progress=lambda d, t: pbar.update_absolute(d, t),
+                             augment_variants=cfg.augment_variants)
         enc.max_token_length = cfg.max_token_length
-        log.info("Encode Dataset: %d latents (%d encoded, %d from memory, %d from disk)", len(enc.latents),
-                 enc.stats["encoded"], enc.stats["memory_hits"], enc.stats["disk_hits"])
+        log.info("Encode Dataset: %d latents + %d augmented versions (%d encoded, %d from memory, %d from disk)",
+                 len(enc.latents), sum(len(v) for v in enc.variants.values()), enc.stats["encoded"],
+                 enc.stats["memory_hits"], enc.stats["disk_hits"])
         if clip is not None and enc.deterministic_captions():
             import random
 

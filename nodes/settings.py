@@ -105,7 +105,7 @@ TOPICS = (
           "caption_settings", "Load Dataset",
           "How captions are processed each time an image is used (kohya tag shuffling, kept tokens, separators, "
           "prefix/suffix, dropout) and image augmentation. A dataset TOML's own values win (kohya precedence).",
-          ((CaptionOptions, CAPTION_OPTION_NAMES), (SubsetConfig, ("flip_aug",))),
+          ((CaptionOptions, CAPTION_OPTION_NAMES), (SubsetConfig, ("flip_aug", "color_aug", "random_crop"))),
           unconnected="captions are used as written"),
     Topic("network_options", "LoraLoop_NetworkOptions", "Network Options (LoRA Loop)", NetworkOptionsIO,
           "network_options", "Inject LoRA",

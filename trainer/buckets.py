@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import Augment, apply_color
 from .dataset import GroupConfig, ImageRecord, LoraDataset
 from .images import DEFAULT_MAX_PIXELS, ImageError, open_mask, open_rgb
 
@@ -219,14 +220,15 @@ def check_reso_steps(plan: BucketPlan, min_steps: int) -> None:
                              f"multiple of {min_steps}")
 
 
-def _fit(im: Image.Image, assignment: BucketAssignment, flip: bool) -> Image.Image:
-    """Resize, centre-trim and optionally flip one (oriented, original-size) image to its bucket."""
+def _fit(im: Image.Image, assignment: BucketAssignment, flip: bool, crop: tuple[int, int] | None = None) -> Image.Image:
+    """Resize, trim (centre, or at ``crop``'s top-left: random_crop) and optionally flip one (oriented,
+    original-size) image to its bucket."""
     rw, rh = assignment.resized
     if (rw, rh) != im.size:
         shrink = im.size[0] >= rw and im.size[1] >= rh
         im = im.resize((rw, rh), Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
     bw, bh = assignment.bucket
-    left, top = assignment.crop
+    left, top = crop if crop is not None else assignment.crop
     if (bw, bh) != im.size:
         im = im.crop((left, top, left + bw, top + bh))
     if flip:
@@ -235,7 +237,7 @@ def _fit(im: Image.Image, assignment: BucketAssignment, flip: bool) -> Image.Ima
 
 
 def load_training_mask(record: ImageRecord, alpha: bool, assignment: BucketAssignment, flip: bool = False,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+                       max_pixels: int = DEFAULT_MAX_PIXELS, crop: tuple[int, int] | None = None) -> torch.Tensor:
     """The loss mask of one image, resized, trimmed and flipped exactly as its pixels: float32 (H, W) in [0, 1] of
     the bucket size. From the image's transparency (``alpha``) or from its mask image (``record.mask_path``), which
     is scaled to the image's size first (it must have the image's aspect ratio)."""
@@ -251,21 +253,27 @@ def load_training_mask(record: ImageRecord, alpha: bool, assignment: BucketAssig
             raise ImageError(path, f"mask is {mw}x{mh}, its image {record.path} is {w}x{h}: another aspect ratio",
                              "make the mask the image's size (white = train, black = ignore)")
         im = im.resize((w, h), Image.Resampling.BOX if mw >= w and mh >= h else Image.Resampling.LANCZOS)
-    arr = np.asarray(_fit(im, assignment, flip), dtype=np.uint8)
+    arr = np.asarray(_fit(im, assignment, flip, crop), dtype=np.uint8)
     return torch.from_numpy(arr.astype(np.float32) / 255.0)
 
 
 def load_training_pixels(
-    record: ImageRecord, assignment: BucketAssignment, flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+    record: ImageRecord, assignment: BucketAssignment, flip: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+    augment: Augment | None = None,
 ) -> torch.Tensor:
     """Decode, resize, centre-trim and optionally flip one image: float32 (H, W, 3) in [0, 1] of
-    exactly the bucket size (ComfyUI IMAGE layout without the batch dimension)."""
+    exactly the bucket size (ComfyUI IMAGE layout without the batch dimension). ``augment``: one random crop /
+    colour version of it (``trainer/augment.py``; colour before the flip, as sd-scripts)."""
     im = open_rgb(record.path, max_pixels)
     if im.size != tuple(assignment.original):
         raise ImageError(record.path, f"image is now {im.size[0]}x{im.size[1]}, was "
                          f"{assignment.original[0]}x{assignment.original[1]} when the dataset was loaded",
                          "reload the dataset")
-    im = _fit(im, assignment, flip)
+    if augment is not None:
+        im = apply_color(_fit(im, assignment, False, augment.crop), augment)
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else im
+    else:
+        im = _fit(im, assignment, flip)
     bw, bh = assignment.bucket
     arr = np.asarray(im, dtype=np.uint8)
     out = torch.from_numpy(arr.astype(np.float32) / 255.0)

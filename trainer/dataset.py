@@ -39,6 +39,11 @@ class SubsetConfig:
                                             "'.caption').")
     class_tokens: str | None = option(None, "Caption used for images that have no caption file.")
     flip_aug: bool = option(False, "Randomly flip images horizontally (50%).")
+    color_aug: bool = option(False, "Colour augmentation (kohya color_aug): a third of the time a small hue shift or "
+                                    "sd-scripts' gamma change. Encode Dataset encodes augment_variants versions of "
+                                    "each image once; each epoch uses one of them.")
+    random_crop: bool = option(False, "Cut the bucket at a random place of the resized image instead of its centre "
+                                      "(kohya random_crop), from augment_variants versions encoded once.")
     is_reg: bool = option(False, "Regularisation (prior preservation) images.")
     caption: CaptionOptions = option(help="Caption processing.", default_factory=CaptionOptions)
     group_index: int = option(0, "Index of the dataset group this subset belongs to.")
@@ -335,6 +340,8 @@ def load_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     alpha_mask: bool = False,
     conditioning_data_dir: str | None = None,
+    color_aug: bool = False,
+    random_crop: bool = False,
 ) -> LoraDataset:
     """Load a kohya DreamBooth-style folder (see the module doc). One group, one or more subsets; the masks
     (``alpha_mask``, ``conditioning_data_dir``: one mask folder for every subset) as :class:`SubsetConfig`'s."""
@@ -350,7 +357,7 @@ def load_folder(
     def make(image_dir: str, repeats: int, tokens: str | None) -> SubsetConfig:
         return SubsetConfig(image_dir=image_dir, num_repeats=repeats, caption_extension=caption_extension,
                             class_tokens=tokens, flip_aug=flip_aug, caption=caption, group_index=0,
-                            alpha_mask=alpha_mask,
+                            alpha_mask=alpha_mask, color_aug=color_aug, random_crop=random_crop,
                             conditioning_data_dir=_absolute(conditioning_data_dir, "conditioning_data_dir")
                             if conditioning_data_dir else None)
 
@@ -412,6 +419,8 @@ SUPPORTED_KEYS: dict[str, tuple[str, str]] = {
     "caption_extension": (_STR, _GDS),
     "class_tokens": (_STR, _GDS),
     "flip_aug": (_BOOL, _GDS),
+    "color_aug": (_BOOL, _GDS),
+    "random_crop": (_BOOL, _GDS),
     "alpha_mask": (_BOOL, _GDS),
     "conditioning_data_dir": (_STR, _S),
     "shuffle_caption": (_BOOL, _GDS),
@@ -431,8 +440,6 @@ SUPPORTED_KEYS: dict[str, tuple[str, str]] = {
 
 #: kohya keys accepted (with their kohya placement) but not implemented: a warning when set.
 IGNORED_KEYS: dict[str, tuple[str, str]] = {
-    "color_aug": ("bool", _GDS),
-    "random_crop": ("bool", _GDS),
     "face_crop_aug_range": ("any", _GDS),
     "custom_attributes": ("any", _GDS),
     "resize_interpolation": ("any", _GDS),
@@ -462,7 +469,8 @@ _LEVEL_NAMES = {"g": "[general]", "d": "[[datasets]]", "s": "[[datasets.subsets]
 _ARGPARSE_ALIASES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
 _GROUP_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                "bucket_reso_steps", "bucket_no_upscale")
-_SUBSET_KEYS = ("num_repeats", "caption_extension", "class_tokens", "flip_aug", "is_reg", "alpha_mask")
+_SUBSET_KEYS = ("num_repeats", "caption_extension", "class_tokens", "flip_aug", "is_reg", "alpha_mask", "color_aug",
+                "random_crop")
 
 
 def _allowed_at(level: str) -> list[str]:

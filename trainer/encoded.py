@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import augment as aug
 from .batching import Sample
 from .buckets import BucketAssignment, BucketPlan, load_training_mask, load_training_pixels
 from .captions import is_deterministic
@@ -46,6 +47,9 @@ class EncodeConfig:
                                       "windows), as sd-scripts cuts captions (its default without the option is "
                                       "75). T5 and LLM encoders are not cut.", min=0, max=225, step=75,
                                    check=_check_max_tokens)
+    augment_variants: int = option(8, "Images with color_aug or random_crop: how many augmented versions of each are "
+                                      "encoded (and cached); each epoch uses one at random. sd-scripts draws a new "
+                                      "one each time, which rules out its latent cache.", min=1, max=64)
 
     def __post_init__(self):
         check_options(self)
@@ -64,6 +68,9 @@ class EncodedDataset:
     #: masks (alpha_mask or conditioning_data_dir); see :func:`latent_mask`
     masks: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     max_token_length: int = 0                            # EncodeConfig.max_token_length: what the captions were cut to
+    #: (image_index, flipped) -> the latents of its augmented versions (color_aug / random_crop), and their masks
+    variants: dict[tuple[int, bool], list[torch.Tensor]] = field(default_factory=dict)
+    variant_masks: dict[tuple[int, bool], list[torch.Tensor]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # ComfyUI prints node inputs in error reports: keep it short
         return (f"EncodedDataset({len(self.dataset.images)} images, {len(self.latents)} latents, "
@@ -80,13 +87,29 @@ class EncodedDataset:
     def deterministic_captions(self) -> bool:
         return all(is_deterministic(s.caption) for s in self.dataset.subsets)
 
-    def loss_masks(self, samples: list[Sample], masked_loss: bool, like: torch.Tensor) -> torch.Tensor | None:
+    def choose(self, samples: list[Sample], seed: int, epoch: int) -> list[int | None]:
+        """Which augmented version each sample uses this epoch (None: the image has none, its plain latent)."""
+        return [aug.variant_index(seed, epoch, s.image_index, s.flip, len(self.variants[(s.image_index, s.flip)]))
+                if (s.image_index, s.flip) in self.variants else None for s in samples]
+
+    def latent(self, sample: Sample, variant: int | None = None) -> torch.Tensor:
+        if variant is None:
+            return self.latents[(sample.image_index, sample.flip)]
+        return self.variants[(sample.image_index, sample.flip)][variant]
+
+    def loss_masks(self, samples: list[Sample], masked_loss: bool, like: torch.Tensor,
+                   variants: list[int | None] | None = None) -> torch.Tensor | None:
         """The loss masks of a batch, (B, 1, h, w) like ``like`` (B, C, h, w): an alpha-mask subset's always, a mask
-        folder's with ``masked_loss`` (sd-scripts' rules), 1 for the other samples. None when no sample has one."""
+        folder's with ``masked_loss`` (sd-scripts' rules), 1 for the other samples. None when no sample has one.
+        ``variants`` (:meth:`choose`): the augmented versions the batch's latents are, whose masks are cut alike."""
         out, any_mask = [], False
-        for s in samples:
+        for j, s in enumerate(samples):
             sub = self.dataset.subsets[self.dataset.images[s.image_index].subset_index]
-            m = self.masks.get((s.image_index, s.flip)) if (sub.alpha_mask or masked_loss) else None
+            v = variants[j] if variants is not None else None
+            m = None
+            if sub.alpha_mask or masked_loss:
+                m = self.masks.get((s.image_index, s.flip)) if v is None else \
+                    self.variant_masks.get((s.image_index, s.flip), [None] * (v + 1))[v]
             any_mask |= m is not None
             out.append(m)
         if not any_mask:
@@ -107,8 +130,11 @@ def has_masks(dataset: LoraDataset) -> bool:
     return any(s.alpha_mask or s.conditioning_data_dir for s in dataset.subsets)
 
 
-def latent_cache_key(sha256: str, vae_id: str, a: BucketAssignment, flip: bool) -> str:
+def latent_cache_key(sha256: str, vae_id: str, a: BucketAssignment, flip: bool,
+                     augment: aug.Augment | None = None) -> str:
     raw = f"v{CACHE_VERSION}|{sha256}|{vae_id}|{a.bucket}|{a.resized}|{a.crop}|{int(flip)}"
+    if augment is not None:
+        raw += "|" + augment.key()
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -157,24 +183,33 @@ def encode_dataset(dataset: LoraDataset, plan: BucketPlan, *, vae_id: str,
                    encode_pixels: Callable[[torch.Tensor], torch.Tensor],
                    cache_dir: str | None, batch_size: int = 4,
                    progress: Callable[[int, int], None] | None = None,
-                   cache: LatentCache = LATENT_CACHE) -> EncodedDataset:
-    """Encode every (image, flip) the training can draw. ``encode_pixels`` maps (B,H,W,3) [0,1]
+                   cache: LatentCache = LATENT_CACHE, augment_variants: int = 8) -> EncodedDataset:
+    """Encode every (image, flip) the training can draw, and ``augment_variants`` augmented versions of each image
+    whose subset has color_aug or random_crop (``trainer/augment.py``). ``encode_pixels`` maps (B,H,W,3) [0,1]
     pixels to raw latents (B,C,h,w)."""
-    wanted: list[tuple[int, bool]] = []
+    # (image, flip, version): version None is the plain image, k its k-th augmented version
+    wanted: list[tuple[int, bool, int | None]] = []
+    augments: dict[tuple[int, int], aug.Augment] = {}
     for i, rec in enumerate(dataset.images):
-        wanted.append((i, False))
-        if dataset.subsets[rec.subset_index].flip_aug:
-            wanted.append((i, True))
-    latents: dict[tuple[int, bool], torch.Tensor] = {}
+        sub = dataset.subsets[rec.subset_index]
+        versions: list[int | None] = [None]
+        if sub.color_aug or sub.random_crop:
+            a = plan.assignments[i]
+            for k in range(augment_variants):
+                augments[(i, k)] = aug.draw(rec.sha256, k, a.resized, a.bucket, sub.random_crop, sub.color_aug)
+            versions += list(range(augment_variants))
+        for flip in ((False, True) if sub.flip_aug else (False,)):
+            wanted += [(i, flip, k) for k in versions]
+    got: dict[tuple[int, bool, int | None], torch.Tensor] = {}
     stats = {"encoded": 0, "memory_hits": 0, "disk_hits": 0}
-    todo: dict[tuple[int, int], list[tuple[tuple[int, bool], str]]] = {}
+    todo: dict[tuple[int, int], list[tuple[tuple[int, bool, int | None], str]]] = {}
     for item in wanted:
-        i, flip = item
+        i, flip, k = item
         a = plan.assignments[i]
-        key = latent_cache_key(dataset.images[i].sha256, vae_id, a, flip)
+        key = latent_cache_key(dataset.images[i].sha256, vae_id, a, flip, augments.get((i, k)))
         t, where = cache.get(key, cache_dir)
         if t is not None:
-            latents[item] = t
+            got[item] = t
             stats["memory_hits" if where == "memory" else "disk_hits"] += 1
         else:
             todo.setdefault(a.bucket, []).append((item, key))
@@ -182,22 +217,35 @@ def encode_dataset(dataset: LoraDataset, plan: BucketPlan, *, vae_id: str,
     for bucket, items in todo.items():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            pixels = torch.stack([load_training_pixels(dataset.images[i], plan.assignments[i], flip)
-                                  for (i, flip), _ in chunk])
+            pixels = torch.stack([load_training_pixels(dataset.images[i], plan.assignments[i], flip,
+                                                       augment=augments.get((i, k)))
+                                  for (i, flip, k), _ in chunk])
             lat = encode_pixels(pixels)
             for ((item, key), one) in zip(chunk, lat):
                 one = one.detach().float().cpu().clone()
-                latents[item] = one
+                got[item] = one
                 cache.put(key, one, cache_dir)
                 stats["encoded"] += 1
             done += len(chunk)
             if progress:
                 progress(done, total)
+    latents = {(i, flip): t for (i, flip, k), t in got.items() if k is None}
+    variants: dict[tuple[int, bool], list[torch.Tensor]] = {}
+    for (i, flip, k) in wanted:
+        if k is not None:
+            variants.setdefault((i, flip), []).append(got[(i, flip, k)])
     masks: dict[tuple[int, bool], torch.Tensor] = {}
-    for i, flip in wanted:  # cheap beside the VAE: read again each time (the latent cache does not hold them)
+    variant_masks: dict[tuple[int, bool], list[torch.Tensor]] = {}
+    for i, flip, k in wanted:  # cheap beside the VAE: read again each time (the latent cache does not hold them)
         rec = dataset.images[i]
         sub = dataset.subsets[rec.subset_index]
         if sub.alpha_mask or rec.mask_path:
-            pixels = load_training_mask(rec, sub.alpha_mask, plan.assignments[i], flip)
-            masks[(i, flip)] = latent_mask(pixels, tuple(latents[(i, flip)].shape[-2:]))
-    return EncodedDataset(dataset=dataset, plan=plan, latents=latents, vae_id=vae_id, stats=stats, masks=masks)
+            crop = augments[(i, k)].crop if k is not None else None
+            pixels = load_training_mask(rec, sub.alpha_mask, plan.assignments[i], flip, crop=crop)
+            m = latent_mask(pixels, tuple(got[(i, flip, k)].shape[-2:]))
+            if k is None:
+                masks[(i, flip)] = m
+            else:
+                variant_masks.setdefault((i, flip), []).append(m)
+    return EncodedDataset(dataset=dataset, plan=plan, latents=latents, vae_id=vae_id, stats=stats, masks=masks,
+                          variants=variants, variant_masks=variant_masks)

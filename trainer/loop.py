@@ -168,9 +168,11 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------------------
     def _batch_inputs(self, pos: Position, samples: list[Sample], shard: tuple[int, int] | None = None):
-        """(x0 of the whole batch, conds of ``samples[lo:hi]``); ``shard`` None = all samples."""
+        """(x0 of the whole batch, conds of ``samples[lo:hi]``, the augmented version of each sample: None for a
+        plain latent); ``shard`` None = all samples."""
         d = self.data
-        raw = torch.stack([d.latents[(s.image_index, s.flip)] for s in samples])
+        variants = d.choose(samples, self.cfg.seed, pos.epoch)
+        raw = torch.stack([d.latent(s, v) for s, v in zip(samples, variants)])
         x0 = self.model.process_latent_in(raw.to(self.model.device, torch.float32))
         lo, hi = shard if shard is not None else (0, len(samples))
         captions, sizes = [], []
@@ -196,7 +198,7 @@ class Trainer:
                     fresh = dict(zip(missing, self.text_encoder(missing)))
             for c in captions:
                 conds.append(d.text_conds[c] if c in d.text_conds else fresh[c])
-        return x0, self.model.batch_conds(conds, (hi - lo,) + tuple(x0.shape[1:]), sizes)
+        return x0, self.model.batch_conds(conds, (hi - lo,) + tuple(x0.shape[1:]), sizes), variants
 
     # -- the step -------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
@@ -260,8 +262,8 @@ class Trainer:
             shard = ctx.shard(len(samples)) if ctx.distributed else None
             if shard is not None and shard[0] == shard[1]:
                 continue  # fewer samples than processes: this rank only joins the gradient sum
-            x0, conds = self._batch_inputs(pos, samples, shard)
-            mask = self.data.loss_masks(samples, cfg.masked_loss, x0)
+            x0, conds, variants = self._batch_inputs(pos, samples, shard)
+            mask = self.data.loss_masks(samples, cfg.masked_loss, x0, variants)
             noise = self.noise.noise(x0, gen)  # + offset / adaptive / pyramid noise (sd-scripts' order)
             sigma = self.objective.sample_sigmas(x0.shape[0], gen, latent_hw=tuple(x0.shape[-2:]))
             sigma = sigma.to(x0.device)

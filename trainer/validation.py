@@ -55,9 +55,12 @@ def _part(data: EncodedDataset, chosen: list[int], repeats_once: bool) -> Encode
     part = dataclasses.replace(part, plan=new_plan)
     latents = {(new, flip): data.latents[(old, flip)] for new, old in enumerate(chosen) for flip in (False, True)
                if (old, flip) in data.latents}
-    masks = {(new, flip): data.masks[(old, flip)] for new, old in enumerate(chosen) for flip in (False, True)
-             if (old, flip) in data.masks}
-    return dataclasses.replace(data, dataset=part, plan=new_plan, latents=latents, masks=masks)
+    def pick(per_image: dict) -> dict:
+        return {(new, flip): per_image[(old, flip)] for new, old in enumerate(chosen) for flip in (False, True)
+                if (old, flip) in per_image}
+
+    return dataclasses.replace(data, dataset=part, plan=new_plan, latents=latents, masks=pick(data.masks),
+                               variants=pick(data.variants), variant_masks=pick(data.variant_masks))
 
 
 def split(data: EncodedDataset, fraction: float, seed: int) -> tuple[EncodedDataset, EncodedDataset | None]:

@@ -179,6 +179,7 @@ def test_toml_ignored_and_bad_values(tmp_path, caplog):
     _img(tmp_path / "a" / "1.png")
     p = _toml(tmp_path, """
         [general]
+        face_crop_aug_range = [1.0, 2.0]
         color_aug = true
         [[datasets]]
           [[datasets.subsets]]
@@ -186,8 +187,9 @@ def test_toml_ignored_and_bad_values(tmp_path, caplog):
           random_crop = false
         """)
     with caplog.at_level(logging.WARNING):
-        load_toml(p)
-    assert "color_aug" in caplog.text and "random_crop" not in caplog.text
+        ds = load_toml(p)
+    assert "face_crop_aug_range" in caplog.text and "color_aug" not in caplog.text  # implemented now
+    assert ds.subsets[0].color_aug and not ds.subsets[0].random_crop
     p2 = _toml(tmp_path, """
         [[datasets]]
         batch_size = "2"

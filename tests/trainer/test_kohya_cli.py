@@ -219,13 +219,13 @@ def test_unsupported_arguments_one_message():
                           "--loss_type", "huber", "--fused_backward_pass", "--network_module", "networks.oft",
                           "--network_args", "ggpo_beta=0.01", "split_qkv=True", "--resolution", "512,768"])
     assert msg.startswith("not supported yet: ") and "\n" not in msg
-    for name in ("--color_aug", "--random_crop",
-                 "--lr_decay_steps", "--fused_backward_pass",
+    for name in ("--lr_decay_steps", "--fused_backward_pass",
                  "--network_module=networks.oft", "ggpo_beta=0.01", "split_qkv=True", "--resolution=512,768"):
         assert name in msg, name
     # the loss and noise options are implemented (mapped)
     for name in ("--huber_c", "--multires_noise_iterations", "--ip_noise_gamma", "--debiased_estimation_loss",
-                 "--zero_terminal_snr", "--loss_type", "--masked_loss", "--max_token_length"):
+                 "--zero_terminal_snr", "--loss_type", "--masked_loss", "--max_token_length", "--color_aug",
+                 "--random_crop"):
         assert name not in msg, name
 
 
@@ -236,8 +236,8 @@ def test_unsupported_at_their_default_values_pass():
 
 
 def test_unknown_and_unsupported_together():
-    msg = refused(BASE + ["--nope", "--color_aug"])
-    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "color_aug" in msg
+    msg = refused(BASE + ["--nope", "--fused_backward_pass"])
+    assert "unknown arguments" in msg and "--nope" in msg and "not supported yet" in msg and "fused_backward" in msg
 
 
 def test_flow_sampling_choices():
@@ -503,6 +503,8 @@ MAPPED_VALUES = [
     (["--masked_loss"], "LoraLoop_NoiseLossSettings", "masked_loss", True),
     (["--alpha_mask"], "LoraLoop_LoadDataset", "alpha_mask", True),
     (["--max_token_length", "225"], "LoraLoop_EncodeDataset", "max_token_length", 225),
+    (["--color_aug"], "LoraLoop_CaptionSettings", "color_aug", True),
+    (["--random_crop"], "LoraLoop_CaptionSettings", "random_crop", True),
     (["--validation_split", "0.25"], "LoraLoop_ValidationSettings", "validation_split", 0.25),
     (["--validation_seed", "9"], "LoraLoop_ValidationSettings", "validation_seed", 9),
     (["--validate_every_n_steps", "10"], "LoraLoop_ValidationSettings", "validate_every_n_steps", 10),
@@ -738,10 +740,10 @@ def test_every_emitted_input_name_is_a_node_input():
     allowed = {
         "LoraLoop_LoadDataset": {"path", "caption_settings"} | _field_inputs(
             dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens", "alpha_mask")),
-        "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug"},
+        "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug", "color_aug", "random_crop"},
         "LoraLoop_BucketImages": {"dataset"} | _field_inputs(dataset_mod.GroupConfig),
         "LoraLoop_EncodeDataset": {"dataset", "vae", "clip", "cache_latents_to_disk", "vae_batch_size",
-                                   "max_token_length"},
+                                   "max_token_length"},  # augment_variants: the node's default
         "LoraLoop_InjectLoRA": {"model", "clip", "init_lora", "network_options"}
         | _field_inputs(cfg.NetworkConfig) - _field_inputs(cfg.NetworkConfig, network_option_fields),
         "LoraLoop_NetworkOptions": _field_inputs(cfg.NetworkConfig, network_option_fields),
