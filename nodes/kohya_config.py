@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 TITLE = "Load kohya Config (LoRA Loop)"
 OUTPUT_TOPICS = ("optimizer", "noise_loss", "checkpoints", "captions")
-LATER_TOPICS = ("network_training", "network_options")  # outputs after the report: saved workflows keep their slots
+LATER_TOPICS = ("network_training", "network_options", "validation")  # after the report: saved workflows keep slots
 MAIN_FIELDS = ("max_train_steps", "learning_rate", "optimizer_type", "lr_scheduler", "seed")
 # sd-scripts arguments that set each of Train LoRA's own widgets
 MAIN_GIVEN = {"max_train_steps": ("max_train_steps",), "learning_rate": ("learning_rate", "unet_lr"),
@@ -28,7 +28,7 @@ MAIN_GIVEN = {"max_train_steps": ("max_train_steps",), "learning_rate": ("learni
               "lr_scheduler": ("lr_scheduler",), "seed": ("seed",)}
 REPORTED_NODES = {"LoraLoop_TrainLoRA": "Train LoRA", "LoraLoop_InjectLoRA": "Inject LoRA", "LoraLoop_BucketImages": "Bucket Images",
                   "LoraLoop_LoadDataset": "Load Dataset", "LoraLoop_EncodeDataset": "Encode Dataset",
-                  "LoraLoop_SaveLoRA": "Save LoRA", "LoraLoop_ValidationSettings": "Validation"}
+                  "LoraLoop_SaveLoRA": "Save LoRA"}
 OVERRIDDEN_WIDGETS = ("steps", "learning_rate", "optimizer", "lr_scheduler", "seed")
 # what parse() needs but the graph provides (the MODEL, the dataset, the output folder)
 PLACEHOLDERS = {"pretrained_model_name_or_path": "graph-model.safetensors", "output_dir": "graph-output"}

@@ -40,6 +40,8 @@ caption_extension = ".txt"
 shuffle_caption = true
 keep_tokens = 1
 color_aug = true
+validation_split = 0.25
+validation_seed = 7
 
 [training_arguments]
 output_dir = "/out"
@@ -52,6 +54,7 @@ noise_offset = 0.05
 min_snr_gamma = 5.0
 xformers = true
 gradient_checkpointing = true
+fused_backward_pass = true
 not_an_sd_scripts_key = 1
 
 [saving_arguments]
@@ -71,7 +74,7 @@ def test_a_training_toml_fills_the_settings(comfy, tmp_path):
     path = tmp_path / "train.toml"
     path.write_text(TOML, encoding="utf-8")
     out = comfy_env.call(_node().execute, str(path))
-    opt, noise, ckpt, caps, text, net_training, net_options = out.result
+    opt, noise, ckpt, caps, text, net_training, net_options, validation = out.result
     assert {k: opt.values[k] for k in ("lr_warmup_steps", "lr_scheduler_num_cycles", "max_grad_norm", "optimizer_args",
                                        "mixed_precision")} == \
         {"lr_warmup_steps": 1, "lr_scheduler_num_cycles": 3, "max_grad_norm": 0.5, "optimizer_args": "weight_decay=0.05",
@@ -83,6 +86,8 @@ def test_a_training_toml_fills_the_settings(comfy, tmp_path):
     assert noise.values["noise_offset"] == 0.05 and noise.values["min_snr_gamma"] == 5.0
     assert ckpt.values["save_every_n_steps"] == 2 and ckpt.values["save_dtype"] == "fp16"
     assert caps.values["shuffle_caption"] is True and caps.values["keep_tokens"] == 1
+    assert caps.values["color_aug"] is True
+    assert validation.values["validation_split"] == 0.25 and validation.values["validation_seed"] == 7
     # after the report: the Network Training (Train LoRA) and Network Options (Inject LoRA) outputs
     assert net_training.values["loraplus_lr_ratio"] == 4.0 and net_training.values["scale_weight_norms"] == 0.0
     assert net_options.values["network_dropout"] == 0.1 and net_options.values["rank_dropout"] == 0.2
@@ -96,7 +101,8 @@ def test_a_training_toml_fills_the_settings(comfy, tmp_path):
     graph = next(ln for ln in lines if ln.startswith("taken from the graph: "))
     assert "pretrained_model_name_or_path" in graph and "output_dir" in graph and "train_data_dir" in graph
     skipped = next(ln for ln in lines if ln.startswith("not supported, left out: "))
-    assert "--color_aug" in skipped and "not_an_sd_scripts_key" in skipped
+    assert "--fused_backward_pass" in skipped and "not_an_sd_scripts_key" in skipped
+    assert "--color_aug" not in skipped and not any(ln.startswith("set on Validation") for ln in lines)
 
 
 def test_a_malformed_file_names_the_line_and_a_bad_value_the_key(comfy, tmp_path):

@@ -44,14 +44,21 @@ def test_validation_node_reaches_the_trainer_and_the_metadata(comfy):
         ("0.0", "None", "0")
 
 
-def test_load_kohya_config_reports_the_validation_options(comfy, tmp_path):
-    """A training config with sd-scripts' validation keys: the report says to set them on a Validation node."""
+def test_load_kohya_config_fills_the_validation_settings(comfy, tmp_path):
+    """A training config with sd-scripts' validation keys: Load kohya Config's validation output carries them (the
+    report no longer asks to set them by hand), and a Validation-less file gives the defaults (off)."""
     import nodes
 
     path = tmp_path / "train.toml"
-    path.write_text("[training_arguments]\nmax_train_steps = 4\nvalidation_split = 0.2\nvalidate_every_n_steps = 5\n",
-                    encoding="utf-8")
+    path.write_text("[training_arguments]\nmax_train_steps = 4\nvalidation_split = 0.2\nvalidate_every_n_steps = 5\n"
+                    "max_validation_steps = 3\n", encoding="utf-8")
     out = comfy_env.call(nodes.NODE_CLASS_MAPPINGS["LoraLoop_LoadKohyaConfig"].execute, str(path))
+    validation = out.result[-1]
+    assert validation.topic == "validation"
+    assert (validation.values["validation_split"], validation.values["validate_every_n_steps"],
+            validation.values["max_validation_steps"]) == (0.2, 5, 3)
     text = next(v for v in out.result if isinstance(v, str))
-    line = next(ln for ln in text.splitlines() if ln.startswith("set on Validation by hand: "))
-    assert "validation_split=0.2" in line and "validate_every_n_steps=5" in line
+    assert not [ln for ln in text.splitlines() if ln.startswith("set on Validation")]
+    path.write_text("[training_arguments]\nmax_train_steps = 4\n", encoding="utf-8")
+    out = comfy_env.call(nodes.NODE_CLASS_MAPPINGS["LoraLoop_LoadKohyaConfig"].execute, str(path))
+    assert out.result[-1].values.get("validation_split", 0.0) == 0.0  # no validation keys: Train LoRA's defaults
