@@ -55,7 +55,9 @@ def test_template_opens_with_its_note_and_train_lora_in_view(laptop_page, comfy_
         const train = nodes.find((n) => n.comfyClass === "LoraLoop_TrainLoRA");
         const note = nodes.find((n) => n.type === "MarkdownNote");
         const chart = train[Symbol.for("lora_loop.chart")].el.getBoundingClientRect();
-        return { train: box(train), note: note ? box(note) : null, scale: ds.scale,
+        const boxes = nodes.map((n) => [n.title, n.pos[0], n.pos[1] - (LiteGraph.NODE_TITLE_HEIGHT ?? 30),
+                                         n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+        return { train: box(train), note: note ? box(note) : null, scale: ds.scale, boxes,
                  chart: [chart.left, chart.top, chart.right, chart.bottom],
                  noteText: note ? note.widgets[0].value : "", viewport: [0, 0, window.innerWidth, window.innerHeight] };
     }""", _ui(ex))
@@ -64,6 +66,10 @@ def test_template_opens_with_its_note_and_train_lora_in_view(laptop_page, comfy_
     assert _inside(res["train"], res["viewport"]), res
     assert _inside(res["note"], res["viewport"]), res
     assert res["chart"][3] - res["chart"][1] >= 100, res  # the chart has room
+    b = res["boxes"]  # as the frontend sized them: no node covers another (title bars included)
+    covered = [(p[0], q[0]) for i, p in enumerate(b) for q in b[i + 1:]
+               if min(p[3], q[3]) > max(p[1], q[1]) and min(p[4], q[4]) > max(p[2], q[2])]
+    assert covered == [], covered
 
 
 def test_watch_template_run_shows_chart_and_preview_on_a_laptop_screen(laptop_page, comfy_server):

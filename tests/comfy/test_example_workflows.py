@@ -85,3 +85,20 @@ def test_examples_use_only_core_and_pack_nodes(comfy):
         note = next(n for n in _ui(ex)["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
         for part in ("Quick test on a CPU", "On a GPU", "Change"):
             assert part in note, (ex["ui"], part)
+
+
+def test_the_sd_scripts_options_template_trains_with_its_settings(comfy):
+    """The settings-nodes template on the tiny SD1.5: every settings node's value is what ran (the file's header)."""
+    import graphs
+    from safetensors import safe_open
+
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "options_template"), n=4)
+    p = graphs.tiny_train_graph(graphs.load_api("train_with_sd_scripts_options_sd15.api.json"), family="sd15",
+                                dataset=ds, steps=4, save_name="options_template")
+    ex, _ = comfy_env.run_prompt(p, "options-template")
+    with safe_open(os.path.join(comfy["tmp"], "models", "loras", graphs.saved_lora(ex, p)), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_lr_scheduler"] == "cosine" and meta["ss_lr_warmup_steps"] == "0.05"  # a ratio, as given
+    assert (meta["ss_noise_offset"], meta["ss_min_snr_gamma"], meta["ss_max_grad_norm"]) == ("0.05", "5.0", "1.0")
+    assert (meta["ss_network_dropout"], meta["ss_scale_weight_norms"]) == ("0.1", "1.0")
+    assert (meta["ss_shuffle_caption"], meta["ss_keep_tokens"], meta["ss_validation_split"]) == ("True", "1", "0.1")

@@ -10,16 +10,16 @@ CPU_STEP = ("a full-size SD1.5 step at 256 px took 3.8 s on an idle 2-core CPU i
             "(benchmarks/RESULTS.md)")
 
 # columns of the SD templates: notes and loaders | dataset and network | Train LoRA | save and prompts | sampler
-SD_LAYOUT = {"1": (20, 380), "2": (20, 520), "3": (20, 700), "4": (370, 40), "5": (370, 200),
+SD_LAYOUT = {"1": (20, 380), "2": (20, 540), "3": (20, 760), "4": (370, 40), "5": (370, 250),
              "6": (720, 40, 420, 620), "7": (1180, 40, 320, 300), "8": (1180, 390), "9": (1180, 600),
-             "10": (1180, 810), "11": (1540, 40), "12": (1540, 360), "13": (1540, 480, 320, 300)}
+             "10": (1180, 810), "11": (1540, 40), "12": (1540, 360), "13": (1540, 520, 320, 300)}
 VIEW = {"scale": 0.75, "offset": [70, 90]}  # clear of the side bar and the top bar; Train LoRA with its
 # preview and all its settings sockets fits a 1366x768 screen
 # the templates with separate UNET / CLIP / VAE loaders
-FLUX_LAYOUT = {"1": (20, 380), "2": (20, 500), "3": (20, 660), "4": (370, 40), "5": (370, 200),
-               "6": (370, 440), "7": (370, 600), "8": (720, 40, 420, 620),
-               "9": (1180, 40, 320, 300), "10": (1180, 390), "11": (1180, 600), "12": (1180, 720),
-               "13": (1180, 840), "14": (1540, 40), "15": (1540, 360), "16": (1540, 480, 320, 300)}
+FLUX_LAYOUT = {"1": (20, 380), "2": (20, 540), "3": (20, 710), "4": (370, 40), "5": (370, 260),
+               "6": (370, 505), "7": (370, 720), "8": (720, 40, 420, 620),
+               "9": (1180, 40, 320, 300), "10": (1180, 390), "11": (1180, 550), "12": (1180, 710),
+               "13": (1180, 870), "14": (1540, 40), "15": (1540, 360), "16": (1540, 520, 320, 300)}
 
 EXAMPLES = [
     {
@@ -48,7 +48,7 @@ EXAMPLES = [
         "card": {"title": "Train, watch, generate", "model": "SD1.5", "family": "sd15",
                  "lines": ["live loss chart + preview images", "checkpoints, verify on save",
                            "CPU test: 256 px, 8 steps"]},
-        "layout": {**SD_LAYOUT, "16": (370, 560), "17": (370, 740), "14": (1900, 40, 320, 340),
+        "layout": {**SD_LAYOUT, "16": (370, 610), "17": (370, 810), "14": (1900, 40, 320, 340),
                    "15": (1900, 420)},
         "view": VIEW,
         "note": (
@@ -63,6 +63,26 @@ EXAMPLES = [
             f"steps each ({CPU_STEP}).\n\n"
             "**On a GPU:** 1000 steps at 512 px with the previews take minutes (estimate from published SD1.5 "
             "speeds; not measured by LoRA Loop)."),
+    },
+    {
+        "ui": "Train with sd-scripts options (SD1.5).json",
+        "api": "train_with_sd_scripts_options_sd15.api.json",
+        "card": {"title": "Train with sd-scripts options", "model": "SD1.5", "family": "sd15",
+                 "lines": ["the settings nodes, kohya's names", "warm-up, min-SNR, dropout, validation",
+                           "CPU test: 256 px, 10 steps"]},
+        "layout": {**SD_LAYOUT, "14": (1900, 40), "15": (2260, 40), "16": (370, 610), "17": (1900, 410),
+                   "18": (20, 1010), "19": (1900, 680)},
+        "view": VIEW,
+        "note": (
+            "## Train with sd-scripts options (SD1.5)\n"
+            "kohya's usual options, each on its settings node under sd-scripts' name: 5 % warm-up into cosine, "
+            "gradient clipping (*Optimizer Settings*), noise offset 0.05, min-SNR 5 (*Noise & Loss*), network "
+            "dropout 0.1 (*Network Options*: also LoHa / LoKr / DoRA), max-norm 1 (*Network Training*), shuffled "
+            "tags (*Captions*), a 10 % *Validation* split. *Load kohya Config* fills the same nodes from a file.\n\n"
+            "**Change:** checkpoint, dataset folder, trigger words, any option.\n\n"
+            "**Quick test on a CPU:** resolution 256, steps 10, validate_every_n_steps 5, *KSampler* steps 4 at "
+            "256 x 256.\n\n"
+            "**On a GPU:** 1500 steps at 512 px take minutes (estimate; not measured by LoRA Loop)."),
     },
     {
         "ui": "Train then generate (SDXL).json",
@@ -88,7 +108,7 @@ EXAMPLES = [
         "card": {"title": "Train then generate", "model": "FLUX.1 dev", "family": "flux",
                  "lines": ["UNET + dual CLIP + VAE loaders", "FLUX timesteps, guidance 1.0",
                            "for a large GPU"]},
-        "layout": {**FLUX_LAYOUT, "17": (20, 780)},
+        "layout": {**FLUX_LAYOUT, "17": (370, 1075)},
         "view": VIEW,
         "note": (
             "## Train then generate (FLUX.1 dev)\n"
