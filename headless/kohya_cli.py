@@ -288,7 +288,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("config_file", str, None, G, "read as sd-scripts does (see the module doc)"),
     _o("output_config", FLAG, False, U),
     _o("prior_loss_weight", float, 1.0, M, f"{NOISE_LOSS}.prior_loss_weight"),
-    _o("conditioning_data_dir", str, None, U),
+    _o("conditioning_data_dir", str, None, M, f"{LOAD_DATASET}.conditioning_data_dir (the mask images of "
+                                              "--train_data_dir for --masked_loss; a TOML sets it per subset)"),
     _o("masked_loss", FLAG, False, M, f"{NOISE_LOSS}.masked_loss (masks: conditioning_data_dir in the dataset TOML)"),
     # deepspeed
     _o("deepspeed", FLAG, False, U, _DS),
@@ -1023,6 +1024,11 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
             "--caption_extension")
     inp.put(LOAD_DATASET, SubsetConfig, "num_repeats", 1, "(folder names give the repeats)")
     inp.put(LOAD_DATASET, SubsetConfig, "alpha_mask", bool(a.alpha_mask), "--alpha_mask")
+    if a.conditioning_data_dir:
+        if a.dataset_config:
+            invalid.append("--conditioning_data_dir is for --train_data_dir; with --dataset_config set "
+                           "conditioning_data_dir in each [[datasets.subsets]] that has masks")
+        inp.raw(LOAD_DATASET, "conditioning_data_dir", os.path.abspath(a.conditioning_data_dir))
     inp.put(LOAD_DATASET, SubsetConfig, "class_tokens", "", "(folder names give the class tokens)")
     caption_values = {n: getattr(a, n) for n in CAPTION_OPTION_NAMES}
     captions_set = any(_differs(v, getattr(CaptionOptions(), n)) for n, v in caption_values.items()) or a.flip_aug \

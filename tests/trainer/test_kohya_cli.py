@@ -644,7 +644,7 @@ def test_every_mapped_argument_is_exercised():
     covered = {a[2:].split("=")[0] for argv, *_ in MAPPED_VALUES for a in argv if a.startswith("--")}
     covered |= {"unet_lr", "text_encoder_lr", "optimizer_type", "use_8bit_adam", "network_module", "network_args",
                 "network_train_text_encoder_only", "sigmoid_scale", "discrete_flow_shift", "model_prediction_type",
-                "sample_every_n_steps", "sample_sampler", "save_last_n_steps"}
+                "sample_every_n_steps", "sample_sampler", "save_last_n_steps", "conditioning_data_dir"}
     mapped = {o.name for o in kc.OPTIONS if o.kind == kc.MAPPED}
     assert mapped - covered == set()
 
@@ -738,7 +738,7 @@ def test_every_emitted_input_name_is_a_node_input():
                                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
                                "scale_weight_norms")
     allowed = {
-        "LoraLoop_LoadDataset": {"path", "caption_settings"} | _field_inputs(
+        "LoraLoop_LoadDataset": {"path", "caption_settings", "conditioning_data_dir"} | _field_inputs(
             dataset_mod.SubsetConfig, ("caption_extension", "num_repeats", "class_tokens", "alpha_mask")),
         "LoraLoop_CaptionSettings": _field_inputs(captions_mod.CaptionOptions) | {"flip_aug", "color_aug", "random_crop"},
         "LoraLoop_BucketImages": {"dataset"} | _field_inputs(dataset_mod.GroupConfig),
@@ -822,6 +822,14 @@ def test_validation_arguments_make_the_validation_node():
         "validation_split": 0.2, "validation_seed": -1, "validate_every_n_steps": 0, "validate_every_n_epochs": 0,
         "max_validation_steps": 0}
     assert "validation_split" in refused(BASE + ["--validation_split", "1.5"])
+
+
+def test_mask_folder_for_a_train_data_dir():
+    parsed, g, _ = run(["--pretrained_model_name_or_path=m.safetensors", "--train_data_dir=imgs", "--resolution=512",
+                        "--output_dir=out", "--masked_loss", "--conditioning_data_dir=masks"])
+    assert by_type(g, "LoraLoop_LoadDataset")["conditioning_data_dir"] == os.path.abspath("masks")
+    assert by_type(g, "LoraLoop_NoiseLossSettings")["masked_loss"] is True
+    assert "[[datasets.subsets]]" in refused(BASE + ["--conditioning_data_dir=masks"])
 
 
 def test_max_token_length_defaults_to_sd_scripts_cut():
