@@ -334,7 +334,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("save_model_as", str, "safetensors", A, "always safetensors (other formats are unsupported)",
        choices=(None, "ckpt", "pt", "safetensors")),
     _o("unet_lr", float, None, M, f"{TRAIN}.learning_rate"),
-    _o("text_encoder_lr", float, None, M, f"{OPTIMIZER}.text_encoder_lr (one rate for every text encoder)",
+    _o("text_encoder_lr", float, None, M, f"{OPTIMIZER}.text_encoder_lr; several values: {OPTIMIZER}."
+                                          "text_encoder_lrs (networks.lora: the first for all, as sd-scripts)",
        nargs="*"),
     _o("fp8_base_unet", FLAG, False, G, "UNETLoader.weight_dtype = fp8_e4m3fn"),
     _o("network_weights", str, None, G, f"{INJECT}.init_lora"),
@@ -816,9 +817,6 @@ def _unsupported_values(a, given: frozenset[str]) -> list[str]:
     if blocks and module not in (None, "networks.lora"):
         out += [_show(f"network_args {k}", _network_args(a)[0][k], "networks.lora only: the SD1/SD2/SDXL U-Net")
                 for k in blocks]
-    lrs = _lr_list(a)
-    if len(set(lrs)) > 1 and module not in (None, "networks.lora"):
-        out.append(_show("text_encoder_lr", lrs, "one rate for all text encoders"))
     try:
         res = _resolution(a.resolution)
     except CliError:
@@ -1128,9 +1126,12 @@ def _derive(a, given: frozenset[str], config_path: str | None, rng: random.Rando
     unet_lr = a.unet_lr if a.unet_lr is not None else a.learning_rate
     lrs = _lr_list(a)
     te_lr = lrs[0] if lrs else a.learning_rate
-    if len(set(lrs)) > 1:
+    per_encoder = len(set(lrs)) > 1 and a.network_module not in (None, "networks.lora", LYCORIS_MODULE)
+    if len(set(lrs)) > 1 and not per_encoder:
         notes.append(f"--text_encoder_lr: {a.network_module or 'networks.lora'} uses the first value ({te_lr}) for "
-                     f"every text encoder, as sd-scripts' networks.lora does")
+                     f"every text encoder, as sd-scripts' {a.network_module or 'networks.lora'} does")
+    inp.put(OPTIMIZER, TrainConfig, "text_encoder_lrs", ",".join(f"{v:g}" for v in lrs) if per_encoder else "",
+            "--text_encoder_lr")
     # train
     memory = "streamed" if (a.blocks_to_swap or 0) > 0 else "checkpointed" if a.gradient_checkpointing else "auto"
     inp.put(TRAIN, TrainConfig, "max_train_steps", a.max_train_steps, "--max_train_steps")

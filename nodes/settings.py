@@ -57,7 +57,8 @@ TOPICS = (
           "with its arguments.",
           ((TrainConfig, ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
                           "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision",
-                          "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args")),)),
+                          "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args",
+                          "text_encoder_lrs")),)),
     Topic("noise_loss", "LoraLoop_NoiseLossSettings", "Noise & Loss (LoRA Loop)", NoiseLossSettingsIO,
           "noise_loss_settings", "Train LoRA",
           "Offset noise, Min-SNR weighting, timestep range, loss type, and the flow models' (SD3, FLUX and the newer "

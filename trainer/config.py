@@ -82,6 +82,17 @@ LR = dict(min=0.0, max=1.0, step=0.000001, round=0.0000001)
 SEED = dict(min=0, max=2**63 - 1)
 
 
+def _lr_list(text: str) -> str:
+    if str(text).strip():
+        try:
+            values = [float(v) for v in str(text).split(",")]
+        except ValueError:
+            raise ValueError(f"text_encoder_lrs {text!r}: comma-separated learning rates, e.g. 1e-5,5e-6") from None
+        if any(v < 0 for v in values):
+            raise ValueError(f"text_encoder_lrs {text!r}: learning rates are 0 or more")
+    return text
+
+
 NETWORK_ALGOS = ("lora", "loha", "lokr")  # LyCORIS algo names (trainer/lycoris.py)
 
 
@@ -206,6 +217,10 @@ class TrainConfig:
                                        step=0.1)
     text_encoder_lr: float = option(5e-5, "Learning rate of the text-encoder LoRA (kohya text_encoder_lr). Used only "
                                           "when the text encoder is trained.", **LR)
+    text_encoder_lrs: str = option("", "One learning rate per text encoder, comma-separated in sd-scripts' order "
+                                       "(SDXL: CLIP-L, CLIP-G; SD3: CLIP-L, CLIP-G, T5; FLUX.1: CLIP-L, T5), as kohya "
+                                       "--text_encoder_lr with several values; encoders past the list take its first "
+                                       "value. Empty = text_encoder_lr for every encoder.", check=_lr_list)
     max_grad_norm: float = option(1.0, "Clip the LoRA gradient norm to this value; 0 disables (kohya max_grad_norm, "
                                        "default 1.0).", min=0.0, max=1000.0, step=0.01)
     gradient_accumulation_steps: int = option(1, "Micro-batches summed per optimizer step (kohya "

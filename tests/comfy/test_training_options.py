@@ -199,3 +199,21 @@ def test_network_options_reach_the_network_and_the_trainer(comfy):
     n = len(log.records)
     comfy_env.run_prompt(q, "netopts-load", executor=ex)
     assert [r for r in log.records[n:] if "lora key not loaded" in r] == []
+
+
+def test_one_learning_rate_per_text_encoder(comfy):
+    """Optimizer Settings' text_encoder_lrs on SDXL (CLIP-L, CLIP-G in sd-scripts' order): a rate of 0 leaves that
+    encoder's LoRA out of the optimizer (sd-scripts' "NO LR skipping"), the other one trains."""
+    ds = graphs.make_dataset(os.path.join(comfy["tmp"], "in", "te_lrs"), n=2)
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sdxl", dataset=ds, steps=3, save_name="te_lrs")
+    p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"]["train_text_encoder"] = True
+    p[graphs.one(p, "LoraLoop_EncodeDataset")]["inputs"].pop("clip")
+    graphs.train_options(p, text_encoder_lrs="1e-3,0")
+    ex, _ = comfy_env.run_prompt(p, "te-lrs")
+    sd = _load(_saved_path(comfy, ex, p))
+    ups = {k: v for k, v in sd.items() if k.endswith("lora_up.weight")}
+    te1 = [v for k, v in ups.items() if k.startswith("lora_te1_")]
+    te2 = [v for k, v in ups.items() if k.startswith("lora_te2_")]
+    assert te1 and te2
+    assert any(float(v.abs().max()) > 0 for v in te1)
+    assert all(float(v.abs().max()) == 0 for v in te2)  # lr 0: never stepped, still the zero init

@@ -431,9 +431,12 @@ def test_learning_rates():
     parsed, g, _ = run(BASE + ["--text_encoder_lr", "1e-5", "2e-5"])  # networks.lora uses the first one
     assert by_type(g, "LoraLoop_OptimizerSettings")["text_encoder_lr"] == 1e-5
     assert any("first value" in n for n in parsed.notes)
-    assert "--text_encoder_lr" in refused(BASE + ["--network_module", "networks.lora_flux",
-                                                  "--text_encoder_lr", "1e-5", "2e-5"])
-    run(BASE + ["--network_module", "networks.lora_sd3", "--text_encoder_lr", "1e-5", "1e-5"])
+    assert by_type(g, "LoraLoop_OptimizerSettings")["text_encoder_lrs"] == ""
+    # the family modules with prepare_optimizer_params_with_multiple_te_lrs: one rate per encoder
+    _, g, _ = run(BASE + ["--network_module", "networks.lora_flux", "--text_encoder_lr", "1e-5", "2e-5"])
+    assert by_type(g, "LoraLoop_OptimizerSettings")["text_encoder_lrs"] == "1e-05,2e-05"
+    _, g, _ = run(BASE + ["--network_module", "networks.lora_sd3", "--text_encoder_lr", "1e-5", "1e-5"])
+    assert by_type(g, "LoraLoop_OptimizerSettings")["text_encoder_lrs"] == ""  # one value
 
 
 @pytest.mark.parametrize("argv,ours", [
@@ -721,7 +724,8 @@ def test_every_emitted_input_name_is_a_node_input():
     T = cfg.TrainConfig
     optimizer_fields = ("lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "text_encoder_lr",
                         "max_grad_norm", "gradient_accumulation_steps", "optimizer_args", "mixed_precision",
-                        "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args")
+                        "max_train_epochs", "optimizer_class", "lr_scheduler_type", "lr_scheduler_args",
+                        "text_encoder_lrs")
     noise_fields = ("noise_offset", "min_snr_gamma", "min_timestep", "max_timestep", "loss_type", "timestep_sampling",
                     "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "noise_offset_random_strength",
                     "adaptive_noise_scale", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
