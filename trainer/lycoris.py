@@ -336,11 +336,12 @@ class DoRAModule(LoRAModule):
         """``c = dora_scale / ||W + s B A||`` per input column (shape (in,)), differentiable in B, A, dora_scale."""
         up, down = self._up_down()
         s = self.scale
-        g, col2 = _BaseProduct.apply(up, read)
-        cross = (down * g).sum(dim=(0, 2))
-        quad = torch.einsum("rik,rs,sik->i", down, up.t() @ up, down)
-        norm = (col2 + 2 * s * cross + s * s * quad).clamp_min(0).sqrt() + torch.finfo(torch.float32).eps
-        return self.dora_scale.reshape(-1) / norm
+        with torch.autocast(device_type=up.device.type, enabled=False):  # norms in the LoRA's float32, never bf16
+            g, col2 = _BaseProduct.apply(up, read)
+            cross = (down * g).sum(dim=(0, 2))
+            quad = torch.einsum("rik,rs,sik->i", down, up.t() @ up, down)
+            norm = (col2 + 2 * s * cross + s * s * quad).clamp_min(0).sqrt() + torch.finfo(torch.float32).eps
+            return self.dora_scale.reshape(-1) / norm
 
     def adapted(self, org_forward, x: torch.Tensor, args, kwargs, read: Callable[[], torch.Tensor]):
         """The module's output with DoRA: ``org(x * c) + s B A (x * c)``; multiplier m blends with the base output

@@ -122,3 +122,33 @@ def test_init_lora_continues_a_lycoris_file(comfy):
     first_sd, _ = _load(first)
     assert set(sd) == set(first_sd)
     assert json.loads(meta["ss_network_args"])["algo"] == "loha"
+
+
+@pytest.mark.parametrize("case", ["loha", "dora"])
+def test_a_lycoris_run_resumes_bit_for_bit(comfy, case):
+    """4 steps in one go == 2 steps, then a second Train LoRA continuing from the first one's TRAIN_STATE (the
+    adapter's tensors and their optimizer state travel in the state)."""
+    import copy
+
+    def graph(name, steps):
+        family, options, inject, _, _ = CASES[case]
+        p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family=family, dataset=_dataset(comfy, "lyco"),
+                                    steps=steps, lr=2e-3, save_name=name)
+        graphs.network_options(p, **options)
+        p[graphs.one(p, "LoraLoop_InjectLoRA")]["inputs"].update(inject)
+        return p
+
+    p = graph(f"straight_{case}", 4)
+    ex, _ = comfy_env.run_prompt(p, f"straight-{case}", executor=comfy_env.new_executor())
+    straight, _ = _load(graphs.saved_lora(ex, p))
+    q = graph(f"chained_{case}", 2)
+    t1 = graphs.one(q, "LoraLoop_TrainLoRA")
+    q["t2"] = copy.deepcopy(q[t1])
+    graphs.train_options(q, "t2", steps=4, train_state=[t1, 5], output_name="second")
+    save = graphs.one(q, "LoraLoop_SaveLoRA")
+    q[save]["inputs"]["network"] = ["t2", 2]
+    ex, _ = comfy_env.run_prompt(q, f"chained-{case}", executor=comfy_env.new_executor())
+    chained, _ = _load(graphs.saved_lora(ex, None, save))
+    assert chained.keys() == straight.keys()
+    assert all(torch.equal(chained[k], straight[k]) for k in straight), \
+        [k for k in straight if not torch.equal(chained[k], straight[k])][:5]
