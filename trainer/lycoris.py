@@ -30,6 +30,7 @@ on its plain torch path, so a run is the same on every machine.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Callable, Optional
@@ -336,7 +337,9 @@ class DoRAModule(LoRAModule):
         """``c = dora_scale / ||W + s B A||`` per input column (shape (in,)), differentiable in B, A, dora_scale."""
         up, down = self._up_down()
         s = self.scale
-        with torch.autocast(device_type=up.device.type, enabled=False):  # norms in the LoRA's float32, never bf16
+        no_autocast = contextlib.nullcontext() if up.device.type == "meta" else \
+            torch.autocast(device_type=up.device.type, enabled=False)
+        with no_autocast:  # the norms in the LoRA's float32, never in an autocast bf16
             g, col2 = _BaseProduct.apply(up, read)
             cross = (down * g).sum(dim=(0, 2))
             quad = torch.einsum("rik,rs,sik->i", down, up.t() @ up, down)

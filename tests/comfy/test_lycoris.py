@@ -76,6 +76,9 @@ def test_lycoris_trains_saves_and_reloads_exactly_through_comfyuis_loader(comfy,
     after = outputs["eval"]["lora_loop_chart"][0]["loss"]
     assert len(losses) == STEPS and all(torch.isfinite(torch.tensor(losses + after)))
     assert sum(after) < sum(losses[:EVAL_STEPS]), (losses[:EVAL_STEPS], after)  # it learned
+    notes = outputs[train]["lora_loop_chart"][0]["notes"]  # the memory plan measured the adapter's step
+    plan = [n for n in notes if n.startswith("memory: ")]
+    assert plan and "no estimate" not in plan[0], notes
 
     save = [k for k in graphs.nodes_of(p, "LoraLoop_SaveLoRA") if k != "eval_save"][0]
     report = outputs[save]["text"][0]
