@@ -212,3 +212,22 @@ def test_fp8_base_trains_on_the_fp8_weights_comfyui_loads(comfy, tiny_sd15, tmp_
     assert "model weight dtype torch.float8_e4m3fn" in out
     with safe_open(str(tmp_path / "out" / "f8.safetensors"), "pt") as f:
         assert all(k.startswith("lora_unet_") for k in f.keys())
+
+
+def test_lycoris_from_the_command_line(comfy, tiny_sd15, tmp_path):
+    """--network_module lycoris.kohya --network_args algo=loha: a LoHa file (its keys, lycoris.kohya in the header;
+    the 3x3 convs trained at network_dim as LyCORIS does) that ComfyUI's loader applies with zero unloaded keys."""
+    p = _run([sys.executable, SCRIPT, f"--pretrained_model_name_or_path={tiny_sd15}",
+              f"--dataset_config={_dataset(tmp_path, 2)}", "--output_dir=./out", "--output_name=loha",
+              "--network_module=lycoris.kohya", "--network_args", "algo=loha", "preset=full", "--network_dim=4",
+              "--network_alpha=2", "--learning_rate=1e-3", "--max_train_steps=2", "--seed=3"], tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    path = tmp_path / "out" / "loha.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"])["algo"] == "loha"
+    assert keys and all(k.endswith((".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".alpha")) for k in keys)
+    assert any("resnets" in k for k in keys)  # the convs, at network_dim
+    n, unloaded = comfy_env.call(_lora_not_loaded, tiny_sd15, str(path))
+    assert n == len(keys) and unloaded == 0
