@@ -70,8 +70,8 @@ EXAMPLES = [
         "card": {"title": "Train with sd-scripts options", "model": "SD1.5", "family": "sd15",
                  "lines": ["the settings nodes, kohya's names", "warm-up, min-SNR, dropout, validation",
                            "CPU test: 256 px, 10 steps"]},
-        "layout": {**SD_LAYOUT, "14": (1900, 40), "15": (2260, 40), "16": (370, 610), "17": (1900, 410),
-                   "18": (20, 1010), "19": (1900, 680)},
+        "layout": {**SD_LAYOUT, "14": (1900, 40), "15": (2260, 40), "16": (370, 610), "17": (1900, 440),
+                   "18": (20, 1010), "19": (1900, 720)},
         "view": VIEW,
         "note": (
             "## Train with sd-scripts options (SD1.5)\n"
