@@ -82,14 +82,21 @@ LR = dict(min=0.0, max=1.0, step=0.000001, round=0.0000001)
 SEED = dict(min=0, max=2**63 - 1)
 
 
+def lr_values(text: str) -> list[float]:
+    """``text_encoder_lrs`` as numbers (empty: [])."""
+    if not str(text).strip():
+        return []
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"text_encoder_lrs {text!r}: comma-separated learning rates, e.g. 1e-5,5e-6") from None
+    if any(v < 0 for v in values):
+        raise ValueError(f"text_encoder_lrs {text!r}: learning rates are 0 or more")
+    return values
+
+
 def _lr_list(text: str) -> str:
-    if str(text).strip():
-        try:
-            values = [float(v) for v in str(text).split(",")]
-        except ValueError:
-            raise ValueError(f"text_encoder_lrs {text!r}: comma-separated learning rates, e.g. 1e-5,5e-6") from None
-        if any(v < 0 for v in values):
-            raise ValueError(f"text_encoder_lrs {text!r}: learning rates are 0 or more")
+    lr_values(text)
     return text
 
 

@@ -199,25 +199,31 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` into an upright 8-bit RGB image (see the module doc for the rules).
-
-    Raises :class:`ImageError` for missing, non-image, corrupt, truncated or oversized files."""
+def _decode_upright(path: str, max_pixels: int, convert) -> Image.Image:
+    """Open ``path`` (checked), decode it, ``convert(im)`` to the wanted image and apply its EXIF orientation.
+    ``convert`` may return ``im`` itself; it is copied then, since the file's image is closed here."""
     im = _open_checked(path, max_pixels)
     try:
         orientation = _orientation(im)
         try:
             im.load()
-            rgb = _to_rgb(im)
-            if rgb is im:
-                rgb = im.copy()
+            out = convert(im)
+            if out is im:
+                out = im.copy()
         except _DECODE_ERRORS as e:
             raise ImageError(path, f"image data is corrupt or truncated: {e}") from e
     finally:
         im.close()
     if orientation in _TRANSPOSE:
-        rgb = rgb.transpose(_TRANSPOSE[orientation])
-    return rgb
+        out = out.transpose(_TRANSPOSE[orientation])
+    return out
+
+
+def open_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an upright 8-bit RGB image (see the module doc for the rules).
+
+    Raises :class:`ImageError` for missing, non-image, corrupt, truncated or oversized files."""
+    return _decode_upright(path, max_pixels, _to_rgb)
 
 
 def open_mask(path: str, alpha: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -226,20 +232,9 @@ def open_mask(path: str, alpha: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     of the mask image ``path`` (sd-scripts' ``conditioning_data_dir`` masks; a grey mask is its grey level).
 
     Raises :class:`ImageError` for missing, non-image, corrupt, truncated or oversized files."""
-    im = _open_checked(path, max_pixels)
-    try:
-        orientation = _orientation(im)
-        try:
-            im.load()
-            if alpha:
-                mask = im.convert("RGBA").getchannel("A") if _has_transparency(im) else \
-                    Image.new("L", im.size, 255)
-            else:
-                mask = _to_rgb(im).getchannel("R")
-        except _DECODE_ERRORS as e:
-            raise ImageError(path, f"image data is corrupt or truncated: {e}") from e
-    finally:
-        im.close()
-    if orientation in _TRANSPOSE:
-        mask = mask.transpose(_TRANSPOSE[orientation])
-    return mask
+    def convert(im: Image.Image) -> Image.Image:
+        if alpha:
+            return im.convert("RGBA").getchannel("A") if _has_transparency(im) else Image.new("L", im.size, 255)
+        return _to_rgb(im).getchannel("R")
+
+    return _decode_upright(path, max_pixels, convert)

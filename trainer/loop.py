@@ -20,7 +20,7 @@ import torch
 from .batching import Sample, epoch_batches
 from .captions import process_caption
 from . import distributed
-from .config import TrainConfig
+from .config import TrainConfig, lr_values
 from .encoded import EncodedDataset
 from .network_options import lr_options
 from .noise import StepNoise
@@ -120,8 +120,8 @@ class Trainer:
         self.stream_data = data if not self.ctx.distributed else dataclasses.replace(
             data, dataset=distributed.global_dataset(data.dataset))
         # LoRA+ and block lr weights (Network Training settings) split the groups, sd-scripts' way
-        te_lrs = [float(v) for v in cfg.text_encoder_lrs.split(",")] if cfg.text_encoder_lrs.strip() else None
-        groups = network.param_groups(cfg.learning_rate, text_encoder_lr=te_lrs or cfg.text_encoder_lr,
+        groups = network.param_groups(cfg.learning_rate, text_encoder_lr=lr_values(cfg.text_encoder_lrs)
+                                      or cfg.text_encoder_lr,
                                       **lr_options(cfg, network.family))
         self.dropouts = any(m.dropout or m.rank_dropout or m.module_dropout for m in network.loras())
         self.max_norm: tuple | None = None  # the last step's scale_weight_norms report

@@ -61,6 +61,24 @@ def _alpha_value(alpha, rank: int) -> float:
     return float(alpha)
 
 
+def copy_file_tensors(m: nn.Module, d, source: str) -> None:
+    """Copy file tensors by suffix into the module's parameters: ``.lora_down.weight`` -> ``m.lora_down.weight``,
+    ``.hada_w1_a`` -> ``m.hada_w1_a`` ...; ``.alpha`` is left to the caller (it is a constant, not a parameter)."""
+    with torch.no_grad():
+        for suf, v in d.items():
+            if suf == ".alpha":
+                continue
+            p = getattr(m, suf[1:].replace(".weight", ""), None)
+            if isinstance(p, nn.Module):
+                p = p.weight
+            if p is None:
+                raise ValueError(f"{source}: {m.lora_name}{suf}: this {type(m).__name__} has no such tensor")
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{source}: {m.lora_name}{suf} has shape {tuple(v.shape)}, the model needs "
+                                 f"{tuple(p.shape)}")
+            p.copy_(v.to(device=p.device, dtype=p.dtype))
+
+
 class LoRAModule(nn.Module):
     """kohya ``LoRAModule``: down (kaiming uniform), up (zeros), constant ``alpha`` buffer.
 
@@ -172,14 +190,9 @@ class LoRAModule(nn.Module):
                 ".alpha": self.alpha.detach().to(torch.float32).reshape(())}
 
     def load_file_tensors(self, d, source: str) -> None:
-        with torch.no_grad():
-            for suf, p in ((".lora_down.weight", self.lora_down.weight), (".lora_up.weight", self.lora_up.weight)):
-                if suf in d:
-                    v = d[suf]
-                    if tuple(v.shape) != tuple(p.shape):
-                        raise ValueError(f"{source}: {self.lora_name}{suf} has shape {tuple(v.shape)}, "
-                                         f"the model needs {tuple(p.shape)}")
-                    p.copy_(v.to(device=p.device, dtype=p.dtype))
+        """Copy the file's tensors (by suffix, as :meth:`file_tensors` names them) into this module; ``.alpha``
+        sets the alpha. Shape mismatches raise, naming the key."""
+        copy_file_tensors(self, d, source)
         if ".alpha" in d:
             self.set_alpha(d[".alpha"])
 

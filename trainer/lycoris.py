@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NETWORK_ALGOS as ALGOS
-from .lora import LoRAModule, OrgSpec, _alpha_value
+from .lora import LoRAModule, OrgSpec, _alpha_value, copy_file_tensors
 
 LOHA_SUFFIXES = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
 LOKR_SUFFIXES = (".lokr_w1", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2", ".lokr_w2_a", ".lokr_w2_b")
@@ -139,7 +139,7 @@ class _DeltaModule(nn.Module):
         return out
 
     def load_file_tensors(self, d, source: str) -> None:
-        _copy_params(self, d, source)
+        copy_file_tensors(self, d, source)
         if ".alpha" in d:
             self.set_alpha(d[".alpha"])
 
@@ -382,28 +382,8 @@ class DoRAModule(LoRAModule):
         out[DORA_SUFFIX] = self.dora_scale.detach()
         return out
 
-    def load_file_tensors(self, d, source: str) -> None:
-        super().load_file_tensors(d, source)
-        _copy_params(self, {k: v for k, v in d.items() if k == DORA_SUFFIX}, source)
-
     def extra_repr(self) -> str:
         return super().extra_repr() + " DoRA"
-
-
-def _copy_params(m: nn.Module, d, source: str) -> None:
-    with torch.no_grad():
-        for suf, v in d.items():
-            if suf == ".alpha":
-                continue
-            p = getattr(m, suf[1:].replace(".weight", ""), None)
-            if isinstance(p, nn.Module):
-                p = p.weight
-            if p is None:
-                raise ValueError(f"{source}: {m.lora_name}{suf}: this {type(m).__name__} has no such tensor")
-            if tuple(v.shape) != tuple(p.shape):
-                raise ValueError(f"{source}: {m.lora_name}{suf} has shape {tuple(v.shape)}, the module needs "
-                                 f"{tuple(p.shape)}")
-            p.copy_(v.to(device=p.device, dtype=p.dtype))
 
 
 def kind_of_keys(suffixes) -> str:

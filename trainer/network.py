@@ -269,7 +269,7 @@ class LoRANetwork(nn.Module):
                 m = _new_module(kind, t.name, lora_spec, r, a, multiplier=multiplier, dropout=dropout,
                                 rank_dropout=rank_dropout, module_dropout=module_dropout,
                                 shapes={k: tuple(v.shape) for k, v in d.items() if k in LOKR_SUFFIXES})
-                _load_module(m, d, source)
+                m.load_file_tensors(d, source)
                 loras[t.name] = m
                 (conv_ranks if t.kind == "conv3x3" else ranks)[r] += 1
                 (conv_alphas if t.kind == "conv3x3" else alphas)[a] += 1
@@ -396,7 +396,7 @@ class LoRANetwork(nn.Module):
             for n, m in zip(self._targets, self.loras()):
                 d = {s: sd[n + s] for s in mine[n] if n + s in sd}
                 if d:
-                    _load_module(m, d, source)
+                    m.load_file_tensors(d, source)
         if missing or unexpected:
             log.warning("LoRA load from %s: %d missing, %d unexpected keys", source, len(missing), len(unexpected))
         return LoadReport(missing=missing, unexpected=unexpected)
@@ -548,10 +548,6 @@ def _restore(done: Iterable[tuple[nn.Module, Any, Any]]) -> None:
             mod.__dict__.pop("forward", None)
         else:
             mod.forward = prev
-
-
-def _load_module(m, d: Mapping[str, torch.Tensor], source: str) -> None:
-    m.load_file_tensors(d, source)
 
 
 _MODULES = {"lora": LoRAModule, "dora": DoRAModule, "loha": LoHaModule, "lokr": LoKrModule}

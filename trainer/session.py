@@ -17,7 +17,7 @@ from . import distributed, validation
 from .assemble import build_objective
 from .checkpoints import CheckpointWriter, Saved, apply_state, capture_state
 from .config import TrainConfig
-from .encoded import EncodedDataset
+from .encoded import EncodedDataset, has_masks
 from .export import human_size
 from .loop import StepInfo, Trainer, TrainingDiverged, TrainResult
 from .memory import TrainingOutOfMemory, is_out_of_memory
@@ -190,7 +190,7 @@ def train(*, model, clip, network, data: EncodedDataset, cfg: TrainConfig, progr
 
 def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resume_source, preview, vae, on_state,
            model_name, outcome) -> SessionResult:
-    if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for s in data.dataset.subsets):
+    if cfg.masked_loss and not has_masks(data.dataset):
         raise ValueError("masked_loss: the dataset has no masks. Give its subsets a conditioning_data_dir (a folder of "
                          "mask images with the images' file names; Load Dataset's conditioning_data_dir) or turn "
                          "alpha_mask on for transparent images")
