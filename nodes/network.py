@@ -77,6 +77,8 @@ class InjectLoRA(io.ComfyNode):
             init_state = load_file(source)
             with safe_open(source, framework="pt") as f:
                 init_meta = f.metadata() or {}
+        if cfg.dora_wd and not init_state:  # DoRA's magnitudes start from the weights the MODEL has
+            ca.load_base_weights(model, clip if cfg.train_text_encoder else None)
         net = build_network(family, ca.diffusion_root(model), ca.unet_config(model),
                             clip.cond_stage_model if clip is not None else None, cfg, init_state, source, init_meta,
                             weight_reader=ca.dense_weight)

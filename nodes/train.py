@@ -81,10 +81,13 @@ class TrainLoRA(io.ComfyNode):
                 receiver_input(VALIDATION),
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied "
-                                                              "(bypass, exactly as trained): connect to KSampler."),
+                io.Model.Output(display_name="model", tooltip="The input MODEL with the trained LoRA applied: "
+                                                              "merged into the weights as LoraLoader does (samples "
+                                                              "at the base model's speed); on fp8 / quantized / GGUF "
+                                                              "weights as the training bypass. Connect to KSampler."),
                 io.Clip.Output(display_name="clip", tooltip="The CLIP with the trained text-encoder LoRA applied "
-                                                            "(the input CLIP when the text encoder was not trained)."),
+                                                            "the same way (the input CLIP when the text encoder was "
+                                                            "not trained)."),
                 LoraNetwork.Output(display_name="network", tooltip="The trained LORA_NETWORK: connect to Save LoRA."),
                 io.LossMap.Output(display_name="loss", tooltip="Loss per step ({'loss': [...]}, core's LOSS_MAP; "
                                                                "connects to Plot Loss Graph)."),

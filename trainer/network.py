@@ -87,7 +87,8 @@ class LoadReport(dict):
         return self["unexpected"]
 
 
-def _resolve(roots: Mapping[str, nn.Module], target: Target) -> nn.Module:
+def resolve(roots: Mapping[str, nn.Module], target: Target) -> nn.Module:
+    """The module ``target`` names under ``roots``."""
     if target.root not in roots:
         raise KeyError(f"LoRA target {target.name} needs root {target.root!r}, but only "
                        f"{sorted(roots)} were given")
@@ -207,11 +208,11 @@ class LoRANetwork(nn.Module):
         loras: dict[str, LoRAModule] = {}
         with torch.inference_mode(False):
             for t in targets:
-                lora_spec = OrgSpec.of(_resolve(roots, t))
+                lora_spec = OrgSpec.of(resolve(roots, t))
                 _check_kind(t, lora_spec)
                 r, a = (spec.conv_rank, spec.conv_alpha) if t.kind == "conv3x3" else (spec.rank, spec.alpha)
                 r, a = ranks.get(t.name, (r, a))
-                org = _resolve(roots, t)
+                org = resolve(roots, t)
                 loras[t.name] = _new_module("dora" if dora else algo, t.name, lora_spec, r, a,
                                             multiplier=multiplier, dropout=dropout, rank_dropout=rank_dropout,
                                             module_dropout=module_dropout, generator=generator, factor=factor,
@@ -260,7 +261,7 @@ class LoRANetwork(nn.Module):
                 if t.name not in by_name:
                     continue
                 d = by_name[t.name]
-                lora_spec = OrgSpec.of(_resolve(roots, t))
+                lora_spec = OrgSpec.of(resolve(roots, t))
                 _check_kind(t, lora_spec)
                 kind = kind_of_keys(d)
                 r = _file_rank(kind, d)
@@ -280,7 +281,12 @@ class LoRANetwork(nn.Module):
 
     def subset(self, root: str) -> "LoRANetwork":
         """A view holding only the targets under ``root`` (the same LoRA modules and weights, same spec)."""
-        targets = [t for t in self.targets if t.root == root]
+        return self.select([t.name for t in self.targets if t.root == root])
+
+    def select(self, names: Iterable[str]) -> "LoRANetwork":
+        """A view holding only the targets named in ``names`` (the same LoRA modules and weights, same spec)."""
+        keep = set(names)
+        targets = [t for t in self.targets if t.name in keep]
         return LoRANetwork(targets, {t.name: self.lora(t.name) for t in targets}, self.spec)
 
     # ------------------------------------------------------------------ access
@@ -329,7 +335,7 @@ class LoRANetwork(nn.Module):
         done: list[tuple[nn.Module, Any, Any]] = []
         try:
             for t, lora in self.items():
-                mod = _resolve(roots, t)
+                mod = resolve(roots, t)
                 spec = OrgSpec.of(mod)
                 if spec != lora.spec:
                     raise ValueError(f"LoRA {t.name} was built for {lora.spec} but {t.root}.{t.path} is {spec}")

@@ -395,7 +395,9 @@ def _train(model, clip, network, data, cfg, progress, checkpoints, resume, resum
         ca.raise_if_interrupted()
     rec = record()
     net.record = rec
-    return SessionResult(model=mp, clip=clip_t if clip_t is not None else clip, network=net,
+    model_out, clip_out, form = ca.for_sampling(mp, clip_t if clip_t is not None else clip, net)
+    progress.note(form.describe())
+    return SessionResult(model=model_out, clip=clip_out, network=net,
                          losses=result.losses, lrs=result.lrs, record=rec, loop=result, state=state,
                          start_step=start_step, images=runner.batch() if runner is not None else None,
                          checkpoints=list(checkpoints.saved) if checkpoints is not None else [])

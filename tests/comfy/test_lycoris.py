@@ -155,3 +155,39 @@ def test_a_lycoris_run_resumes_bit_for_bit(comfy, case):
     assert chained.keys() == straight.keys()
     assert all(torch.equal(chained[k], straight[k]) for k in straight), \
         [k for k in straight if not torch.equal(chained[k], straight[k])][:5]
+
+
+def test_dora_starts_from_the_models_own_weights_while_another_clones_lora_is_merged(comfy):
+    """DoRA's initial magnitudes are the norms of the MODEL's weights. A clone sampled before (here Train LoRA's
+    output, its LoRA merged into the shared modules as LoraLoader merges) must not leak into them: Inject LoRA has
+    ComfyUI load the MODEL itself first."""
+    p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=_dataset(comfy, "lyco"), steps=2,
+                                lr=1e-2, save_name="dora_merged_first")
+    loader, train = graphs.one(p, "LoraLoopTest_TinyModel"), \
+        graphs.one(p, "LoraLoop_TrainLoRA")
+    graphs.add_predict_branch(p, [train, 0], [train, 1], "dora_merged_first", "tp", sigma=1.0, text="x")
+    base = {loader: p[loader]}
+    graphs.add_predict_branch(base, [loader, 0], [loader, 1], "dora_base_first", "bp", sigma=1.0, text="x")
+
+    def inject_dora(seed: int, name: str) -> dict:
+        return {loader: p[loader],
+                "opts": {"class_type": "LoraLoop_NetworkOptions", "inputs": {"dora_wd": True}},
+                "inj": {"class_type": "LoraLoop_InjectLoRA",
+                        "inputs": {"model": [loader, 0], "clip": [loader, 1], "network_dim": 4, "network_alpha": 4.0,
+                                   "conv_dim": 0, "conv_alpha": 1.0, "train_text_encoder": False,
+                                   "init_seed": seed, "network_options": ["opts", 0]}},
+                "save": {"class_type": "LoraLoop_SaveLoRA", "inputs": {"network": ["inj", 2], "filename": name,
+                                                                       "save_dtype": "fp32", "if_exists": "increment"}}}
+
+    ex = comfy_env.new_executor()
+    comfy_env.run_prompt(base, "dora-base", executor=ex)  # the base weights are what ComfyUI has loaded
+    q = inject_dora(1, "dora_clean")
+    comfy_env.run_prompt(q, "dora-clean", executor=ex)
+    clean, _ = _load(graphs.saved_lora(ex, q, "save"))
+    comfy_env.run_prompt(p, "dora-merged", executor=ex)  # now the trained LoRA is merged into the shared modules
+    q = inject_dora(2, "dora_after_merged")
+    comfy_env.run_prompt(q, "dora-after-merged", executor=ex)
+    after, _ = _load(graphs.saved_lora(ex, q, "save"))
+    scales = [k for k in clean if k.endswith(".dora_scale")]
+    assert scales and all(torch.equal(after[k], clean[k]) for k in scales), \
+        [k for k in scales if not torch.equal(after[k], clean[k])][:3]

@@ -4,7 +4,8 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 
 - ``model``: family detection, the objective from ``model_sampling``, loading for training and the
   denoiser the loop calls (``comfy/model_base.py``, ``comfy/model_sampling.py``, ``comfy/model_management.py``);
-- ``inject``: the bypass LoRA as a ``PatcherInjection`` on a clone (``comfy/model_patcher.py``);
+- ``inject``: the bypass LoRA as a ``PatcherInjection`` on a clone, and the trained LoRA merged for sampling as
+  LoraLoader merges it (``comfy/model_patcher.py``, ``comfy/sd.py``);
 - ``autograd``: what makes ComfyUI's inference code trainable (inference tensors, fused kernels without a
   backward, blocks that update their residual stream in place, gradient checkpointing);
 - ``quant``: ComfyUI 0.8's quantized checkpoints (``comfy/ops.py`` ``mixed_precision_ops``, ``comfy/quant_ops.py``);
@@ -18,7 +19,7 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 from .autograd import (checkpoint_blocks, dense_weight, differentiable_kernels, functional_residuals, gradient_checkpointing,
                        recast_in_backward)
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
-from .inject import install_network, install_text_encoder_network
+from .inject import SamplingForm, base_clip_of, base_of, for_sampling, install_network, load_base_weights, install_text_encoder_network
 from .memory import device_budget, free_device_memory, plan_training
 from .interrupt import interrupted, is_interrupt, raise_if_interrupted
 from .model import (ComfyTrainModel, ObjectiveSpec, autocast_dtype, detect_family, diffusion_root,
@@ -29,9 +30,9 @@ from .verify import VerifyReport, verify_saved_lora
 __all__ = [
     "ComfyTrainModel", "ObjectiveSpec", "VerifyReport", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint",
     "dense_weight",
-    "detect_family", "device_budget", "differentiable_kernels", "diffusion_root", "encode_caption",
+    "detect_family", "device_budget", "for_sampling", "base_of", "base_clip_of", "SamplingForm", "differentiable_kernels", "diffusion_root", "encode_caption",
     "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing", "install_network",
-    "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale", "load_clip_for_training",
+    "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale", "load_base_weights", "load_clip_for_training",
     "load_for_training", "model_config_names", "objective_spec", "plan_training", "raise_if_interrupted",
     "recast_in_backward", "sample_preview", "sampler_names", "unet_config", "vae_fingerprint", "verify_saved_lora",
 ]

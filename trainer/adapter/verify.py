@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .encode import encode_caption
-from .inject import INJECTION_KEY, install_network, install_text_encoder_network
+from .inject import base_clip_of, base_of, install_network, install_text_encoder_network
 
 PROMPT = "a photo"
 SIZE = 128  # pixels: big enough for every U-Net level, cheap on a CPU
@@ -41,18 +41,6 @@ class _Collect(logging.Handler):
             self.keys.append(msg.split(":", 1)[-1].strip())
 
 
-def _base(patcher):
-    p = patcher.clone()
-    p.remove_injections(INJECTION_KEY)
-    return p
-
-
-def _base_clip(clip):
-    c = clip.clone()
-    c.patcher.remove_injections(INJECTION_KEY)
-    return c
-
-
 def _predict(patcher, cond) -> torch.Tensor:
     import comfy.model_management as mm
 
@@ -77,14 +65,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def verify_saved_lora(model, clip, network, path: str) -> VerifyReport:
     """Load ``path`` with ComfyUI's loader on ``model``/``clip`` without our LoRA, and compare with ``network``
-    installed as a bypass on the same base. ``model``/``clip`` may be Train LoRA's outputs (our injection is
-    removed first) or the checkpoint's own."""
+    installed as a bypass on the same base. ``model``/``clip`` may be Train LoRA's outputs (our LoRA is
+    taken off first) or the checkpoint's own."""
     import comfy.sd
     import comfy.utils
 
     sd = comfy.utils.load_torch_file(path, safe_load=True)
-    base = _base(model)
-    base_clip = _base_clip(clip) if clip is not None else None
+    base = base_of(model)
+    base_clip = base_clip_of(clip) if clip is not None else None
     collect = _Collect()
     root = logging.getLogger()
     root.addHandler(collect)

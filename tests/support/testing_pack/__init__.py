@@ -18,6 +18,9 @@ Nodes (all ``LoraLoopTest_*``):
 * ``OutOfMemoryAt(model, step) -> MODEL``: a clone whose ``step``-th training forward (grad enabled) raises
   ``torch.OutOfMemoryError`` with the CUDA allocator's wording, through the same APPLY_MODEL wrapper mechanism: a
   device running out of memory, reproducible on CPU.
+* ``LoraForm(model, clip, name)``: an output node that stores in ``RESULTS[name]`` how the MODEL and CLIP carry
+  LoRAs: the weight keys with patches (``model_patches`` / ``clip_patches``) and the injection keys
+  (``model_injections`` / ``clip_injections``).
 * ``UnsupportedModel(kind) -> MODEL``: a fresh tiny SD1.5 model whose model config class is replaced by ``kind``:
   ``FakeArch`` (a made-up ``BASE`` subclass) or ``SDXL_instructpix2pix`` (a real ComfyUI config LoRA Loop refuses).
 """
@@ -242,6 +245,27 @@ class OutOfMemoryAt(io.ComfyNode):
 UNSUPPORTED_KINDS = ("StableAudio", "SDXL_instructpix2pix", "WAN21_I2V")
 
 
+class LoraForm(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraLoopTest_LoraForm", display_name="LoRA Form (LoRA Loop tests)", category=CATEGORY,
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.String.Input("name", default="form")],
+            outputs=[], is_output_node=True)
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, model, clip, name) -> io.NodeOutput:
+        RESULTS[name] = {"model_patches": sorted(k for k, v in model.patches.items() if v),
+                         "model_injections": sorted(k for k, v in model.injections.items() if v),
+                         "clip_patches": sorted(k for k, v in clip.patcher.patches.items() if v),
+                         "clip_injections": sorted(k for k, v in clip.patcher.injections.items() if v)}
+        return io.NodeOutput()
+
+
 class UnsupportedModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -261,7 +285,7 @@ class UnsupportedModel(io.ComfyNode):
 
 class LoraLoopTestingExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning, RecordModelInputs,
+        return [TinyModel, ModelPredict, NoiseImages, SaveTensor, SaveConditioning, RecordModelInputs, LoraForm,
                 OutOfMemoryAt, UnsupportedModel]
 
 
