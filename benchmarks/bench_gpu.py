@@ -12,7 +12,8 @@ with text conds of the family's shapes, make the dataset. ``trainer.session.trai
 timed steps per memory mode: bf16 autocast, batch 1, AdamW. ``streamed`` keeps half the blocks off the device
 (``blocks_to_swap``). Per mode the table has s/step (mean of the timed steps), ``torch.cuda.max_memory_allocated``
 and the planner's estimate for the same plan. Then the sampling speed: a no-grad ``apply_model`` of the trained
-MODEL (bypass LoRA) against the base MODEL, interleaved, ``--sampling-reps`` each.
+MODEL (its LoRA merged into the weights, as LoraLoader does) against the base MODEL, interleaved, ``--sampling-reps``
+each.
 
 Random weights: speed and memory do not depend on the values, loss values mean nothing. Budget: under 8 minutes on
 one H100/H200-class GPU for the default set.
@@ -119,7 +120,8 @@ def run_mode(mp, mc, res, mode, steps, device):
 
 
 def sampling_speed(base, trained, mc, res, reps, device):
-    """No-grad apply_model of the trained MODEL (bypass LoRA) vs the base MODEL, interleaved."""
+    """No-grad apply_model of the trained MODEL (Train LoRA's output) vs the base MODEL, interleaved: each round
+    loads one, runs an untimed call (a sampler's later steps reuse what the first one set up), then a timed one."""
     import torch
 
     import comfy.model_management as mm
@@ -133,6 +135,7 @@ def sampling_speed(base, trained, mc, res, reps, device):
         for _ in range(reps + 1):
             for name, mp in (("base", base), ("trained", trained)):
                 mm.load_models_gpu([mp])
+                mp.model.apply_model(x, sigma, **conds)  # untimed: the first call after a load touches new weights
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
