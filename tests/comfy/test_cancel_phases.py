@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 
 import psutil
 import torch
@@ -17,10 +16,6 @@ import graphs
 from comfy_fixtures import comfy  # noqa: F401
 
 WORKFLOW = "train_then_generate_sd15.api.json"
-
-
-def _pack(suffix: str):
-    return next(m for k, m in list(sys.modules.items()) if k.endswith(suffix) and not k.startswith(("nodes.", "trainer.")))
 
 
 def _loras():
@@ -54,7 +49,7 @@ def _graph(comfy, name, steps, n_images=3, **options):
 
 
 def _finishes(p, pid, ex):
-    mm = _pack(".trainer.adapter.interrupt")
+    mm = comfy_env.pack_module(".trainer.adapter.interrupt")
     assert not mm.interrupted()
     ex2, _ = comfy_env.run_prompt(p, pid, executor=ex)
     return ex2
@@ -80,7 +75,7 @@ def test_cancel_while_saving_a_checkpoint(comfy, monkeypatch):
     """Cancel pressed while a checkpoint is being written: the write completes (atomic), the run stops at that
     step, and the state written is the one of that step."""
     mm = __import__("comfy.model_management", fromlist=["x"])
-    savefile = _pack(".trainer.savefile")
+    savefile = comfy_env.pack_module(".trainer.savefile")
     real = savefile.atomic_save_safetensors
 
     def pressing_cancel(tensors, path, metadata=None):
@@ -89,7 +84,7 @@ def test_cancel_while_saving_a_checkpoint(comfy, monkeypatch):
         return real(tensors, path, metadata)
 
     monkeypatch.setattr(savefile, "atomic_save_safetensors", pressing_cancel)
-    for mod in (_pack(".trainer.export"), _pack(".trainer.state")):
+    for mod in (comfy_env.pack_module(".trainer.export"), comfy_env.pack_module(".trainer.state")):
         monkeypatch.setattr(mod, "atomic_save_safetensors", pressing_cancel)
     p = _graph(comfy, "ckpt", steps=8, save_every_n_steps=2)
     ex, seen = comfy_env.execute_watching(p, "cancel-ckpt", total=8)
@@ -98,7 +93,7 @@ def test_cancel_while_saving_a_checkpoint(comfy, monkeypatch):
     assert sorted(os.listdir(folder)) == ["ckpt-step00000002-state.json", "ckpt-step00000002-state.tensors",
                                           "ckpt-step00000002.safetensors"]
     _no_partial_files(folder)
-    state = _pack(".trainer.state").load_state(os.path.join(folder, "ckpt-step00000002-state"))
+    state = comfy_env.pack_module(".trainer.state").load_state(os.path.join(folder, "ckpt-step00000002-state"))
     assert state.step == 2
     monkeypatch.undo()
     ex2 = _finishes(p, "cancel-ckpt-again", ex)  # continues from the cancelled step (re-queue rule)
@@ -131,7 +126,7 @@ def test_cancel_while_sampling_previews(comfy):
 def test_a_checkpoint_that_cannot_be_written_does_not_end_the_run(comfy, monkeypatch):
     """A full or read-only checkpoint folder at one periodic save: the error is logged, training goes on to the
     end, and the later checkpoints and the final file are written."""
-    savefile = _pack(".trainer.savefile")
+    savefile = comfy_env.pack_module(".trainer.savefile")
     real = savefile.atomic_save_safetensors
     failed = []
 
@@ -141,7 +136,7 @@ def test_a_checkpoint_that_cannot_be_written_does_not_end_the_run(comfy, monkeyp
             raise OSError(28, "No space left on device")
         return real(tensors, path, metadata)
 
-    for mod in (savefile, _pack(".trainer.export"), _pack(".trainer.state")):
+    for mod in (savefile, comfy_env.pack_module(".trainer.export"), comfy_env.pack_module(".trainer.state")):
         monkeypatch.setattr(mod, "atomic_save_safetensors", full_disk_once)
     p = _graph(comfy, "fullck", steps=6, save_every_n_steps=2)
     n = len(comfy["log"].records)

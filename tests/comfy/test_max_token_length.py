@@ -4,7 +4,6 @@ and CLIP-G of SDXL alike), T5 is never cut; the cut captions are what trains."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
@@ -14,10 +13,6 @@ from comfy_fixtures import comfy  # noqa: F401
 
 WORKFLOW = "train_then_generate_sd15.api.json"
 LONG = ", ".join(f"tag{i} word{i}" for i in range(60))  # well over 150 CLIP tokens
-
-
-def _pack(suffix: str):
-    return next(m for k, m in list(sys.modules.items()) if k.endswith(suffix) and not k.startswith(("nodes.", "trainer.")))
 
 
 def _clip(comfy, family: str):
@@ -32,7 +27,7 @@ def _clip(comfy, family: str):
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
 def test_captions_are_cut_to_whole_clip_windows(comfy, family):
-    encode = _pack(".trainer.adapter.encode")
+    encode = comfy_env.pack_module(".trainer.adapter.encode")
     clip, _ = _clip(comfy, family)
     whole = encode.encode_caption(clip, LONG)[0][0]
     tokens = clip.tokenize(LONG)

@@ -4,17 +4,13 @@ from __future__ import annotations
 import sys
 import time
 
+import comfy_env
 from comfy_fixtures import comfy  # noqa: F401
 
 
-def _pack_module(suffix: str):
-    # the pack as ComfyUI loaded it (module name from its folder)
-    return next(m for k, m in list(sys.modules.items()) if k.endswith(suffix) and not k.startswith(("nodes.", "trainer.")))
-
-
 def test_console_line_has_step_loss_lr_and_rate(comfy, capsys):
-    progress = _pack_module(".nodes.progress")
-    loop = _pack_module(".trainer.loop")
+    progress = comfy_env.pack_module(".nodes.progress")
+    loop = comfy_env.pack_module(".trainer.loop")
     p = progress.NodeProgress(None, 6, throttle_s=0.0)
     p.start_at(2, [0.5, 0.4], [1e-4, 1e-4])  # a resumed run: the bar starts at 2, the rate counts new steps only
     t0 = time.perf_counter()
@@ -33,8 +29,8 @@ def test_console_line_has_step_loss_lr_and_rate(comfy, capsys):
 def test_console_line_shows_the_loss_of_its_own_step(comfy, capsys):
     """The tqdm line printed with step N carries step N's loss (not the previous step's), and nothing is printed
     as '0/N' before the first step of a resumed run."""
-    progress = _pack_module(".nodes.progress")
-    loop = _pack_module(".trainer.loop")
+    progress = comfy_env.pack_module(".nodes.progress")
+    loop = comfy_env.pack_module(".trainer.loop")
     p = progress.NodeProgress(None, 4, throttle_s=0.0)
     assert p.tqdm is None  # no bar until a step (or a resume) says where it starts
     p.start_at(2, [0.9, 0.8], [1e-4, 1e-4])

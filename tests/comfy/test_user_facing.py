@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
 import torch
 from safetensors import safe_open
@@ -18,11 +17,6 @@ from comfy_fixtures import comfy  # noqa: F401
 
 WORKFLOW = "train_then_generate_sd15.api.json"
 LEGACY = os.path.join(graphs.WORKFLOWS, "legacy")
-
-
-def _pack(suffix: str):
-    """A pack module as ComfyUI loaded it (its name comes from the pack folder)."""
-    return next(m for k, m in list(sys.modules.items()) if k.endswith(suffix) and not k.startswith(("nodes.", "trainer.")))
 
 
 def _dataset(comfy, name, n=3, **kw):
@@ -125,7 +119,7 @@ def test_header_has_real_dataset_values_and_the_checkpoint_name(comfy):
 
 
 def test_the_model_file_is_traced_through_the_shipped_graphs(comfy):
-    graph = _pack(".nodes.graph")
+    graph = comfy_env.pack_module(".nodes.graph")
     for name, expected in (("train_then_generate_sd15.api.json", "v1-5-pruned-emaonly.safetensors"),
                            ("train_then_generate_sdxl.api.json", "sd_xl_base_1.0.safetensors"),
                            ("train_then_generate_flux.api.json", "flux1-dev.safetensors")):
@@ -199,8 +193,8 @@ def test_verify_reloads_through_comfyuis_loader(comfy):
 
 def test_verify_catches_a_file_that_does_not_match(comfy):
     """The check can fail: a network whose weights changed after saving gives a large difference."""
-    verify = _pack(".trainer.adapter.verify")
-    loop_net = _pack(".trainer.network")
+    verify = comfy_env.pack_module(".trainer.adapter.verify")
+    loop_net = comfy_env.pack_module(".trainer.network")
     from lora_loop_testing_pack import _MODEL_CACHE
 
     ds = _dataset(comfy, "verify")
@@ -282,14 +276,14 @@ def test_progress_hears_the_end_also_when_the_run_fails_before_its_first_step(co
     p = graphs.tiny_train_graph(graphs.load_api(WORKFLOW), family="sd15", dataset=ds, steps=2, save_name="early")
     graphs.train_options(p, save_every_n_steps=1, output_name="early")
     comfy_env.run_prompt(p, "early-ok")
-    reporting = _pack(".trainer.reporting")
+    reporting = comfy_env.pack_module(".trainer.reporting")
     seen = []
 
     class Recorder(reporting.Progress):
         def finish(self, status, message=""):
             seen.append(status)
 
-    nodes_train = _pack(".nodes.train")
+    nodes_train = comfy_env.pack_module(".nodes.train")
     real = nodes_train.NodeProgress
     nodes_train.NodeProgress = lambda *a, **k: Recorder()
     try:

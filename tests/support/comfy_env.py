@@ -90,6 +90,15 @@ class LogCapture(logging.Handler):
         return [r for r in self.records if text in r]
 
 
+def pack_module(suffix: str):
+    """The pack's module ending in ``suffix`` (e.g. ``.trainer.savefile``) as ComfyUI loaded it: ComfyUI names a
+    custom-node package after its folder path. The pack's other copies in ``sys.modules`` (the trainer tests'
+    top-level ``trainer``, ``pack_import``'s package) are not it."""
+    import sys
+
+    return sys.modules[PACK_ROOT + suffix]
+
+
 def boot(load_pack: bool | None = None) -> dict:
     """Import ComfyUI (CPU mode) and load the pack. Idempotent; returns a dict of handles.
 
