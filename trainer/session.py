@@ -118,7 +118,8 @@ def _memory_plan(mp, net, data: EncodedDataset, cfg: TrainConfig, progress: Prog
         plans = ca.plan_training(mp, net, batch=batch, width=width, height=height,
                                  compute_dtype=ca.autocast_dtype(mp.load_device, cfg.mixed_precision),
                                  optimizer_state_bytes=optimizer_state_bytes(cfg.optimizer_name),
-                                 cond=_plan_cond(data, clip), downscale=_downscale(data))
+                                 cond=_plan_cond(data, clip), downscale=_downscale(data), clip=clip,
+                                 caption=data.dataset.images[0].caption if data.dataset.images else None)
     except Exception as e:  # an architecture the meta-device step cannot run: train without a plan
         log.warning("LoRA Loop: could not estimate the memory of a step (%s: %s); memory=%s runs without a plan "
                     "(auto: checkpointed)",

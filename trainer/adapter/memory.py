@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..memory import LiveBytes, StepMemory
-from ..network import UNET_ROOT
+from ..network import TE_ROOT, UNET_ROOT
 from .autograd import (checkpoint_blocks, differentiable_kernels, functional_residuals, gradient_checkpointing,
                        recast_in_backward)
 from .quant import stored_bytes
@@ -244,6 +244,82 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
         net.remove()
 
 
+def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose parameters and buffers are empty meta tensors of the same shapes and dtypes: the
+    same classes and code, no weight copied. For modules ComfyUI built that cannot be rebuilt from a config (text
+    encoders). Weights stored as tensor subclasses (quantized, GGUF) are refused; a LoRA of this pack installed on
+    ``module`` is not part of the copy. Call it outside inference mode."""
+    import copy
+
+    tensors = list(module.parameters()) + list(module.buffers())
+    odd = {type(t).__name__ for t in tensors if type(t) not in (torch.Tensor, torch.nn.Parameter)}
+    if odd:
+        raise ValueError(f"{type(module).__name__} stores weights as {', '.join(sorted(odd))}")
+    memo: dict = {}
+    for t in tensors:
+        e = torch.empty_like(t, device=META)
+        memo[id(t)] = torch.nn.Parameter(e, requires_grad=False) if isinstance(t, torch.nn.Parameter) else e
+    out = copy.deepcopy(module, memo)
+    for m in out.modules():  # a LoRA of this pack installed on the original: its forwards run the original's layers
+        if hasattr(m.__dict__.get("forward"), "lora_loop_name"):
+            del m.forward
+    return out
+
+
+@contextlib.contextmanager
+def _meta_outputs():
+    """ComfyUI's text encoders move their outputs to ``intermediate_device()`` (``comfy/sd1_clip.py``
+    ``encode_token_weights``): keep them on the meta device while a step is measured there."""
+    import comfy.model_management as mm
+
+    org = mm.intermediate_device
+    mm.intermediate_device = lambda: META
+    try:
+        yield
+    finally:
+        mm.intermediate_device = org
+
+
+def measure_text_encoder_step(clip, network, tokens, *, checkpointing: bool, on_meta: bool = True) -> StepMemory:
+    """One forward + backward of ``clip``'s text encoder (on a ``meta_copy``; ``on_meta=False``: the real one, on
+    its device) with a copy of ``network``'s text-encoder LoRA installed, for the tokens of one caption, counted
+    like ``measure_step``: what training the text encoder adds to a step. The encoder runs as ComfyUI's
+    ``CLIP.encode_from_tokens`` runs it (``comfy/sd.py``), with the helpers and checkpointing a real step uses."""
+    te = meta_copy(clip.cond_stage_model) if on_meta else clip.cond_stage_model
+    device = META if on_meta else next(te.parameters()).device
+    net = network.subset(TE_ROOT).copy().to(device)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    from .autograd import dense_weight
+
+    net.install({TE_ROOT: te}, weight_reader=dense_weight)
+    try:
+        with _meta_free_memory(), (_meta_outputs() if on_meta else contextlib.nullcontext()), torch.enable_grad(), \
+                differentiable_kernels(), recast_in_backward(te), functional_residuals(te), \
+                gradient_checkpointing(te, checkpointing):
+            te.reset_clip_options()
+            if getattr(clip, "layer_idx", None) is not None:
+                te.set_clip_options({"layer": clip.layer_idx})
+            te.set_clip_options({"execution_device": device})
+            with LiveBytes() as live:
+                out = te.encode_token_weights(tokens)
+                loss = sum(t.float().pow(2).mean() for t in out[:2] if torch.is_tensor(t) and t.requires_grad)
+                activations = live.mark()
+                if torch.is_tensor(loss):
+                    loss.backward()
+                del out, loss
+            return StepMemory(activations=activations, peak=live.peak)
+    finally:
+        net.remove()
+        te.reset_clip_options()
+
+
+def with_text_encoder(step: StepMemory, te: StepMemory) -> StepMemory:
+    """A step that also trains the text encoder: its activations are alive through the diffusion model's forward
+    and backward; its own backward runs after that one has freed its activations."""
+    return StepMemory(activations=step.activations + te.activations, peak=max(step.peak + te.activations, te.peak))
+
+
 # ----------------------------------------------------------------------------- plans for a MODEL
 
 def device_budget(model_patcher, keep=()) -> int:
@@ -269,17 +345,28 @@ def device_budget(model_patcher, keep=()) -> int:
 
 
 def plan_training(model_patcher, network, *, batch: int, width: int, height: int, compute_dtype: torch.dtype | None,
-                  optimizer_state_bytes: float, cond=None, downscale: int | None = None):
+                  optimizer_state_bytes: float, cond=None, downscale: int | None = None, clip=None,
+                  caption: str | None = None):
     """Every memory plan for training ``network`` on ``model_patcher`` at ``batch`` x ``width`` x ``height``
     (fastest first); the weights are counted as the loaded model stores them. ``cond``: one caption's
     CONDITIONING, for models whose text cond shapes ``example_conds`` does not know; ``downscale``: the VAE's
-    (pixels per latent pixel), when known from encoded latents."""
+    (pixels per latent pixel), when known from encoded latents. ``clip`` and ``caption``: when the network
+    trains the text encoder, its step for ``batch`` copies of that caption is measured too and added."""
     base = model_patcher.model
     wd = base.get_dtype()
+    te_steps = None
+    if network.text_encoder_names and clip is not None and caption is not None:
+        tokens = clip.tokenize(caption)
+        try:
+            with torch.inference_mode(False):  # nodes run under inference mode: the meta copies must be trainable
+                steps = [measure_text_encoder_step(clip, network, tokens, checkpointing=ck) for ck in (False, True)]
+            te_steps = [StepMemory(s.activations * batch, s.peak * batch) for s in steps]  # one caption per sample
+        except ValueError as e:  # weights meta_copy cannot copy: plan the diffusion model's step alone
+            log.warning("LoRA Loop: the memory plan leaves the text encoder's activations out (%s)", e)
     return plans_for(base.model_config, network, batch=batch, width=width, height=height, weight_dtype=wd,
                      compute_dtype=compute_dtype or getattr(base, "manual_cast_dtype", None) or wd,
                      optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model, cond=cond,
-                     downscale=downscale)
+                     downscale=downscale, text_encoder_steps=te_steps)
 
 
 def meta_conds(model, cond, x_shape: tuple[int, ...]) -> dict:
@@ -298,11 +385,12 @@ def meta_conds(model, cond, x_shape: tuple[int, ...]) -> dict:
 
 def plans_for(model_config, network, *, batch: int, width: int, height: int, weight_dtype: torch.dtype,
               compute_dtype: torch.dtype, optimizer_state_bytes: float, weights_root: torch.nn.Module | None = None,
-              cond=None, downscale: int | None = None):
+              cond=None, downscale: int | None = None, text_encoder_steps: list[StepMemory] | None = None):
     """Every memory plan (fastest first) for ``model_config``'s architecture, from two meta-device steps (without
     and with checkpointing) with text conds of the family's shapes (or ``cond``'s, one real caption's, when the
     family's shapes are not known here). ``weights_root``: the module whose stored weights are counted (a loaded
-    model; default: the meta model, in ``weight_dtype``)."""
+    model; default: the meta model, in ``weight_dtype``). ``text_encoder_steps``: the text encoder's own steps
+    (without, with checkpointing) when it trains along."""
     from ..memory import network_bytes, plan_candidates
 
     with torch.inference_mode(False):  # nodes run under inference mode: the meta model must be trainable
@@ -316,6 +404,8 @@ def plans_for(model_config, network, *, batch: int, width: int, height: int, wei
             conds = meta_conds(meta, cond, x_shape)
         steps = [measure_step(meta, network, x_shape=x_shape, conds=conds, checkpointing=ck,
                               compute_dtype=compute_dtype) for ck in (False, True)]
+    if text_encoder_steps is not None:
+        steps = [with_text_encoder(s, t) for s, t in zip(steps, text_encoder_steps)]
     root = weights_root if weights_root is not None else meta.diffusion_model
     mem = model_memory(root)
     params = list(network.parameters())  # a text encoder's LoRA trains on the same device, with its own state
