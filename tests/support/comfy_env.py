@@ -92,11 +92,12 @@ class LogCapture(logging.Handler):
 
 def pack_module(suffix: str):
     """The pack's module ending in ``suffix`` (e.g. ``.trainer.savefile``) as ComfyUI loaded it: ComfyUI names a
-    custom-node package after its folder path. The pack's other copies in ``sys.modules`` (the trainer tests'
-    top-level ``trainer``, ``pack_import``'s package) are not it."""
+    custom-node package after its folder path, with ``_x_`` for each dot (``nodes.py`` ``load_custom_node``). The
+    pack's other copies in ``sys.modules`` (the trainer tests' top-level ``trainer``, ``pack_import``'s package)
+    are not it."""
     import sys
 
-    return sys.modules[PACK_ROOT + suffix]
+    return sys.modules[PACK_ROOT.replace(".", "_x_") + suffix]
 
 
 def boot(load_pack: bool | None = None) -> dict:
