@@ -361,8 +361,10 @@ def plan_training(model_patcher, network, *, batch: int, width: int, height: int
             with torch.inference_mode(False):  # nodes run under inference mode: the meta copies must be trainable
                 steps = [measure_text_encoder_step(clip, network, tokens, checkpointing=ck) for ck in (False, True)]
             te_steps = [StepMemory(s.activations * batch, s.peak * batch) for s in steps]  # one caption per sample
-        except ValueError as e:  # weights meta_copy cannot copy: plan the diffusion model's step alone
-            log.warning("LoRA Loop: the memory plan leaves the text encoder's activations out (%s)", e)
+        except Exception as e:  # weights meta_copy cannot copy, or an encoder that reads values (LLM encoders'
+            # token counts): plan the diffusion model's step alone
+            log.warning("LoRA Loop: the memory plan leaves the text encoder's activations out (%s: %s)",
+                        type(e).__name__, e)
     return plans_for(base.model_config, network, batch=batch, width=width, height=height, weight_dtype=wd,
                      compute_dtype=compute_dtype or getattr(base, "manual_cast_dtype", None) or wd,
                      optimizer_state_bytes=optimizer_state_bytes, weights_root=base.diffusion_model, cond=cond,
