@@ -19,7 +19,7 @@ One module per ComfyUI mechanism it leans on, so a ComfyUI update that breaks on
 from .autograd import (checkpoint_blocks, dense_weight, differentiable_kernels, functional_residuals, gradient_checkpointing,
                        recast_in_backward)
 from .encode import clip_fingerprint, encode_caption, encode_latents, latent_downscale, vae_fingerprint
-from .inject import SamplingForm, base_clip_of, base_of, for_sampling, install_network, load_base_weights, install_text_encoder_network
+from .inject import for_sampling, install_network, install_text_encoder_network, load_base_weights
 from .memory import device_budget, free_device_memory, plan_training
 from .interrupt import interrupted, is_interrupt, raise_if_interrupted
 from .model import (ComfyTrainModel, ObjectiveSpec, autocast_dtype, detect_family, diffusion_root,
@@ -29,10 +29,10 @@ from .verify import VerifyReport, verify_saved_lora
 
 __all__ = [
     "ComfyTrainModel", "ObjectiveSpec", "VerifyReport", "autocast_dtype", "checkpoint_blocks", "clip_fingerprint",
-    "dense_weight",
-    "detect_family", "device_budget", "for_sampling", "base_of", "base_clip_of", "SamplingForm", "differentiable_kernels", "diffusion_root", "encode_caption",
-    "encode_latents", "free_device_memory", "functional_residuals", "gradient_checkpointing", "install_network",
-    "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale", "load_base_weights", "load_clip_for_training",
-    "load_for_training", "model_config_names", "objective_spec", "plan_training", "raise_if_interrupted",
-    "recast_in_backward", "sample_preview", "sampler_names", "unet_config", "vae_fingerprint", "verify_saved_lora",
+    "dense_weight", "detect_family", "device_budget", "differentiable_kernels", "diffusion_root", "encode_caption",
+    "encode_latents", "for_sampling", "free_device_memory", "functional_residuals", "gradient_checkpointing",
+    "install_network", "install_text_encoder_network", "interrupted", "is_interrupt", "latent_downscale",
+    "load_base_weights", "load_clip_for_training", "load_for_training", "model_config_names", "objective_spec",
+    "plan_training", "raise_if_interrupted", "recast_in_backward", "sample_preview", "sampler_names", "unet_config",
+    "vae_fingerprint", "verify_saved_lora",
 ]

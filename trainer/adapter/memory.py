@@ -211,21 +211,31 @@ def _meta_nonzero():
         fx_config.meta_nonzero_assume_all_nonzero = org
 
 
+@contextlib.contextmanager
+def _trainable_copy(network, root_key: str, root: torch.nn.Module, device):
+    """A trainable copy of ``network``'s LoRA under ``root_key`` installed on ``root`` (on ``device``) for one
+    measured step, removed afterwards."""
+    from .autograd import dense_weight
+
+    net = network.subset(root_key).copy().to(device)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    net.install({root_key: root}, weight_reader=dense_weight)
+    try:
+        yield net
+    finally:
+        net.remove()
+
+
 def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, checkpointing: bool,
                  compute_dtype: torch.dtype = torch.float32) -> StepMemory:
     """Run one forward + backward of ``model`` (a ComfyUI BaseModel, normally from ``meta_model``) with a copy
     of ``network``'s diffusion-model LoRA installed, on the model's device, and count what it allocates."""
     device = next(model.diffusion_model.parameters()).device
-    net = network.subset(UNET_ROOT).copy().to(device)
-    for p in net.parameters():
-        p.requires_grad_(True)
     root = model.diffusion_model
-    from .autograd import dense_weight
-
-    net.install({UNET_ROOT: root}, weight_reader=dense_weight)
     b = x_shape[0]
     opts = {"optimized_attention_override": planning_attention, "cond_or_uncond": [0] * b}
-    try:
+    with _trainable_copy(network, UNET_ROOT, root, device):
         with _meta_free_memory(), torch.inference_mode(False), torch.enable_grad(), differentiable_kernels(), \
                 recast_in_backward(root), functional_residuals(root), gradient_checkpointing(root, checkpointing):
             x = torch.empty(x_shape, device=device, dtype=compute_dtype)
@@ -240,8 +250,6 @@ def measure_step(model, network, *, x_shape: tuple[int, ...], conds: dict, check
                 loss.backward()
                 del out, loss
             return StepMemory(activations=activations, peak=live.peak)
-    finally:
-        net.remove()
 
 
 def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -287,14 +295,9 @@ def measure_text_encoder_step(clip, network, tokens, *, checkpointing: bool, on_
     ``CLIP.encode_from_tokens`` runs it (``comfy/sd.py``), with the helpers and checkpointing a real step uses."""
     te = meta_copy(clip.cond_stage_model) if on_meta else clip.cond_stage_model
     device = META if on_meta else next(te.parameters()).device
-    net = network.subset(TE_ROOT).copy().to(device)
-    for p in net.parameters():
-        p.requires_grad_(True)
-    from .autograd import dense_weight
-
-    net.install({TE_ROOT: te}, weight_reader=dense_weight)
     try:
-        with _meta_free_memory(), (_meta_outputs() if on_meta else contextlib.nullcontext()), torch.enable_grad(), \
+        with _trainable_copy(network, TE_ROOT, te, device), _meta_free_memory(), \
+                (_meta_outputs() if on_meta else contextlib.nullcontext()), torch.enable_grad(), \
                 differentiable_kernels(), recast_in_backward(te), functional_residuals(te), \
                 gradient_checkpointing(te, checkpointing):
             te.reset_clip_options()
@@ -310,7 +313,6 @@ def measure_text_encoder_step(clip, network, tokens, *, checkpointing: bool, on_
                 del out, loss
             return StepMemory(activations=activations, peak=live.peak)
     finally:
-        net.remove()
         te.reset_clip_options()
 
 
